@@ -1,0 +1,356 @@
+"""``vault-plugin-shim``: one argparse CLI over the same library calls users import."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from shim import __version__
+from shim.errors import ShimError, KeyFormatError, KeyPasswordError
+
+PASSWORD_ENV = "VAULT_PLUGIN_SHIM_PASSWORD"
+DURATION_RE = re.compile(r"^(\d+)([smhdw])$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class UsageError(ShimError):
+    pass
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+def _password(args, *, confirm: bool) -> bytes:
+    name = args.password_env
+    if name and name in os.environ:
+        return os.environ[name].encode()
+    if not sys.stdin.isatty():
+        raise KeyPasswordError(f"no password: ${name} is not set and there is no terminal to prompt on",
+                               fix=f"set {name}, or use --unencrypted keys")
+    first = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Password (again): ") != first:
+        raise KeyPasswordError("the passwords do not match", fix="type the same password twice")
+    return first.encode()
+
+
+def _read_public_key(spec: str):
+    """A trusted key is a public key file path or the base64 line itself (``RW...``)."""
+    from shim.trust.minisign import PublicKey
+
+    if os.path.exists(spec):
+        return PublicKey.parse(Path(spec).read_bytes(), path=spec)
+    try:
+        return PublicKey.parse(spec.encode("ascii"))
+    except (KeyFormatError, UnicodeEncodeError):
+        raise KeyFormatError("is neither a readable public key file nor a base64 minisign public key",
+                             path=spec) from None
+
+
+def _load_secret_key(args):
+    from shim.trust.minisign import SecretKey
+
+    data = Path(args.secret_key).read_bytes()
+    password = _password(args, confirm=False) if SecretKey.is_encrypted(data, args.secret_key) else None
+    return SecretKey.parse(data, password, path=args.secret_key)
+
+
+def _write_private(path: str, text: str, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def parse_expiry(text: str, now: float) -> int:
+    from shim.trust.manifest import parse_time
+
+    m = DURATION_RE.match(text)
+    if m:
+        return int(now) + int(m.group(1)) * UNITS[m.group(2)]
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise UsageError(f"--expires {text!r} is neither a duration (90d, 12h, 2w) nor YYYY-MM-DDTHH:MM:SSZ",
+                         fix="pass e.g. --expires 180d") from None
+
+
+def _policy_from_args(args, plugins_dir: str):
+    from shim.trust.manifest import Version
+    from shim.trust.policy import Policy
+
+    try:
+        floor = Version.parse(args.min_version.lstrip("v")) if args.min_version else None
+    except ValueError as exc:
+        raise UsageError(str(exc), fix="pass --min-version as X.Y.Z") from None
+    return Policy(name=args.name, type=args.type, plugins_dir=os.path.abspath(plugins_dir),
+                  trusted_keys=tuple(_read_public_key(k) for k in args.trusted_key),
+                  min_version=floor, mode=getattr(args, "mode", "exec"),
+                  **({"max_size": args.max_size} if getattr(args, "max_size", None) else {}))
+
+
+# --- commands --------------------------------------------------------------------------
+
+def cmd_keygen(args) -> int:
+    from shim.trust.minisign import SecretKey
+
+    for path in (args.secret_key, args.public_key):
+        if os.path.exists(path) and not args.force:
+            raise UsageError("already exists; refusing to overwrite a key", path=path,
+                             fix="remove it first or pass --force")
+    if args.from_transit:
+        from shim.ops.cli import transit_signer_from_env
+        from shim.trust.minisign import PublicKey
+
+        signer = transit_signer_from_env(args.from_transit, args.transit_mount)
+        pub = PublicKey(signer.key_id, signer.public_key_raw())
+        Path(args.public_key).write_text(pub.to_text(f"minisign public key {pub.key_id_hex} "
+                                                     f"(Vault Transit key {args.from_transit})"))
+        print(f"public key {pub.key_id_hex} of Transit key {args.from_transit} written to {args.public_key}")
+        return 0
+    key = SecretKey.generate()
+    password = None if args.unencrypted else _password(args, confirm=True)
+    for path in (args.secret_key, args.public_key):
+        if os.path.exists(path):
+            os.unlink(path)
+    _write_private(args.secret_key, key.to_text(password), 0o600)
+    Path(args.public_key).write_text(key.public_key().to_text())
+    print(f"key id {key.public_key().key_id_hex}")
+    print(f"secret key: {args.secret_key} ({'unencrypted' if password is None else 'encrypted'}, mode 0600)")
+    print(f"public key: {args.public_key}")
+    return 0
+
+
+def cmd_sign(args) -> int:
+    from shim.trust import minisign
+    from shim.trust.manifest import Manifest, Version, manifest_path, signature_path
+    from shim.trust.verify import host_platform
+
+    if bool(args.secret_key) == bool(args.transit_key):
+        raise UsageError("pass exactly one of --secret-key and --transit-key")
+    try:
+        version = Version.parse(args.version[1:] if args.version.startswith("v") else args.version)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    path = args.plugin_file
+    now = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    goos, goarch = host_platform()
+    manifest = Manifest(name=args.name, type=args.type, version=version, sha256=digest.hexdigest(), size=size,
+                        os=args.os or goos, arch=args.arch or goarch, issued_at=now,
+                        expires_at=parse_expiry(args.expires, now) if args.expires else None)
+    data = manifest.to_bytes()
+    Manifest.parse(data, path=manifest_path(path))  # what we sign must be what launch accepts
+    if args.transit_key:
+        from shim.ops.cli import transit_signer_from_env
+
+        signer = transit_signer_from_env(args.transit_key, args.transit_mount)
+        key_id, sign = signer.key_id, signer.sign
+    else:
+        key = _load_secret_key(args)
+        key_id, sign = key.key_id, key.sign
+    sig = minisign.sign_detached(data, key_id, sign, trusted_comment=manifest.trusted_comment())
+    Path(manifest_path(path)).write_bytes(data)
+    Path(signature_path(path)).write_bytes(sig)
+    print(f"signed {manifest.type} plugin {manifest.name} {manifest.version} "
+          f"({manifest.os}/{manifest.arch}, sha256 {manifest.sha256}) with key {minisign.key_id_hex(key_id)}")
+    print(f"  {manifest_path(path)}\n  {signature_path(path)}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from dataclasses import replace
+
+    from shim.trust.verify import report
+
+    target = os.path.abspath(args.path) if args.path else None
+    only, directory = None, target
+    if target and not os.path.isdir(target):
+        only, directory = os.path.basename(target), os.path.dirname(target)
+    if args.launcher:
+        from shim.launch.build import inspect
+
+        policy = inspect(args.launcher).policy
+        if policy is None:
+            raise UsageError("has no embedded policy", path=args.launcher)
+        if directory:
+            policy = replace(policy, plugins_dir=directory)
+    else:
+        if not args.trusted_key or not args.name or not target:
+            raise UsageError("verify needs --trusted-key, --name and PLUGIN_FILE_OR_DIR (or --launcher)")
+        policy = _policy_from_args(args, directory)
+    now = time.time()
+    results = [c for c in report(policy, now) if only is None or c.binary == only]
+    good = sorted((c for c in results if c.error is None), key=lambda c: c.manifest.version, reverse=True)
+    chosen = good[0] if good else None
+    if args.json:
+        print(json.dumps({
+            "plugin": policy.name, "type": policy.type, "plugins_dir": policy.plugins_dir,
+            "would_launch": None if chosen is None else chosen.path,
+            "candidates": [_candidate_json(c) for c in results]}, indent=2))
+    else:
+        print(f"{policy.type} plugin {policy.name!r}, plugins dir {policy.plugins_dir}")
+        if not results:
+            print(f"  no candidates ({'no manifest for ' + only if only else 'no *.manifest.json files'})")
+        for c in results:
+            if c.error is None:
+                mark = "LAUNCH" if c is chosen else "ok"
+                print(f"  [{mark:6}] {c.binary}: version {c.manifest.version}, sha256 {c.manifest.sha256}, "
+                      f"key {c.key.key_id_hex}")
+            else:
+                print(f"  [REJECT] {c.binary}: {c.error.diagnostics()}")
+    return 0 if chosen is not None else 1
+
+
+def _candidate_json(c) -> dict:
+    out = {"file": c.path, "ok": c.error is None}
+    if c.manifest is not None:
+        out.update(version=str(c.manifest.version), sha256=c.manifest.sha256, size=c.manifest.size)
+    if c.key is not None:
+        out["key_id"] = c.key.key_id_hex
+    if c.error is not None:
+        out["error"] = c.error.fields()
+    return out
+
+
+def cmd_launcher_build(args) -> int:
+    from shim.launch.build import write_launcher
+    from shim.trust.policy import encode_arg
+
+    if not args.trusted_key:
+        raise UsageError("launcher build needs at least one --trusted-key")
+    policy = _policy_from_args(args, args.plugins_dir)
+    python = args.python or os.path.realpath(sys.executable)
+    sha = write_launcher(None if args.policy_in_args else policy, python, args.output)
+    command = os.path.basename(args.output)
+    extra = f" -args={encode_arg(policy)}" if args.policy_in_args else ""
+    print(f"launcher: {args.output}")
+    print(f"sha256:   {sha}")
+    print(f"python:   {python} -I")
+    print("register it once (the plugins dir may then change freely):")
+    print(f"  vault plugin register -sha256={sha} -command={command}{extra} {policy.type} {policy.name}")
+    return 0
+
+
+def cmd_launcher_inspect(args) -> int:
+    from shim.launch.build import inspect
+
+    info = inspect(args.launcher)
+    if args.json:
+        print(json.dumps({"path": info.path, "sha256": info.sha256, "interpreter": info.interpreter,
+                          "policy": None if info.policy is None else json.loads(info.policy.to_json())},
+                         indent=2))
+        return 0
+    print(f"launcher:    {info.path}")
+    print(f"sha256:      {info.sha256}")
+    print(f"interpreter: {info.interpreter}")
+    print(f"files:       {info.files}")
+    if info.policy is None:
+        print("policy:      none embedded (taken from the catalog's --shim-policy= arg)")
+    else:
+        p = info.policy
+        print(f"plugin:      {p.type} {p.name}")
+        print(f"plugins dir: {p.plugins_dir}")
+        print(f"mode:        {p.mode}")
+        print(f"min version: {p.min_version or '(none)'}")
+        for k in p.trusted_keys:
+            print(f"trusted key: {k.key_id_hex} {k.to_text().splitlines()[1]}")
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------
+
+def _plugin_args(p, *, required: bool = True) -> None:
+    p.add_argument("--trusted-key", action="append", default=[], metavar="PK",
+                   help="trusted minisign public key: a file or the base64 line (repeat to rotate keys)")
+    p.add_argument("--name", required=required, help="plugin name as registered in Vault")
+    p.add_argument("--type", default="secret", choices=("secret", "auth", "database"))
+    p.add_argument("--min-version", help="rollback floor: older versions are refused")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vault-plugin-shim", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"vault-plugin-shim {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("keygen", help="create a minisign-compatible signing key pair")
+    p.add_argument("--secret-key", required=True, metavar="SK")
+    p.add_argument("--public-key", required=True, metavar="PK")
+    p.add_argument("--unencrypted", action="store_true", help="no password (like minisign -W)")
+    p.add_argument("--password-env", default=PASSWORD_ENV, metavar="VAR",
+                   help=f"environment variable holding the password (default {PASSWORD_ENV})")
+    p.add_argument("--from-transit", metavar="KEY", help="export the public half of a Vault Transit ed25519 key")
+    p.add_argument("--transit-mount", default="transit")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("sign", help="write PLUGIN_FILE.manifest.json and its .minisig")
+    p.add_argument("plugin_file", metavar="PLUGIN_FILE")
+    p.add_argument("--secret-key", metavar="SK")
+    p.add_argument("--transit-key", metavar="KEY", help="sign with a Vault Transit ed25519 key instead")
+    p.add_argument("--transit-mount", default="transit")
+    p.add_argument("--password-env", default=PASSWORD_ENV, metavar="VAR")
+    p.add_argument("--name", required=True)
+    p.add_argument("--type", required=True, choices=("secret", "auth", "database"))
+    p.add_argument("--version", required=True, help="semantic version X.Y.Z")
+    p.add_argument("--expires", help="duration (180d, 12h) or YYYY-MM-DDTHH:MM:SSZ")
+    p.add_argument("--os", help="GOOS of the binary (default: this machine's)")
+    p.add_argument("--arch", help="GOARCH of the binary (default: this machine's)")
+    p.set_defaults(func=cmd_sign)
+
+    p = sub.add_parser("verify", help="check plugin versions exactly as the launcher would")
+    p.add_argument("path", nargs="?", metavar="PLUGIN_FILE_OR_DIR")
+    _plugin_args(p, required=False)
+    p.add_argument("--launcher", help="take the policy from this launcher instead of flags")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    launcher = sub.add_parser("launcher", help="build or inspect the stable launcher")
+    lsub = launcher.add_subparsers(dest="launcher_command", required=True)
+    p = lsub.add_parser("build", help="build a reproducible single-file launcher")
+    _plugin_args(p)
+    p.add_argument("--plugins-dir", required=True, help="directory holding the signed plugin versions")
+    p.add_argument("--mode", default="exec", choices=("exec", "proxy"))
+    p.add_argument("--python", help="interpreter for the #! line (default: this one)")
+    p.add_argument("--max-size", type=int, help="largest plugin binary accepted, in bytes")
+    p.add_argument("--policy-in-args", action="store_true",
+                   help="embed no policy; print it as a catalog -args value instead")
+    p.add_argument("--output", required=True, metavar="LAUNCHER")
+    p.set_defaults(func=cmd_launcher_build)
+    p = lsub.add_parser("inspect", help="show a launcher's checksum and embedded policy")
+    p.add_argument("launcher", metavar="LAUNCHER")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_launcher_inspect)
+
+    try:
+        from shim.ops import cli as ops_cli
+    except ImportError:
+        ops_cli = None
+    for name in ("add_register_parser", "add_doctor_parser"):
+        if ops_cli is not None and hasattr(ops_cli, name):
+            getattr(ops_cli, name)(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ShimError as exc:
+        print(f"vault-plugin-shim: error: {exc.diagnostics()}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"vault-plugin-shim: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""The launcher's entry point: what Vault runs in place of the plugin.
+
+Vault starts the launcher with its own argv and env. The launcher:
+
+1. refuses to do anything without the go-plugin magic cookie (run by hand, it explains
+   itself on stderr and exits 1);
+2. takes the trust policy embedded in itself (or, for a launcher built without one, from
+   the catalog's args);
+3. picks the highest version in the plugins directory that passes every check, logging
+   each rejected candidate;
+4. copies that binary into a sealed memfd, checks the sha256 of the sealed copy, and
+   ``fexecve``\\s it with Vault's argv and env.
+
+Nothing is ever written to stdout: before the handshake, stdout belongs to go-plugin.
+Diagnostics are hclog JSON lines on stderr, so Vault logs them at their level.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import time
+
+from shim import hclog
+from shim.errors import LaunchError, PolicyError, ShimError
+from shim.trust.policy import Policy, split_args
+from shim.trust.verify import PluginDir, Candidate, check_digest, choose
+
+EXIT_REFUSED = 1
+HAND_RUN_TEXT = """\
+This is a vault-plugin-shim launcher for the {type} plugin {name!r}.
+
+It is not meant to be run by hand. Vault (or OpenBao) runs it in place of the plugin:
+it verifies the signed plugin versions in {plugins_dir} against its
+embedded trust policy and then executes the highest valid one.
+
+To see what it would do on this node, run:
+    vault-plugin-shim launcher inspect {launcher}
+    vault-plugin-shim verify --launcher {launcher}
+"""
+
+
+def load_policy(embedded: str | None, args: list[str]) -> tuple[Policy, list[str]]:
+    """An embedded policy is final. Only a launcher built without one reads the catalog
+    args; environment variables are never consulted (they can come from the pod)."""
+    if embedded is not None:
+        return Policy.from_json(embedded), list(args)
+    policy, rest = split_args(args)
+    if policy is None:
+        raise PolicyError("this launcher has no embedded policy and the catalog entry has no --shim-policy= arg",
+                          fix="build the launcher with --trusted-key, or register it with "
+                              "`vault-plugin-shim register --policy-in-args`")
+    return policy, rest
+
+
+def main(embedded_policy: str | None, argv: list[str] | None = None, env: dict | None = None,
+         clock=time.time) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    env = dict(os.environ if env is None else env)
+    launcher = argv[0] if argv else "launcher"
+    try:
+        policy, plugin_args = load_policy(embedded_policy, argv[1:])
+    except ShimError as exc:
+        hclog.error("vault-plugin-shim: invalid launcher policy", launcher=launcher, **exc.fields())
+        return EXIT_REFUSED
+    cookie_key, cookie_value = policy.cookie
+    if env.get(cookie_key) != cookie_value:
+        sys.stderr.write(HAND_RUN_TEXT.format(type=policy.type, name=policy.name,
+                                              plugins_dir=policy.plugins_dir, launcher=launcher))
+        sys.stderr.flush()
+        return EXIT_REFUSED
+    if policy.mode == "proxy":
+        hclog.error("vault-plugin-shim: proxy mode is not available in this build", launcher=launcher,
+                    fix="rebuild the launcher with --mode exec")
+        return EXIT_REFUSED
+    try:
+        launch_exec(policy, plugin_args, env, clock())
+    except ShimError as exc:
+        hclog.error(f"vault-plugin-shim: refusing to start {policy.type} plugin {policy.name}: {exc.reason}",
+                    plugin=policy.name, **exc.fields())
+        return EXIT_REFUSED
+    return EXIT_REFUSED  # launch_exec only returns by raising
+
+
+def _reject(cand: Candidate) -> None:
+    exc = cand.error
+    hclog.error(f"vault-plugin-shim: rejected candidate {cand.path}: {exc.reason}",
+                candidate=cand.binary, **exc.fields())
+
+
+def launch_exec(policy: Policy, plugin_args: list[str], env: dict, now: float, *, method: str = "auto") -> None:
+    from shim.launch import memexec
+
+    def seal(pdir: PluginDir, cand: Candidate) -> tuple[int, str]:
+        src = pdir.open_binary(cand)
+        try:
+            fd, how = memexec.materialize(src, cand.manifest.size, f"{policy.name}-{cand.manifest.version}",
+                                          method=method)
+        finally:
+            os.close(src)
+        try:
+            check_digest(fd, cand)  # hash the sealed copy: the bytes that will run
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, how
+
+    cand, (fd, how) = choose(policy, now, seal, _reject)
+    manifest = cand.manifest
+    script = os.pread(fd, 2, 0) == b"#!"
+    hclog.info(f"vault-plugin-shim: starting {policy.type} plugin {policy.name} {manifest.version}",
+               plugin=policy.name, version=str(manifest.version), sha256=manifest.sha256,
+               key_id=cand.key.key_id_hex, file=cand.path, exec_via=how)
+    argv = [cand.path, *plugin_args]
+    try:
+        memexec.fexecve(fd, argv, env, script=script)
+    except OSError as exc:
+        if how == "memfd" and exc.errno in (errno.EACCES, errno.EPERM) and method == "auto":
+            # A kernel or LSM that refuses to execute memfds: retry with a private copy.
+            os.close(fd)
+            hclog.warn("vault-plugin-shim: executing from a memfd was refused; using a private copy",
+                       reason=exc.strerror)
+            return launch_exec(policy, plugin_args, env, now, method="private-file")
+        raise LaunchError(f"cannot execute the verified copy ({exc.strerror})", path=cand.path,
+                          fix="check that the binary is built for this node (ELF, right architecture)") from None

@@ -1,0 +1,111 @@
+"""Execute exactly the bytes that were verified.
+
+The binary is copied into a sealed memfd (no writes, no resizes, no further seals), hashed
+*there*, and that descriptor is executed with ``fexecve``. Whatever happens to the file on
+disk after the copy cannot change what runs: this is the difference from Vault's own
+"hash the path, then exec the path".
+
+Where the kernel refuses to execute memfds (``vm.memfd_noexec`` = 2, or = 1 on kernels
+that do not know ``MFD_EXEC``), the fallback is a private copy: a new 0700 directory, a
+0500 file written there, reopened read-only, unlinked together with its directory, hashed
+through the read-only descriptor, then executed through that descriptor. Only root or the
+Vault user itself could touch the copy in between.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import tempfile
+
+from shim.errors import LaunchError
+
+MFD_EXEC = 0x0010          # Linux 6.3+: ask for an executable memfd explicitly
+SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+CHUNK = 8 * 1024 * 1024
+
+
+def _memfd_create(name: str) -> int:
+    flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+    try:
+        return os.memfd_create(name, flags | MFD_EXEC)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # older kernels do not know MFD_EXEC
+            raise
+    return os.memfd_create(name, flags)
+
+
+def _copy(src: int, dst: int, size: int) -> None:
+    offset = 0
+    while offset < size:
+        try:
+            sent = os.sendfile(dst, src, offset, min(CHUNK, size - offset))
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+                raise
+            sent = _copy_slow(src, dst, offset, size)
+        if sent == 0:
+            raise LaunchError(f"the file shrank while being copied ({offset} of {size} bytes)")
+        offset += sent
+
+
+def _copy_slow(src: int, dst: int, offset: int, size: int) -> int:
+    data = os.pread(src, min(CHUNK, size - offset), offset)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(dst, view):]
+    return len(data)
+
+
+def to_memfd(src: int, size: int, name: str) -> int:
+    """Copy ``size`` bytes of ``src`` into a new memfd and seal it. Returns the memfd."""
+    fd = _memfd_create(name)
+    try:
+        _copy(src, fd, size)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def to_private_file(src: int, size: int, name: str) -> int:
+    """The fallback: a read-only descriptor of an unlinked private copy."""
+    directory = tempfile.mkdtemp(prefix="vault-plugin-shim-")
+    path = os.path.join(directory, name.replace("/", "_"))
+    try:
+        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o500)
+        try:
+            _copy(src, out, size)
+        finally:
+            os.close(out)
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.rmdir(directory)
+
+
+def materialize(src: int, size: int, name: str, *, method: str = "auto") -> tuple[int, str]:
+    """Return (fd holding a private copy of the bytes, how it was made)."""
+    if method in ("auto", "memfd"):
+        try:
+            return to_memfd(src, size, name), "memfd"
+        except OSError as exc:
+            if method == "memfd" or exc.errno not in (errno.EACCES, errno.EPERM, errno.ENOSYS):
+                raise
+    return to_private_file(src, size, name), "private-file"
+
+
+def fexecve(fd: int, argv: list[str], env: dict[str, str], *, script: bool) -> None:
+    """Replace this process with the program in ``fd``; returns only by raising.
+
+    A ``#!`` script is re-opened by its interpreter through ``/dev/fd/N`` after exec, so
+    for scripts the descriptor must stay open across exec.
+    """
+    if script:
+        os.set_inheritable(fd, True)
+    os.execve(fd, argv, env)

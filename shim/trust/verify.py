@@ -1,0 +1,281 @@
+"""Which plugin version may run: the one verification path shared by launch, ``verify``,
+``doctor`` and the demo.
+
+Two layers:
+
+* :func:`check_signed_manifest` is pure: (policy, manifest bytes, signature bytes, clock)
+  to a manifest and the key that signed it, or one of our errors.
+* :class:`PluginDir` does the file system part carefully: the directory is opened once and
+  every file is opened relative to it with ``O_NOFOLLOW``, then checked with ``fstat`` on
+  the open descriptor (never by path, so a swap between check and use changes nothing),
+  and the binary's bytes are hashed where they will be executed from.
+
+The attack each check blocks is listed in README.md ("Threat model").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import mmap
+import os
+import platform
+import stat
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from shim.errors import (
+    DigestMismatchError,
+    ExpiredError,
+    FileTooLargeError,
+    NoValidVersionError,
+    RejectedError,
+    RollbackError,
+    ShimError,
+    UnsafeFileError,
+    WrongPluginError,
+)
+from shim.trust import minisign
+from shim.trust.manifest import MAX_MANIFEST_BYTES, Manifest
+from shim.trust.policy import Policy
+
+MANIFEST_SUFFIX = ".manifest.json"
+SIGNATURE_SUFFIX = ".manifest.json.minisig"
+CLOCK_SKEW = 300  # seconds a manifest's issue time may lie in the node's future
+_GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
+           "i686": "386", "i386": "386", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x",
+           "riscv64": "riscv64"}
+
+
+def host_platform() -> tuple[str, str]:
+    """GOOS/GOARCH names of the running node, as release CI writes them."""
+    machine = platform.machine().lower()
+    return platform.system().lower(), _GOARCH.get(machine, machine)
+
+
+def check_signed_manifest(policy: Policy, manifest_bytes: bytes, signature_bytes: bytes, *,
+                          now: float, path: str, platform_: tuple[str, str] | None = None
+                          ) -> tuple[Manifest, minisign.PublicKey]:
+    """Verify the signature first, then parse: nothing unsigned is interpreted."""
+    sig_path = path + ".minisig"
+    sig = minisign.Signature.parse(signature_bytes, path=sig_path)
+    key = minisign.verify(manifest_bytes, sig, policy.trusted_keys, path=sig_path)
+    manifest = Manifest.parse(manifest_bytes, path=path)
+    if manifest.name != policy.name or manifest.type != policy.type:
+        raise WrongPluginError(
+            f"manifest is for {manifest.type} plugin {manifest.name!r}, this launcher serves "
+            f"{policy.type} plugin {policy.name!r}", path=path)
+    goos, goarch = platform_ or host_platform()
+    if (manifest.os, manifest.arch) != (goos, goarch):
+        raise WrongPluginError(f"manifest is for {manifest.os}/{manifest.arch}, this node is {goos}/{goarch}",
+                               path=path, fix="ship the build for this node's platform")
+    if policy.min_version is not None and manifest.version < policy.min_version:
+        raise RollbackError(f"version {manifest.version} is below the minimum version {policy.min_version}",
+                            path=path)
+    if manifest.expires_at is not None and now >= manifest.expires_at:
+        raise ExpiredError(f"manifest for {manifest.version} expired at {_iso(manifest.expires_at)} "
+                           f"(node clock: {_iso(now)})", path=path)
+    if manifest.issued_at > now + CLOCK_SKEW:
+        raise ExpiredError(f"manifest for {manifest.version} is issued at {_iso(manifest.issued_at)}, "
+                           f"in the future of this node's clock ({_iso(now)})", path=path,
+                           fix="fix the node's clock (NTP), or the signing machine's")
+    if manifest.size > policy.max_size:
+        raise FileTooLargeError(f"binary size {manifest.size} exceeds the policy's max_size {policy.max_size}",
+                                path=path, fix="raise max_size in a new launcher build")
+    return manifest, key
+
+
+def _iso(ts: float) -> str:
+    from shim.trust.manifest import format_time
+    return format_time(ts)
+
+
+def check_file_stat(st: os.stat_result, path: str, *, directory: bool = False) -> None:
+    """A file the launcher trusts must be a regular file (or directory) that only its
+    owner can write, owned by root or by the user Vault runs as."""
+    want = stat.S_ISDIR if directory else stat.S_ISREG
+    if not want(st.st_mode):
+        kind = "a directory" if directory else "a regular file"
+        raise UnsafeFileError(f"is not {kind}", path=path)
+    if st.st_uid not in (0, os.geteuid()):
+        raise UnsafeFileError(f"is owned by uid {st.st_uid}, not by root or the Vault user (uid {os.geteuid()})",
+                              path=path)
+    if st.st_mode & 0o022:
+        raise UnsafeFileError(f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})", path=path)
+
+
+@dataclass
+class Candidate:
+    """One version in the plugins directory and what we learned about it."""
+
+    binary: str                      # file name inside the plugins directory
+    path: str                        # full path, for messages
+    manifest: Manifest | None = None
+    key: minisign.PublicKey | None = None
+    error: ShimError | None = None
+
+    @property
+    def manifest_path(self) -> str:
+        return self.path + MANIFEST_SUFFIX
+
+
+class PluginDir:
+    """The plugins directory, opened once; files are opened relative to it."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self.path = policy.plugins_dir
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NoValidVersionError("the plugins directory does not exist", path=self.path,
+                                      fix="ship the plugin versions in the image at this path, or rebuild "
+                                          "the launcher with the right --plugins-dir") from None
+        except OSError as exc:
+            raise NoValidVersionError(f"cannot open the plugins directory ({exc.strerror})", path=self.path,
+                                      fix="make it readable by the Vault user") from None
+        try:
+            check_file_stat(os.fstat(self.fd), self.path, directory=True)
+        except ShimError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _open(self, name: str) -> int:
+        path = os.path.join(self.path, name)
+        try:
+            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK,
+                           dir_fd=self.fd)
+        except FileNotFoundError:
+            raise RejectedError("is missing", path=path,
+                                fix="ship the binary, its manifest and the .minisig side by side") from None
+        except OSError as exc:
+            if exc.errno == 40:  # ELOOP: the name is a symlink
+                raise UnsafeFileError("is a symbolic link; the launcher does not follow links", path=path,
+                                      fix="copy the real file into the plugins directory") from None
+            raise RejectedError(f"cannot be opened ({exc.strerror})", path=path,
+                                fix="make it readable by the Vault user") from None
+
+    def read_small(self, name: str, limit: int) -> bytes:
+        path = os.path.join(self.path, name)
+        fd = self._open(name)
+        try:
+            st = os.fstat(fd)
+            check_file_stat(st, path)
+            if st.st_size > limit:
+                raise FileTooLargeError(f"is {st.st_size} bytes, more than the {limit}-byte limit", path=path,
+                                        fix="this is not a manifest or signature written by vault-plugin-shim")
+            data = os.read(fd, limit + 1)
+            if len(data) > limit:
+                raise FileTooLargeError(f"grew past the {limit}-byte limit while being read", path=path)
+            return data
+        finally:
+            os.close(fd)
+
+    def open_binary(self, cand: Candidate) -> int:
+        """Open the binary for copying; the caller closes the fd."""
+        fd = self._open(cand.binary)
+        try:
+            st = os.fstat(fd)
+            check_file_stat(st, cand.path)
+            if st.st_size != cand.manifest.size:
+                raise DigestMismatchError(f"is {st.st_size} bytes, the signed manifest says {cand.manifest.size}",
+                                          path=cand.path)
+            os.set_blocking(fd, True)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def candidates(self) -> list[Candidate]:
+        names = sorted(n[: -len(MANIFEST_SUFFIX)] for n in os.listdir(self.fd) if n.endswith(MANIFEST_SUFFIX))
+        return [Candidate(n, os.path.join(self.path, n)) for n in names]
+
+    def check_manifest(self, cand: Candidate, now: float) -> Candidate:
+        try:
+            data = self.read_small(cand.binary + MANIFEST_SUFFIX, MAX_MANIFEST_BYTES)
+            sig = self.read_small(cand.binary + SIGNATURE_SUFFIX, minisign.MAX_SIGNATURE_FILE)
+            cand.manifest, cand.key = check_signed_manifest(self.policy, data, sig, now=now,
+                                                            path=cand.manifest_path)
+        except ShimError as exc:
+            cand.error = exc
+        return cand
+
+    def ranked(self, now: float) -> tuple[list[Candidate], list[Candidate]]:
+        """(candidates whose signed manifest passed, highest version first; rejected ones)."""
+        checked = [self.check_manifest(c, now) for c in self.candidates()]
+        good = sorted((c for c in checked if c.error is None), key=lambda c: c.manifest.version, reverse=True)
+        return good, [c for c in checked if c.error is not None]
+
+
+def digest_of(fd: int, size: int) -> str:
+    """sha256 of the first ``size`` bytes of ``fd`` (a sealed memfd or a file)."""
+    if size == 0:
+        return hashlib.sha256().hexdigest()
+    with mmap.mmap(fd, size, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED) as view:
+        return hashlib.sha256(view).hexdigest()
+
+
+def check_digest(fd: int, cand: Candidate) -> None:
+    """Compare the bytes at ``fd`` with the signed manifest; raise on any difference."""
+    size = os.fstat(fd).st_size
+    if size != cand.manifest.size:
+        raise DigestMismatchError(f"copied {size} bytes, the signed manifest says {cand.manifest.size}",
+                                  path=cand.path)
+    actual = digest_of(fd, size)
+    if not hmac.compare_digest(actual, cand.manifest.sha256):
+        raise DigestMismatchError(f"sha256 is {actual}, the signed manifest says {cand.manifest.sha256}",
+                                  path=cand.path)
+
+
+def choose(policy: Policy, now: float, materialize: Callable[[PluginDir, Candidate], object],
+           on_reject: Callable[[Candidate], None]) -> tuple[Candidate, object]:
+    """Walk candidates from the highest version down; return the first whose binary
+    ``materialize`` accepts (it copies or hashes and calls :func:`check_digest`)."""
+    with PluginDir(policy) as pdir:
+        good, bad = pdir.ranked(now)
+        for cand in bad:
+            on_reject(cand)
+        for cand in good:
+            try:
+                return cand, materialize(pdir, cand)
+            except ShimError as exc:
+                cand.error = exc
+                on_reject(cand)
+        total = len(good) + len(bad)
+        raise NoValidVersionError(
+            f"no version of {policy.type} plugin {policy.name!r} passed verification "
+            f"({total} candidate{'s' if total != 1 else ''} found)", path=policy.plugins_dir,
+            fix=("ship a signed version: BINARY, BINARY.manifest.json and BINARY.manifest.json.minisig"
+                 if total == 0 else "see the error logged above for each candidate"))
+
+
+def hash_only(pdir: PluginDir, cand: Candidate) -> str:
+    fd = pdir.open_binary(cand)
+    try:
+        check_digest(fd, cand)
+        return cand.manifest.sha256
+    finally:
+        os.close(fd)
+
+
+def report(policy: Policy, now: float) -> Iterator[Candidate]:
+    """Every candidate with its full verdict, for ``verify`` and ``doctor``."""
+    with PluginDir(policy) as pdir:
+        good, bad = pdir.ranked(now)
+        for cand in good:
+            try:
+                hash_only(pdir, cand)
+            except ShimError as exc:
+                cand.error = exc
+        yield from sorted(good + bad, key=lambda c: c.binary)
