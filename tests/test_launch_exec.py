@@ -1,0 +1,196 @@
+"""The exec path: what runs is exactly what was verified, and nothing else influences it."""
+
+import errno
+import fcntl
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shim.launch import memexec
+from shim.launch.build import build_bytes, inspect
+from shim.trust.policy import encode_arg
+from tests.support import releases as R
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def setup(tmp_path):
+    d = tmp_path / "plugins"
+    d.mkdir(mode=0o755)
+    keys = R.new_keys()
+    pol = R.policy(d, keys)
+    path = R.script_plugin(d / "myplugin-1.0.0", "good")
+    R.release(keys, path, version="1.0.0")
+    return tmp_path, d, keys, pol, path
+
+
+def run_patched(pol, patch: str, tmp: Path) -> subprocess.CompletedProcess:
+    """Run the launch path in a fresh interpreter with a test hook installed first."""
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import shim.trust.verify as V, shim.launch.memexec as M, shim.launch.entry as E\n"
+        + patch +
+        f"\nraise SystemExit(E.main({pol.to_json()!r}, ['launcher']))\n")
+    return subprocess.run([sys.executable, "-I", "-c", code], env=R.cookie_env(), capture_output=True,
+                          timeout=30, cwd=tmp)
+
+
+def test_swap_after_verification_does_not_take_effect(setup):
+    """The file is rewritten between the digest check and exec: the verified bytes still run."""
+    tmp, d, keys, pol, path = setup
+    patch = (
+        "orig = V.check_digest\n"
+        "def check_then_swap(fd, cand):\n"
+        "    orig(fd, cand)\n"
+        f"    p = {str(path)!r}\n"
+        "    data = open(p).read().replace('good', 'evil')\n"
+        "    open(p, 'w').write(data)\n"
+        "E.check_digest = check_then_swap\n")
+    proc = run_patched(pol, patch, tmp)
+    assert "evil" in path.read_text(), "the swap happened on disk"
+    assert proc.stdout == b"ran good \n", proc.stderr
+
+
+def test_swap_between_manifest_check_and_open_is_caught(setup):
+    tmp, d, keys, pol, path = setup
+    patch = (
+        "orig = V.PluginDir.open_binary\n"
+        "def swap_then_open(self, cand):\n"
+        f"    p = {str(path)!r}\n"
+        "    data = open(p).read().replace('good', 'evil')\n"
+        "    open(p, 'w').write(data)\n"
+        "    return orig(self, cand)\n"
+        "V.PluginDir.open_binary = swap_then_open\n")
+    proc = run_patched(pol, patch, tmp)
+    assert proc.returncode == 1 and proc.stdout == b""
+    assert b"sha256 is" in proc.stderr
+
+
+def test_memfd_is_sealed_against_writes_and_resizes(tmp_path):
+    src = tmp_path / "src"
+    src.write_bytes(b"\x7fELF" + b"x" * 1000)
+    fd_in = os.open(src, os.O_RDONLY)
+    fd = memexec.to_memfd(fd_in, 1004, "t")
+    os.close(fd_in)
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        assert seals & memexec.SEALS == memexec.SEALS
+        with pytest.raises(PermissionError):
+            os.pwrite(fd, b"evil", 0)
+        with pytest.raises(PermissionError):
+            os.ftruncate(fd, 10)
+        assert os.pread(fd, 2000, 0) == src.read_bytes()
+    finally:
+        os.close(fd)
+
+
+def test_fallback_when_memfd_exec_is_forbidden(setup):
+    """vm.memfd_noexec=2 makes memfd_create(MFD_EXEC) fail with EACCES: use a private copy."""
+    tmp, d, keys, pol, path = setup
+    tmpdir = tmp / "t"
+    tmpdir.mkdir()
+    patch = (
+        "import errno, os, tempfile\n"
+        f"tempfile.tempdir = {str(tmpdir)!r}\n"
+        "def refuse(name):\n"
+        "    raise PermissionError(errno.EACCES, 'memfd exec forbidden')\n"
+        "M._memfd_create = refuse\n")
+    proc = run_patched(pol, patch, tmp)
+    assert proc.stdout == b"ran good \n", proc.stderr
+    (info,) = R.hclog_lines(proc.stderr)
+    assert info["exec_via"] == "private-file"
+    assert list(tmpdir.iterdir()) == [], "the private copy and its directory are removed before exec"
+
+
+def test_run_by_hand_explains_and_exits_1(setup):
+    tmp, d, keys, pol, path = setup
+    launcher = R.launcher(tmp, pol)
+    proc = subprocess.run([str(launcher)], env={"PATH": "/usr/bin:/bin"}, capture_output=True, timeout=30)
+    assert proc.returncode == 1 and proc.stdout == b""
+    assert b"not meant to be run by hand" in proc.stderr and b"launcher inspect" in proc.stderr
+    wrong = subprocess.run([str(launcher)], env={"VAULT_BACKEND_PLUGIN": "wrong"}, capture_output=True, timeout=30)
+    assert wrong.returncode == 1 and b"not meant to be run by hand" in wrong.stderr
+
+
+def test_database_launcher_wants_the_database_cookie(tmp_path):
+    d = tmp_path / "plugins"
+    d.mkdir(mode=0o755)
+    keys = R.new_keys()
+    launcher = R.launcher(tmp_path, R.policy(d, keys, type="database"))
+    assert b"run by hand" in R.run(launcher).stderr  # backend cookie is not the database cookie
+    path = R.script_plugin(d / "db", "db")
+    R.release(keys, path, type="database")
+    proc = R.run(launcher, env=R.cookie_env("database"))
+    assert proc.stdout == b"ran db \n", proc.stderr
+
+
+def test_environment_cannot_inject_code_or_policy(setup):
+    """PYTHONPATH/PYTHONSTARTUP from Vault's env are ignored (-I), and env never sets policy."""
+    tmp, d, keys, pol, path = setup
+    evil = tmp / "evil"
+    (evil / "shim").mkdir(parents=True)
+    (evil / "shim" / "__init__.py").write_text("raise SystemExit('evil shim imported')\n")
+    (evil / "sitecustomize.py").write_text("raise SystemExit('evil sitecustomize')\n")
+    other = R.new_keys()
+    launcher = R.launcher(tmp, pol)
+    env = R.cookie_env(PYTHONPATH=str(evil), PYTHONSTARTUP=str(evil / "sitecustomize.py"),
+                       VAULT_PLUGIN_SHIM_POLICY=R.policy(d, other).to_json())
+    proc = R.run(launcher, env=env)
+    assert proc.stdout == b"ran good \n", proc.stderr
+    assert b"evil" not in proc.stderr
+
+
+def test_embedded_policy_ignores_a_policy_argument(setup):
+    """Catalog args cannot replace an embedded policy: the arg is handed to the plugin untouched."""
+    tmp, d, keys, pol, path = setup
+    other_dir = tmp / "other"
+    other_dir.mkdir(mode=0o755)
+    R.release(keys, R.script_plugin(other_dir / "myplugin-9.0.0", "other"), version="9.0.0")
+    arg = encode_arg(R.policy(other_dir, keys))
+    proc = R.run(R.launcher(tmp, pol), arg)
+    assert proc.stdout == f"ran good {arg}\n".encode(), proc.stderr
+
+
+def test_policy_from_catalog_args(setup):
+    tmp, d, keys, pol, path = setup
+    launcher = R.launcher(tmp, None, name="generic")
+    proc = R.run(launcher, encode_arg(pol), "--other")
+    assert proc.stdout == b"ran good --other\n", proc.stderr
+    none = R.run(launcher)
+    assert none.returncode == 1 and none.stdout == b""
+    (err,) = R.hclog_lines(none.stderr)
+    assert "no embedded policy" in err["reason"] and err["fix"]
+
+
+def test_launcher_build_is_reproducible_and_inspectable(setup, tmp_path):
+    tmp, d, keys, pol, path = setup
+    a = build_bytes(pol, R.PYTHON)
+    assert a == build_bytes(pol, R.PYTHON)
+    assert a != build_bytes(R.policy(d, keys, min_version="1.0.0"), R.PYTHON)
+    assert a.startswith(f"#!{R.PYTHON} -I\n".encode())
+    launcher = R.launcher(tmp, pol)
+    info = inspect(str(launcher))
+    assert info.policy == pol and info.interpreter == f"{R.PYTHON} -I"
+
+
+def test_cli_build_twice_same_sha(setup):
+    tmp, d, keys, pol, path = setup
+    pk = tmp / "pk"
+    pk.write_text(keys.public.to_text())
+    outs = []
+    for name in ("l1", "l2"):
+        proc = subprocess.run([sys.executable, "-m", "shim.cli", "launcher", "build", "--trusted-key", str(pk),
+                               "--name", "myplugin", "--type", "secret", "--plugins-dir", str(d),
+                               "--python", R.PYTHON, "--output", str(tmp / name)],
+                              capture_output=True, text=True, cwd=ROOT, check=True)
+        outs.append(proc.stdout)
+        assert (tmp / name).stat().st_mode & 0o777 == 0o755
+    sha = [ln.split()[-1] for o in outs for ln in o.splitlines() if ln.startswith("sha256:")]
+    assert len(sha) == 2 and sha[0] == sha[1]
+    assert f"vault plugin register -sha256={sha[0]} -command=l1 secret myplugin" in outs[0]
+    assert (tmp / "l1").read_bytes() == (tmp / "l2").read_bytes()
