@@ -17,6 +17,18 @@ API:
     pad(path, size, fill="zero")       -> Path   (append bytes to reach `size`)
     sha256_file(path)                  -> str (hex)
 
+Known go-plugin 1.0.1 behaviour seen with this peer (host and plugin both 1.0.1):
+  * broker, plugin dials a host-served id under AutoMTLS: fails with
+    BROKER_BUG_101 (plugin's tls.Config has no ServerName). Host dials a
+    plugin-served id: works. Without AutoMTLS both directions work.
+  * plugin exits before its handshake line (or refuses the cookie): the host
+    usually reports "Unrecognized remote plugin message: " (stdout EOF read as an
+    empty line), sometimes "plugin exited before we could connect".
+  * a SIGKILLed plugin leaves its unix socket in TMPDIR; a plugin that served
+    broker ids leaves those sockets even after a graceful Shutdown.
+  * the host appends its own os.Environ() to the plugin's env, so run_host
+    starts the host with a minimal environment (PATH, TMPDIR, + host_env).
+
 Builds are cached by a content hash of the inputs (Go source, ldflags, toolchain
 and library fingerprints) under `cache_dir` (default: <dest_dir>/.gopeer-cache,
 or $GOPEER_CACHE_DIR); the result is copied into dest_dir, so callers may modify
