@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One-command setup for a fresh Debian 12 machine (and what CI runs first):
+#   * Debian packages: the real peers the tests use (Go + HashiCorp go-plugin 1.0.1 sources,
+#     the minisign CLI) and python3-venv;
+#   * .venv/ with vault-plugin-shim installed (editable) plus its test extras.
+# Usage: bash build/install.sh        (re-running is safe)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  golang-go golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev
+  golang-goprotobuf-dev golang-golang-x-net-dev
+  minisign python3-venv ca-certificates
+)
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install.sh: apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+PYTHON="${PYTHON:-python3}"
+"$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "install.sh: ready. Try: .venv/bin/vault-plugin-shim --help"
