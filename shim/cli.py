@@ -228,7 +228,7 @@ def cmd_launcher_build(args) -> int:
     if not args.trusted_key:
         raise UsageError("launcher build needs at least one --trusted-key")
     policy = _policy_from_args(args, args.plugins_dir)
-    python = args.python or os.path.realpath(sys.executable)
+    python = args.python or os.path.abspath(sys.executable)
     sha = write_launcher(None if args.policy_in_args else policy, python, args.output)
     command = os.path.basename(args.output)
     extra = f" -args={encode_arg(policy)}" if args.policy_in_args else ""

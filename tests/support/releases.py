@@ -15,7 +15,7 @@ from shim.trust.manifest import Manifest, Version, manifest_path, signature_path
 from shim.trust.policy import COOKIES, Policy
 from shim.trust.verify import host_platform
 
-PYTHON = os.path.realpath(sys.executable)
+PYTHON = os.path.abspath(sys.executable)
 
 
 @dataclass
