@@ -14,6 +14,7 @@ from shim.ops.cli import add_register_parser
 from shim.ops.register import (
     LauncherFileError,
     MountConflictError,
+    PinAmbiguousError,
     PluginVersionMismatchError,
     Registration,
     RegistrationError,
@@ -202,9 +203,28 @@ def test_pin_on_vault_before_1_16_says_so(clean_env, monkeypatch):
         assert "1.16" in info.value.fix
 
 
-def test_pin_requires_version():
-    with pytest.raises(RegistrationError, match="--pin needs --version"):
-        reg(pin=True)
+def test_pin_without_version_pins_what_vault_recorded_for_this_launcher(vault):
+    vault.reported_versions[("secret", "myplugin")] = "v1.4.0"
+    result = apply(client(), reg(pin=True, mount_path="myplugin"))
+    [pin] = vault.calls("POST", "sys/plugins/pins/secret/myplugin")
+    assert pin.body == {"version": "v1.4.0"} and result.pinned_version == "v1.4.0"
+    [mount] = vault.calls("POST", "sys/mounts/myplugin")
+    assert mount.body["plugin_version"] == "v1.4.0"      # not an older unversioned entry
+
+
+def test_pin_without_version_refuses_to_guess(vault):
+    vault.catalog[("secret", "myplugin", "v1.0.0")] = {"sha256": sha(), "name": "myplugin"}
+    vault.reported_versions[("secret", "myplugin")] = "v1.4.0"
+    with pytest.raises(PinAmbiguousError) as info:
+        apply(client(), reg(pin=True))
+    assert "v1.0.0, v1.4.0" in info.value.reason and "--version" in info.value.fix
+    assert not vault.calls("POST", "sys/plugins/pins/secret/myplugin")
+
+
+def test_dry_run_without_version_marks_the_recorded_version():
+    text = render_dry_run(reg(pin=True, mount_path="p"))
+    assert "vault write sys/plugins/pins/secret/myplugin 'version=<recorded version>'" in text
+    assert "-plugin-version=<recorded version>" in text
 
 
 # --- mounts --------------------------------------------------------------------------------
@@ -304,7 +324,8 @@ def test_dry_run_prints_cli_and_http_and_sends_nothing(vault, launcher, monkeypa
 
 def test_dry_run_for_auth_and_database(clean_env):
     auth = render_dry_run(reg(plugin_type="auth", name="a", mount_path="a"))
-    assert "vault auth enable -path=a a" in auth and "POST /v1/sys/auth/a" in auth
+    assert "vault auth enable -path=a '-plugin-version=<recorded version>' a" in auth
+    assert "POST /v1/sys/auth/a" in auth
     db = render_dry_run(reg(plugin_type="database", name="db"))
     assert "vault plugin register" in db and "plugin_name=" in db
 

@@ -47,7 +47,7 @@ def add_register_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--version", dest="plugin_version", default="", metavar="VERSION",
                    help="catalog version; must equal what the plugin on the active node reports")
     p.add_argument("--pin", action="store_true",
-                   help="pin this version for every mount of the name (Vault 1.16+; needs --version)")
+                   help="pin every mount of the name to this entry (Vault 1.16+): --version, else the version Vault records")
     p.add_argument("--mount", metavar="PATH",
                    help="enable the plugin at PATH if nothing is mounted there (secret/auth only)")
     p.add_argument("--description", default="", help="description for a mount created by --mount")
@@ -98,25 +98,32 @@ def run_register(ns: argparse.Namespace, *, stdout=None, stderr=None) -> int:
 
 def add_doctor_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "doctor", help="explain what the launcher on this pod would do on Vault's next launch",
-        description="Check the launcher, its embedded policy, the plugins directory and each "
-                    "candidate plugin version, and say what Vault would get on its next launch.")
+        "doctor", help="explain what Vault's next launch of the plugin would do on this pod",
+        description="Check the launcher, its interpreter and policy, the plugins directory, each candidate "
+                    "version and the clock, and say what Vault gets on its next launch. Run it in the Vault "
+                    "container as the Vault user. Changes nothing; does not contact Vault.")
     p.add_argument("--launcher", metavar="PATH", required=True,
                    help="the launcher file in Vault's plugin_directory")
     p.add_argument("--sha256", metavar="HEX",
-                   help="the sha256 registered in the catalog (compare with the launcher's)")
-    p.add_argument("--json", action="store_true", help="machine-readable findings")
+                   help="the sha256 in the catalog (`vault plugin info TYPE NAME`) to compare with")
+    p.add_argument("--arg", dest="args", action="append", default=[], metavar="ARG",
+                   help="a catalog argument (for launchers whose policy is in --shim-policy=...)")
+    p.add_argument("--plugin-directory", metavar="DIR",
+                   help="Vault's plugin_directory (default: the launcher's directory)")
+    p.add_argument("--no-interpreter-check", action="store_true",
+                   help="do not run the #! interpreter to check it imports cryptography")
+    p.add_argument("--json", action="store_true", help="findings as JSON")
     p.set_defaults(func=run_doctor)
     return p
 
 
 def run_doctor(ns: argparse.Namespace, *, stdout=None, stderr=None) -> int:
+    from shim.ops import doctor
+
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     try:
-        from shim.ops import doctor
-    except ImportError:
-        stderr.write("vault-plugin-shim doctor: not available in this build "
-                     "(it needs shim.trust.verify)\n")
-        return 2
-    return doctor.main(ns, stdout=stdout, stderr=stderr)
+        return doctor.main(ns, stdout=stdout, stderr=stderr)
+    except ShimError as exc:
+        stderr.write(f"vault-plugin-shim doctor: {exc.diagnostics()}\n")
+        return 1

@@ -44,6 +44,7 @@ PLUGIN_TYPES = ("secret", "auth", "database")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SEMVER = re.compile(r"^v?\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RECORDED = "<recorded version>"
 _MISMATCH = re.compile(r"reported version \((?P<reported>[^)]*)\) did not match requested version \((?P<requested>[^)]*)\)")
 
 DATABASE_NOTE = (
@@ -79,6 +80,10 @@ class PluginVersionMismatchError(VaultRequestError):
 
 class MountConflictError(VaultOpsError):
     """The mount path is already used by something else."""
+
+
+class PinAmbiguousError(VaultOpsError):
+    """--pin without --version, and the catalog does not say which version to pin."""
 
 
 # --- the request -----------------------------------------------------------------------
@@ -124,11 +129,6 @@ class Registration:
         if self.version.endswith("+builtin") or "+builtin." in self.version:
             raise RegistrationError(f"version {self.version!r} uses the reserved 'builtin' metadata",
                                     fix="drop the +builtin suffix")
-        if self.pin and not self.version:
-            raise RegistrationError(
-                "--pin needs --version: Vault pins a version that exists in the catalog",
-                fix="pass --version with the version the plugin on the active node reports "
-                    "(see `vault-plugin-shim doctor`), or drop --pin")
         if self.mount_path is not None:
             if self.plugin_type == "database":
                 raise RegistrationError("--mount does not apply to database plugins", fix=DATABASE_NOTE)
@@ -157,12 +157,12 @@ class Registration:
             body["version"] = self.version
         return body
 
-    def mount_body(self) -> dict:
+    def mount_body(self, version: str | None = None) -> dict:
         body: dict = {"type": self.name}
         if self.description:
             body["description"] = self.description
-        if self.version:
-            body["plugin_version"] = self.version
+        if version or self.version:
+            body["plugin_version"] = version or self.version
         return body
 
 
@@ -214,23 +214,26 @@ def plan(reg: Registration) -> list[ApiCall]:
                     "Vault runs the launcher once and records the version the plugin reports")
     calls.append(ApiCall("register the launcher in the plugin catalog (needs sudo)", "PUT",
                          reg.catalog_path, reg.catalog_body(), _q(*cli), version_note))
+    recorded = reg.version or RECORDED
     if reg.pin:
         calls.append(ApiCall("pin every mount of this plugin to that entry (Vault 1.16+)", "POST",
-                             reg.pin_path, {"version": reg.version},
-                             _q("vault", "write", reg.pin_path, f"version={reg.version}")))
+                             reg.pin_path, {"version": recorded},
+                             _q("vault", "write", reg.pin_path, f"version={recorded}"),
+                             "" if reg.version else f"{RECORDED}: the one version step 1 recorded "
+                             "for this launcher, read back from GET /v1/sys/plugins/catalog"))
     if reg.mount_path is not None:
         kind = "auth" if reg.plugin_type == "auth" else "secrets"
         calls.append(ApiCall(f"check whether {reg.mount_path}/ is already enabled", "GET",
                              reg.mounts_path, None, _q("vault", kind, "list", "-format=json")))
-        enable = ["vault", kind, "enable", f"-path={reg.mount_path}"]
-        if reg.version:
-            enable.append(f"-plugin-version={reg.version}")
+        enable = ["vault", kind, "enable", f"-path={reg.mount_path}", f"-plugin-version={recorded}"]
         if reg.description:
             enable.append(f"-description={reg.description}")
         enable.append(reg.name)
         calls.append(ApiCall(f"enable the plugin at {reg.mount_path}/", "POST",
-                             f"{reg.mounts_path}/{reg.mount_path}", reg.mount_body(), _q(*enable),
-                             f"only if nothing is mounted at {reg.mount_path}/", conditional=True))
+                             f"{reg.mounts_path}/{reg.mount_path}", reg.mount_body(recorded), _q(*enable),
+                             f"only if nothing is mounted at {reg.mount_path}/"
+                             + ("" if reg.version else f"; {RECORDED} as in step 1, left out when "
+                                "the plugin reports no version"), conditional=True))
     return calls
 
 
@@ -261,6 +264,7 @@ def render_dry_run(reg: Registration, env: VaultEnv | None = None) -> str:
 class RegisterResult:
     registered: bool = False
     pinned: bool = False
+    pinned_version: str = ""
     mount: str | None = None          # "created" | "present" | None
     recorded_versions: list[str] = field(default_factory=list)
 
@@ -275,7 +279,7 @@ class RegisterResult:
         else:
             lines.append("  catalog version: none (the plugin reports no version)")
         if self.pinned:
-            lines.append(f"pinned {reg.plugin_type}/{reg.name} to {reg.version}")
+            lines.append(f"pinned {reg.plugin_type}/{reg.name} to {self.pinned_version}")
         if self.mount == "created":
             lines.append(f"enabled {reg.name} at {reg.mount_path}/")
         elif self.mount == "present":
@@ -347,18 +351,29 @@ def apply(client, reg: Registration) -> RegisterResult:
                       + _policy(reg.catalog_path) + " (or run this as an admin)")},
          classify=_catalog_failure(reg))
     result.registered = True
-    if not reg.version:
+    version = reg.version
+    if not version:
         result.recorded_versions = _recorded_versions(adapter, reg)
+        if len(result.recorded_versions) == 1:
+            version = result.recorded_versions[0]
+        elif reg.pin:
+            found = ", ".join(result.recorded_versions) or "none (the plugin reports no version)"
+            raise PinAmbiguousError(
+                f"registered, but cannot tell which catalog version of {reg.name} to pin: "
+                f"versions pointing at this launcher: {found}",
+                fix="pin explicitly: re-run with --version set to the version the plugin on the "
+                    "active node reports, or `vault write " + reg.pin_path + " version=<version>`")
 
     if reg.pin:
-        call(f"pinning {reg.plugin_type}/{reg.name} to {reg.version}", "POST", reg.pin_path,
-             lambda: adapter.post(f"/v1/{reg.pin_path}", json={"version": reg.version}),
+        call(f"pinning {reg.plugin_type}/{reg.name} to {version}", "POST", reg.pin_path,
+             lambda: adapter.post(f"/v1/{reg.pin_path}", json={"version": version}),
              fixes={403: "the token cannot write pins; grant " + _policy(reg.pin_path),
                     404: "this server has no sys/plugins/pins (it needs Vault 1.16 or newer): "
                          "drop --pin and pass --version so the mount names the version",
                     400: "pin a version that is registered: check `vault plugin list "
                          f"{reg.plugin_type}`"})
         result.pinned = True
+        result.pinned_version = version
 
     if reg.mount_path is not None:
         if existing is not None:
@@ -366,7 +381,7 @@ def apply(client, reg: Registration) -> RegisterResult:
         else:
             target = f"{reg.mounts_path}/{reg.mount_path}"
             call(f"enabling {reg.name} at {reg.mount_path}/", "POST", target,
-                 lambda: adapter.post(f"/v1/{target}", json=reg.mount_body()),
+                 lambda: adapter.post(f"/v1/{target}", json=reg.mount_body(version)),
                  fixes={403: "the token cannot enable mounts; grant " + _policy(f"{reg.mounts_path}/*"),
                         400: "see Vault's message: the path may be taken or reserved"})
             result.mount = "created"
@@ -387,7 +402,7 @@ def _recorded_versions(adapter, reg: Registration) -> list[str]:
 
 
 __all__ = [
-    "ApiCall", "DATABASE_NOTE", "LauncherFileError", "MountConflictError", "PLUGIN_TYPES",
+    "ApiCall", "DATABASE_NOTE", "LauncherFileError", "MountConflictError", "PLUGIN_TYPES", "PinAmbiguousError",
     "PluginVersionMismatchError", "RegisterResult", "Registration", "RegistrationError",
     "apply", "plan", "render_dry_run", "sha256_file",
 ]

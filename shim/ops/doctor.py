@@ -1,0 +1,273 @@
+"""``doctor``: what would happen on this pod the next time Vault launches the plugin.
+
+Run it inside the Vault container, as the user Vault runs as (the official chart: uid 100).
+It reads the same files with the same code the launcher uses (:func:`shim.trust.verify.report`)
+and reports, one finding per check:
+
+* the launcher: present, a regular file directly in the plugin directory, executable, and its
+  sha256 (compared with the catalog's when ``--sha256`` is given: Vault refuses a mismatch);
+* the interpreter in its ``#!`` line exists and imports what the launcher needs;
+* the trust policy (embedded, or from the catalog ``--arg``\\s);
+* the plugins directory: exists, owned and writable only as the launcher requires;
+* every candidate version with its verdict, and the one the launcher would execute;
+* the clock: manifests that expire soon, or were issued in this node's future;
+* ``vm.memfd_noexec`` (the launcher then falls back to a private copy);
+* a one-line answer: what Vault gets on its next launch.
+
+Doctor changes nothing and never contacts Vault. It imports no hvac, so it also runs from
+inside the launcher file itself (``sys.path`` entry), as the Dockerfile's build check does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+from shim.errors import ShimError
+
+SOON = 14 * 86400
+STATUSES = ("ok", "info", "warn", "fail")
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    status: str          # ok | info | warn | fail
+    message: str
+    fix: str = ""
+    subject: str = ""
+
+    def line(self) -> str:
+        head = f"[{self.status.upper():4}] {self.check}: "
+        body = f"{self.subject}: {self.message}" if self.subject else self.message
+        return head + body + (f"\n         fix: {self.fix}" if self.fix else "")
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_launcher(launcher: str, plugin_directory: str | None, expected: str | None,
+                    out: list[Finding]) -> str | None:
+    try:
+        st = os.lstat(launcher)
+    except OSError as exc:
+        out.append(Finding("launcher", "fail", f"cannot be read ({exc.strerror})", subject=launcher,
+                           fix="install the launcher in Vault's plugin_directory (the image or volume ships it)"))
+        return None
+    real = os.path.realpath(launcher)
+    directory = os.path.realpath(plugin_directory) if plugin_directory else os.path.dirname(real)
+    if stat.S_ISLNK(st.st_mode) and os.path.dirname(real) != directory:
+        out.append(Finding("launcher", "fail", f"is a symlink to {real}, outside the plugin directory {directory}",
+                           subject=launcher, fix="Vault refuses commands that resolve outside plugin_directory: "
+                                                 "copy the file there"))
+    elif plugin_directory and os.path.dirname(real) != directory:
+        out.append(Finding("launcher", "fail", f"is not directly inside the plugin directory {directory}",
+                           subject=launcher, fix="Vault runs <plugin_directory>/<command>; put the launcher there"))
+    try:
+        rst = os.stat(real)
+        digest = _sha256(real)
+    except OSError as exc:
+        out.append(Finding("launcher", "fail", f"cannot be read ({exc.strerror})", subject=launcher,
+                           fix="make it readable by the Vault user"))
+        return None
+    if not stat.S_ISREG(rst.st_mode):
+        out.append(Finding("launcher", "fail", "is not a regular file", subject=launcher))
+        return None
+    if not os.access(real, os.X_OK):
+        out.append(Finding("launcher", "fail", f"is not executable by uid {os.geteuid()} (mode "
+                                               f"{stat.S_IMODE(rst.st_mode):04o})", subject=launcher,
+                           fix="chmod 0755 the launcher (owner root)"))
+    if rst.st_mode & 0o022:
+        out.append(Finding("launcher", "warn", f"is writable by group or others (mode {stat.S_IMODE(rst.st_mode):04o})",
+                           subject=launcher, fix="chmod 0755: Vault would refuse a modified launcher (checksum), "
+                                                 "but nobody else should be able to break the plugin"))
+    if expected is None:
+        out.append(Finding("launcher", "ok", f"sha256 {digest} (compare with `vault plugin info <type> <name>`)",
+                           subject=launcher))
+    elif expected.strip().lower() == digest:
+        out.append(Finding("launcher", "ok", f"sha256 {digest} matches the catalog", subject=launcher))
+    else:
+        out.append(Finding("launcher", "fail", f"sha256 {digest} differs from the catalog's {expected}",
+                           subject=launcher,
+                           fix="Vault will refuse to start it (`checksums did not match`): roll out the launcher "
+                               "the catalog names, or register this one (`vault-plugin-shim register`)"))
+    return real
+
+
+def _check_interpreter(interpreter: str, out: list[Finding]) -> None:
+    words = interpreter.split()
+    python = words[0] if words else ""
+    if not python or not os.path.isabs(python):
+        out.append(Finding("interpreter", "fail", f"the #! line names {interpreter!r}, not an absolute path"))
+        return
+    if not os.access(python, os.X_OK):
+        out.append(Finding("interpreter", "fail", f"{python} does not exist or is not executable here",
+                           fix="install Python in the Vault image (Alpine: apk add python3 py3-cryptography) "
+                               "or rebuild the launcher with --python pointing at this image's interpreter"))
+        return
+    try:
+        done = subprocess.run([python, "-I", "-c", "import cryptography.hazmat.primitives.asymmetric.ed25519"],
+                              capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        out.append(Finding("interpreter", "fail", f"{python} could not be run ({exc})"))
+        return
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no error text"])[-1]
+        out.append(Finding("interpreter", "fail", f"{python} -I cannot import cryptography ({last})",
+                           fix="install the cryptography package for that interpreter "
+                               "(Alpine: apk add py3-cryptography; Debian: apt-get install python3-cryptography)"))
+        return
+    out.append(Finding("interpreter", "ok", f"{interpreter} imports cryptography"))
+
+
+def _memfd_finding(out: list[Finding], proc: str = "/proc/sys/vm/memfd_noexec") -> None:
+    try:
+        value = open(proc).read().strip()
+    except OSError:
+        return
+    if value == "2":
+        out.append(Finding("memfd", "info", "vm.memfd_noexec=2: executing from a memfd is refused; the launcher "
+                                            "falls back to a private copy of the verified binary"))
+
+
+def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args: Sequence[str] = (),
+             plugin_directory: str | None = None, now: float | None = None, soon: float = SOON,
+             check_interpreter: bool = True) -> list[Finding]:
+    """All findings, in the order an operator should read them."""
+    from shim.launch.build import inspect
+    from shim.trust.policy import split_args
+    from shim.trust.verify import CLOCK_SKEW, PluginDir, report
+
+    now = time.time() if now is None else now
+    out: list[Finding] = []
+    real = _check_launcher(launcher, plugin_directory, expected_sha256, out)
+    checksum_ok = not any(f.check == "launcher" and f.status == "fail" for f in out)
+    if real is None:
+        out.append(Finding("next-launch", "fail", "Vault cannot start the plugin: the launcher is missing"))
+        return out
+
+    try:
+        info = inspect(real)
+    except ShimError as exc:
+        out.append(Finding("policy", "fail", exc.reason, exc.fix, subject=launcher))
+        out.append(Finding("next-launch", "fail", "Vault would start a file that is not a working launcher"))
+        return out
+    if check_interpreter:
+        _check_interpreter(info.interpreter, out)
+
+    policy = info.policy
+    if policy is None:
+        try:
+            policy, _ = split_args(list(catalog_args))
+        except ShimError as exc:
+            out.append(Finding("policy", "fail", exc.reason, exc.fix))
+            policy = None
+        if policy is None:
+            out.append(Finding("policy", "fail", "no embedded policy and no --shim-policy= catalog argument given",
+                               fix="pass the catalog's args with --arg (see `vault plugin info <type> <name>`)"))
+            out.append(Finding("next-launch", "fail", "cannot tell: the launcher's policy is unknown"))
+            return out
+    keys = ", ".join(k.key_id_hex for k in policy.trusted_keys)
+    out.append(Finding("policy", "ok" if policy.mode == "exec" else "fail",
+                       f"{policy.source} policy for {policy.type} plugin {policy.name!r}: plugins dir "
+                       f"{policy.plugins_dir}, trusted keys {keys}, minimum version {policy.min_version or 'none'}, "
+                       f"mode {policy.mode}",
+                       fix="" if policy.mode == "exec" else "rebuild the launcher with --mode exec"))
+
+    try:
+        with PluginDir(policy):
+            pass
+    except ShimError as exc:
+        out.append(Finding("plugins-dir", "fail", exc.reason, exc.fix, subject=exc.path or policy.plugins_dir))
+        out.append(Finding("next-launch", "fail", "the launcher would refuse to start any version "
+                                                  "(Vault: `plugin exited before we could connect`)"))
+        return out
+    out.append(Finding("plugins-dir", "ok", f"owned and writable as required (checked as uid {os.geteuid()})",
+                       subject=policy.plugins_dir))
+
+    out.append(Finding("clock", "info", f"node clock {_iso(now)}"))
+    candidates = list(report(policy, now))
+    listed = {c.binary for c in candidates}
+    for name in sorted(os.listdir(policy.plugins_dir)):
+        if not name.endswith((".manifest.json", ".manifest.json.minisig")) and name not in listed:
+            out.append(Finding("candidate", "info", "ignored: no NAME.manifest.json next to it",
+                               subject=os.path.join(policy.plugins_dir, name)))
+    good = sorted((c for c in candidates if c.error is None), key=lambda c: c.manifest.version, reverse=True)
+    chosen = good[0] if good else None
+    for c in candidates:
+        if c.error is None:
+            tag = "would launch" if c is chosen else "valid, not the highest"
+            out.append(Finding("candidate", "ok", f"{tag}: version {c.manifest.version}, "
+                                                  f"signed by {c.key.key_id_hex}", subject=c.path))
+            if c.manifest.expires_at is not None and c.manifest.expires_at - now < soon:
+                days = (c.manifest.expires_at - now) / 86400
+                out.append(Finding("clock", "warn", f"manifest for {c.manifest.version} expires "
+                                                    f"{_iso(c.manifest.expires_at)} (in {days:.1f} days)",
+                                   subject=c.manifest_path,
+                                   fix="ship a freshly signed manifest (re-run `vault-plugin-shim sign`) before then"))
+        else:
+            out.append(Finding("candidate", "fail", c.error.reason, c.error.fix, subject=c.error.path or c.path))
+            if c.manifest is None and "future" in c.error.reason:
+                out.append(Finding("clock", "fail", "a manifest is issued after this node's clock "
+                                                    f"(+{CLOCK_SKEW} s allowed)", fix="fix NTP on the node"))
+    _memfd_finding(out)
+
+    if not checksum_ok:
+        verdict = Finding("next-launch", "fail", "Vault would refuse the launcher before running it "
+                                                 "(`checksums did not match` or no usable launcher)")
+    elif chosen is None:
+        verdict = Finding("next-launch", "fail",
+                          f"the launcher would refuse: no valid version of {policy.name} in {policy.plugins_dir} "
+                          "(Vault logs each rejection, then `plugin exited before we could connect`)",
+                          fix="ship a signed version that passes the checks above")
+    else:
+        verdict = Finding("next-launch", "ok", f"Vault runs the launcher, which executes {chosen.path} "
+                                               f"version {chosen.manifest.version} (sha256 {chosen.manifest.sha256})")
+    out.append(verdict)
+    return out
+
+
+def render(findings: Sequence[Finding]) -> str:
+    return "\n".join(f.line() for f in findings) + "\n"
+
+
+def exit_code(findings: Sequence[Finding]) -> int:
+    return 1 if any(f.status == "fail" for f in findings) else 0
+
+
+def main(ns: argparse.Namespace, *, stdout, stderr) -> int:
+    findings = diagnose(ns.launcher, expected_sha256=ns.sha256, catalog_args=ns.args,
+                        plugin_directory=ns.plugin_directory, check_interpreter=not ns.no_interpreter_check)
+    if ns.json:
+        stdout.write(json.dumps([asdict(f) for f in findings], indent=2) + "\n")
+    else:
+        stdout.write(render(findings))
+    return exit_code(findings)
+
+
+def run(argv: Sequence[str]) -> int:
+    """Entry point without the full CLI (used from inside the launcher file at image build)."""
+    import sys
+
+    from shim.ops.cli import add_doctor_parser
+
+    parser = argparse.ArgumentParser(prog="vault-plugin-shim")
+    add_doctor_parser(parser.add_subparsers(dest="command", required=True))
+    ns = parser.parse_args(["doctor", *argv])
+    return main(ns, stdout=sys.stdout, stderr=sys.stderr)

@@ -1,0 +1,189 @@
+"""`doctor`: one test per finding, on real launchers and signed versions built with the real code."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from shim.launch.build import write_launcher
+from shim.ops.cli import add_doctor_parser
+from shim.ops.doctor import diagnose, exit_code, render
+from shim.trust.policy import encode_arg
+from support.releases import PYTHON, launcher, new_keys, policy, release, script_plugin
+
+
+@pytest.fixture
+def setup(tmp_path):
+    keys = new_keys()
+    plugins = tmp_path / "versions"
+    plugins.mkdir(mode=0o755)
+    vault_plugins = tmp_path / "plugins"
+    vault_plugins.mkdir()
+    pol = policy(plugins, keys)
+    lau = launcher(vault_plugins, pol, name="vault-plugin-shim-launcher")
+    return keys, plugins, pol, lau
+
+
+def by(findings, check):
+    return [f for f in findings if f.check == check]
+
+
+def verdict(findings):
+    [v] = by(findings, "next-launch")
+    return v
+
+
+def run_cli(*argv):
+    parser = argparse.ArgumentParser()
+    add_doctor_parser(parser.add_subparsers(dest="cmd", required=True))
+    ns = parser.parse_args(["doctor", *argv])
+    out, err = io.StringIO(), io.StringIO()
+    return ns.func(ns, stdout=out, stderr=err), out.getvalue(), err.getvalue()
+
+
+def test_healthy_pod_launches_the_highest_valid_version(setup):
+    keys, plugins, pol, lau = setup
+    release(keys, script_plugin(plugins / "myplugin-1.0.0", "one"), version="1.0.0")
+    release(keys, script_plugin(plugins / "myplugin-1.1.0", "two"), version="1.1.0")
+    import hashlib
+    findings = diagnose(str(lau), expected_sha256=hashlib.sha256(lau.read_bytes()).hexdigest())
+    assert exit_code(findings) == 0, render(findings)
+    assert "matches the catalog" in by(findings, "launcher")[0].message
+    assert by(findings, "interpreter")[0].status == "ok"
+    assert by(findings, "plugins-dir")[0].status == "ok"
+    cands = {f.subject: f.message for f in by(findings, "candidate")}
+    assert cands[str(plugins / "myplugin-1.1.0")].startswith("would launch: version 1.1.0")
+    assert cands[str(plugins / "myplugin-1.0.0")].startswith("valid, not the highest")
+    v = verdict(findings)
+    assert v.status == "ok" and "myplugin-1.1.0" in v.message and "1.1.0" in v.message
+
+
+def test_catalog_checksum_mismatch(setup):
+    keys, plugins, _, lau = setup
+    release(keys, script_plugin(plugins / "p", "x"))
+    findings = diagnose(str(lau), expected_sha256="0" * 64)
+    [launcher_fail] = [f for f in by(findings, "launcher") if f.status == "fail"]
+    assert "differs from the catalog" in launcher_fail.message and "checksums did not match" in launcher_fail.fix
+    assert verdict(findings).status == "fail" and "checksums" in verdict(findings).message
+
+
+def test_missing_launcher(tmp_path):
+    findings = diagnose(str(tmp_path / "nope"))
+    assert by(findings, "launcher")[0].status == "fail" and verdict(findings).status == "fail"
+
+
+def test_launcher_outside_plugin_directory(setup, tmp_path):
+    _, _, _, lau = setup
+    findings = diagnose(str(lau), plugin_directory=str(tmp_path))
+    assert any("not directly inside" in f.message for f in by(findings, "launcher"))
+
+
+def test_missing_interpreter(setup, tmp_path):
+    keys, plugins, pol, _ = setup
+    odd = tmp_path / "plugins" / "odd-launcher"
+    write_launcher(pol, "/nonexistent/python3", str(odd))
+    findings = diagnose(str(odd))
+    [f] = by(findings, "interpreter")
+    assert f.status == "fail" and "apk add python3 py3-cryptography" in f.fix
+
+
+def test_plugins_dir_missing_or_group_writable(setup):
+    keys, plugins, pol, lau = setup
+    os.chmod(plugins, 0o775)
+    findings = diagnose(str(lau))
+    assert by(findings, "plugins-dir")[0].status == "fail"
+    assert "writable by group" in by(findings, "plugins-dir")[0].message
+    os.rmdir(plugins)
+    findings = diagnose(str(lau))
+    assert "does not exist" in by(findings, "plugins-dir")[0].message
+    assert verdict(findings).status == "fail"
+
+
+def test_tampered_highest_version_falls_back_and_is_reported(setup):
+    keys, plugins, _, lau = setup
+    release(keys, script_plugin(plugins / "p-1", "one"), version="1.0.0")
+    good2 = script_plugin(plugins / "p-2", "two")
+    release(keys, good2, version="2.0.0")
+    good2.write_text('#!/bin/sh\necho "evil"\n')       # swapped after signing
+    findings = diagnose(str(lau))
+    fails = [f for f in by(findings, "candidate") if f.status == "fail"]
+    assert fails and fails[0].subject.endswith("p-2")
+    assert "p-1" in verdict(findings).message and verdict(findings).status == "ok"
+    assert exit_code(findings) == 1                     # a rejected candidate is worth a look
+
+
+def test_clock_findings(setup):
+    keys, plugins, _, lau = setup
+    now = time.time()
+    release(keys, script_plugin(plugins / "soon", "s"), version="1.0.0", issued=int(now) - 100,
+            expires=int(now) + 3 * 86400)
+    release(keys, script_plugin(plugins / "future", "f"), version="2.0.0", issued=int(now) + 7200)
+    release(keys, script_plugin(plugins / "old", "o"), version="3.0.0", issued=int(now) - 7200,
+            expires=int(now) - 60)
+    findings = diagnose(str(lau), now=now)
+    clock = by(findings, "clock")
+    assert any(f.status == "warn" and "expires" in f.message and "3.0 days" in f.message for f in clock)
+    assert any(f.status == "fail" and "future" in f.message for f in by(findings, "candidate"))
+    assert any(f.status == "fail" and "expired" in f.message for f in by(findings, "candidate"))
+    assert "soon" in verdict(findings).message
+
+
+def test_no_valid_version_explains_what_vault_logs(setup):
+    keys, plugins, _, lau = setup
+    other = new_keys()
+    release(other, script_plugin(plugins / "p", "x"))     # signed by an untrusted key
+    findings = diagnose(str(lau))
+    assert "not trusted" in by(findings, "candidate")[0].message
+    v = verdict(findings)
+    assert v.status == "fail" and "plugin exited before we could connect" in v.message
+
+
+def test_stray_binary_without_manifest(setup):
+    keys, plugins, _, lau = setup
+    script_plugin(plugins / "forgotten", "x")
+    findings = diagnose(str(lau))
+    assert any(f.subject.endswith("forgotten") and f.status == "info" for f in by(findings, "candidate"))
+
+
+def test_policy_from_catalog_args(setup, tmp_path):
+    keys, plugins, pol, _ = setup
+    bare = tmp_path / "plugins" / "bare-launcher"
+    write_launcher(None, PYTHON, str(bare))
+    release(keys, script_plugin(plugins / "p", "x"))
+    assert by(diagnose(str(bare)), "policy")[0].status == "fail"
+    findings = diagnose(str(bare), catalog_args=[encode_arg(pol)])
+    [pf] = by(findings, "policy")
+    assert pf.status == "ok" and pf.message.startswith("catalog args policy")
+    assert verdict(findings).status == "ok"
+
+
+def test_cli_text_and_json(setup):
+    keys, plugins, _, lau = setup
+    release(keys, script_plugin(plugins / "p", "x"))
+    code, out, _ = run_cli("--launcher", str(lau))
+    assert code == 0 and "[OK  ] next-launch:" in out
+    code, out, _ = run_cli("--launcher", str(lau), "--json", "--sha256", "f" * 64)
+    assert code == 1
+    doc = json.loads(out)
+    assert {"check", "status", "message", "fix", "subject"} <= set(doc[0])
+    assert doc[-1]["check"] == "next-launch" and doc[-1]["status"] == "fail"
+
+
+def test_doctor_runs_from_inside_the_launcher_file(setup):
+    """What build/docker/Dockerfile does at image build: the launcher's own code checks itself."""
+    keys, plugins, _, lau = setup
+    release(keys, script_plugin(plugins / "p", "x"))
+    snippet = ("import sys; sys.path.insert(0, sys.argv[1]); from shim.ops.doctor import run; import shim; "
+               "assert shim.__file__.startswith(sys.argv[1]), shim.__file__; "
+               "raise SystemExit(run(['--launcher', sys.argv[1]]))")
+    done = subprocess.run([sys.executable, "-I", "-c", snippet, str(lau)], capture_output=True, text=True,
+                          timeout=120, cwd="/")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "would launch" in done.stdout
