@@ -79,7 +79,7 @@ def parse_expiry(text: str, now: float) -> int:
                          fix="pass e.g. --expires 180d") from None
 
 
-def _policy_from_args(args, plugins_dir: str):
+def _policy_from_args(args, plugins_dir: str, *, keep_relative: bool = False):
     from shim.trust.manifest import Version
     from shim.trust.policy import Policy
 
@@ -87,7 +87,9 @@ def _policy_from_args(args, plugins_dir: str):
         floor = Version.parse(args.min_version.lstrip("v")) if args.min_version else None
     except ValueError as exc:
         raise UsageError(str(exc), fix="pass --min-version as X.Y.Z") from None
-    return Policy(name=args.name, type=args.type, plugins_dir=os.path.abspath(plugins_dir),
+    if not (keep_relative and not os.path.isabs(plugins_dir)):
+        plugins_dir = os.path.abspath(plugins_dir)
+    return Policy(name=args.name, type=args.type, plugins_dir=plugins_dir,
                   trusted_keys=tuple(_read_public_key(k) for k in args.trusted_key),
                   min_version=floor, mode=getattr(args, "mode", "exec"),
                   **({"max_size": args.max_size} if getattr(args, "max_size", None) else {}))
@@ -181,6 +183,7 @@ def cmd_verify(args) -> int:
         policy = inspect(args.launcher).policy
         if policy is None:
             raise UsageError("has no embedded policy", path=args.launcher)
+        policy = policy.resolved(args.launcher)
         if directory:
             policy = replace(policy, plugins_dir=directory)
     else:
@@ -227,7 +230,7 @@ def cmd_launcher_build(args) -> int:
 
     if not args.trusted_key:
         raise UsageError("launcher build needs at least one --trusted-key")
-    policy = _policy_from_args(args, args.plugins_dir)
+    policy = _policy_from_args(args, args.plugins_dir, keep_relative=True)
     python = args.python or os.path.abspath(sys.executable)
     sha = write_launcher(None if args.policy_in_args else policy, python, args.output)
     command = os.path.basename(args.output)
@@ -317,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     lsub = launcher.add_subparsers(dest="launcher_command", required=True)
     p = lsub.add_parser("build", help="build a reproducible single-file launcher")
     _plugin_args(p)
-    p.add_argument("--plugins-dir", required=True, help="directory holding the signed plugin versions")
+    p.add_argument("--plugins-dir", required=True,
+                   help="directory holding the signed plugin versions; a relative path is taken "
+                        "relative to the launcher's own directory when Vault runs it")
     p.add_argument("--mode", default="exec", choices=("exec", "proxy"))
     p.add_argument("--python", help="interpreter for the #! line (default: this one)")
     p.add_argument("--max-size", type=int, help="largest plugin binary accepted, in bytes")

@@ -194,3 +194,27 @@ def test_cli_build_twice_same_sha(setup):
     assert len(sha) == 2 and sha[0] == sha[1]
     assert f"vault plugin register -sha256={sha[0]} -command=l1 secret myplugin" in outs[0]
     assert (tmp / "l1").read_bytes() == (tmp / "l2").read_bytes()
+
+
+def test_relative_plugins_dir_is_relative_to_the_launcher(tmp_path):
+    """One launcher file (one checksum) serves each node's own image directory."""
+    from shim.errors import PolicyError
+    from shim.trust.policy import Policy
+
+    keys = R.new_keys()
+    pol = Policy(name="myplugin", type="secret", plugins_dir="versions/myplugin",
+                 trusted_keys=(keys.public,))
+    data = build_bytes(pol, R.PYTHON)
+    for node, label in (("node-a", "old"), ("node-b", "new")):
+        plugins = tmp_path / node / "plugins"
+        versions = plugins / "versions" / "myplugin"
+        versions.mkdir(parents=True)
+        R.release(keys, R.script_plugin(versions / f"myplugin-{label}", label),
+                  version="1.0.0" if label == "old" else "2.0.0")
+        launcher = plugins / "launcher"
+        launcher.write_bytes(data)
+        launcher.chmod(0o755)
+        assert R.run(launcher).stdout == f"ran {label} \n".encode()
+    for bad in ("../elsewhere", "a/../../b", ""):
+        with pytest.raises(PolicyError):
+            Policy(name="myplugin", type="secret", plugins_dir=bad, trusted_keys=(keys.public,))

@@ -179,4 +179,6 @@ def test_policy_round_trip_and_arg(tmp_path):
     with pytest.raises(PolicyError):
         Policy.from_json(pol.to_json().replace('"exec"', '"yolo"'))
     with pytest.raises(PolicyError):
-        Policy.from_json(pol.to_json().replace(str(tmp_path), "relative/dir"))
+        Policy.from_json(pol.to_json().replace(str(tmp_path), "../escape"))
+    relative = Policy.from_json(pol.to_json().replace(str(tmp_path), "versions/kv"))
+    assert relative.resolved("/vault/plugins/launcher").plugins_dir == "/vault/plugins/versions/kv"

@@ -61,6 +61,7 @@ def main(embedded_policy: str | None, argv: list[str] | None = None, env: dict |
     launcher = argv[0] if argv else "launcher"
     try:
         policy, plugin_args = load_policy(embedded_policy, argv[1:])
+        policy = policy.resolved(launcher)
     except ShimError as exc:
         hclog.error("vault-plugin-shim: invalid launcher policy", launcher=launcher, **exc.fields())
         return EXIT_REFUSED

@@ -14,7 +14,7 @@ import base64
 import binascii
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from shim.errors import KeyFormatError, PolicyError
 from shim.trust.manifest import MAX_BINARY_SIZE, NAME_RE, PLUGIN_TYPES, Version
@@ -48,14 +48,24 @@ class Policy:
             raise PolicyError(f"plugin name {self.name!r} is not a valid Vault plugin name")
         if self.type not in PLUGIN_TYPES:
             raise PolicyError(f"plugin type {self.type!r} is not one of {', '.join(PLUGIN_TYPES)}")
-        if not os.path.isabs(self.plugins_dir) or "\0" in self.plugins_dir:
-            raise PolicyError(f"plugins_dir {self.plugins_dir!r} must be an absolute path")
+        d = self.plugins_dir
+        if not d or "\0" in d or (not os.path.isabs(d) and (".." in d.split("/") or d.startswith("~"))):
+            raise PolicyError(f"plugins_dir {d!r} must be an absolute path, or a path below the "
+                              "launcher's own directory without '..'")
         if not self.trusted_keys:
             raise PolicyError("a policy needs at least one trusted public key")
         if self.mode not in MODES:
             raise PolicyError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         if not 0 < self.max_size <= MAX_BINARY_SIZE:
             raise PolicyError(f"max_size must be within 1..{MAX_BINARY_SIZE}")
+
+    def resolved(self, launcher_path: str) -> "Policy":
+        """A relative plugins_dir is relative to the directory Vault ran the launcher from
+        (inside Vault's plugin_directory, which Vault itself enforces)."""
+        if os.path.isabs(self.plugins_dir):
+            return self
+        base = os.path.dirname(os.path.abspath(launcher_path))
+        return replace(self, plugins_dir=os.path.normpath(os.path.join(base, self.plugins_dir)))
 
     @property
     def cookie(self) -> tuple[str, str]:
