@@ -1,25 +1,17 @@
 """Errors of the go-plugin wire protocol library.
 
-Each says what happened (``reason``) and what to do about it (``fix``), like the
-rest of the shim's errors, so a host log line is actionable on its own. Kept free
+Each says what happened (``reason``) and what to do about it (``fix``): they are
+:class:`shim.errors.ShimError` subclasses, so a host log line is actionable on its own. Kept free
 of grpc imports: the handshake code raises these on the launch path.
 """
 
 from __future__ import annotations
 
+from ..errors import ShimError
 
-class GoPluginError(Exception):
+
+class GoPluginError(ShimError):
     """Base class for everything this package raises on purpose."""
-
-    default_fix = ""
-
-    def __init__(self, reason: str, *, fix: str | None = None):
-        self.reason = reason
-        self.fix = self.default_fix if fix is None else fix
-        super().__init__(self.diagnostics())
-
-    def diagnostics(self) -> str:
-        return f"{self.reason}. Fix: {self.fix}" if self.fix else self.reason
 
 
 class CookieError(GoPluginError):

@@ -1,0 +1,342 @@
+"""TLS fronts: stdlib ``ssl`` on the go-plugin socket, plaintext gRPC behind it.
+
+grpcio's BoringSSL cannot do go-plugin's P-521 AutoMTLS with Go peers, so TLS is
+terminated here and grpcio only ever sees plaintext on a unix socket inside a private
+(0700) directory:
+
+* :class:`ServerFront` (we serve): accept TLS on the public socket, require and pin the
+  peer's certificate, relay plaintext to a grpcio server's private socket.
+* :class:`ClientFront` (we dial): grpcio dials a private plaintext socket; each
+  connection is relayed over a new, pinned TLS connection to the peer's address.
+
+All fronts of a process share one asyncio event loop on one daemon thread; each relayed
+byte costs one ``data_received`` -> ``write`` hop per direction, with flow control
+(a slow reader pauses the opposite side) and no extra buffering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import ssl
+import tempfile
+import threading
+from typing import Callable
+
+from . import mtls
+from .errors import TLSSetupError
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 10.0
+_EARLY_DATA_LIMIT = 1 << 20
+
+
+def private_dir(prefix: str = "goplugin.", base: str | None = None) -> str:
+    """A fresh directory only we can enter (mkdtemp is 0700)."""
+    path = tempfile.mkdtemp(prefix=prefix, dir=base)
+    os.chmod(path, 0o700)
+    return path
+
+
+def unlink_quietly(path: str | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+# --- the shared loop -------------------------------------------------------------------
+
+class _LoopThread:
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+    _pid: int | None = None
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None or cls._pid != os.getpid() or not cls._loop.is_running():
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run():
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                threading.Thread(target=run, name="goplugin-tls", daemon=True).start()
+                ready.wait()
+                cls._loop, cls._pid = loop, os.getpid()
+            return cls._loop
+
+
+def run_in_loop(coro, timeout: float | None = None):
+    """Run a coroutine on the shared loop from any other thread and return its result."""
+    loop = _LoopThread.get()
+    return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+
+def call_in_loop(fn: Callable[[], None]) -> None:
+    _LoopThread.get().call_soon_threadsafe(fn)
+
+
+# --- one relayed connection end --------------------------------------------------------
+
+class _End(asyncio.Protocol):
+    """One side of a relay. Data for an unlinked end is held (bounded) until link()."""
+
+    def __init__(self, conns: set):
+        self.transport: asyncio.Transport | None = None
+        self.peer: _End | None = None
+        self.early: list[bytes] = []
+        self.early_size = 0
+        self.eof = False
+        self.lost = False
+        self._conns = conns
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self._conns.add(self)
+
+    def link(self, peer: "_End") -> None:
+        self.peer, peer.peer = peer, self
+        for end in (self, peer):
+            other = end.peer
+            if end.early:
+                other.transport.write(b"".join(end.early))
+                end.early.clear()
+            if end.eof or end.lost:
+                other.transport.close()
+
+    def data_received(self, data):
+        peer = self.peer
+        if peer is not None:
+            peer.transport.write(data)
+            return
+        self.early.append(data)
+        self.early_size += len(data)
+        if self.early_size > _EARLY_DATA_LIMIT:
+            self.transport.abort()
+
+    def eof_received(self):
+        self.eof = True
+        if self.peer is not None:
+            self.peer.transport.close()  # flushes what is buffered first
+        return False
+
+    def connection_lost(self, exc):
+        self.lost = True
+        self._conns.discard(self)
+        if self.peer is not None and not self.peer.transport.is_closing():
+            self.peer.transport.close()
+
+    def pause_writing(self):
+        if self.peer is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self):
+        if self.peer is not None:
+            self.peer.transport.resume_reading()
+
+    def abort(self):
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def _open(network: str, address: str, protocol: _End, ctx: ssl.SSLContext | None = None):
+    loop = asyncio.get_running_loop()
+    tls = {} if ctx is None else {"ssl": ctx, "server_hostname": mtls.SERVER_NAME,
+                                  "ssl_handshake_timeout": HANDSHAKE_TIMEOUT}
+    if network == "unix":
+        transport, _ = await loop.create_unix_connection(lambda: protocol, address, **tls)
+    elif network == "tcp":
+        host, _, port = address.rpartition(":")
+        transport, _ = await loop.create_connection(lambda: protocol, host.strip("[]"), int(port), **tls)
+    else:
+        raise TLSSetupError(f"unknown network {network!r}")
+    return transport
+
+
+class _Front:
+    """Shared lifecycle: a listener on the loop, live connections, last error."""
+
+    def __init__(self):
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: set[_End] = set()
+        self._closed = False
+        self.last_error: BaseException | None = None
+        self.connections_accepted = 0
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        self.last_error = exc
+        log.warning("%s: %s", what, exc)
+
+    async def _close(self):
+        if self._server is not None:
+            self._server.close()
+        for end in list(self._conns):
+            end.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            run_in_loop(self._close(), timeout=10)
+        finally:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ServerFront(_Front):
+    """Accept pinned mTLS on ``path``; relay plaintext to the unix socket ``backend``.
+
+    ``path`` must not exist yet; it is removed again by :meth:`close`.
+    """
+
+    def __init__(self, path: str, backend: str, ctx: ssl.SSLContext, peer_der: bytes):
+        super().__init__()
+        self.path, self.backend, self.ctx, self.peer_der = path, backend, ctx, peer_der
+        run_in_loop(self._start(), timeout=10)
+
+    async def _start(self):
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(self._accepted, self.path)
+
+    def _accepted(self):
+        end = _End(self._conns)
+        outer = end.connection_made
+
+        def made(transport):
+            transport.pause_reading()  # nothing may be read before start_tls takes over
+            outer(transport)
+            self.connections_accepted += 1
+            asyncio.ensure_future(self._serve(end, transport))
+
+        end.connection_made = made
+        return end
+
+    async def _serve(self, end: _End, raw: asyncio.Transport):
+        loop = asyncio.get_running_loop()
+        try:
+            tls = await loop.start_tls(raw, end, self.ctx, server_side=True,
+                                       ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+            mtls.check_peer(tls.get_extra_info("ssl_object"), self.peer_der)
+        except (OSError, asyncio.TimeoutError, TLSSetupError, ConnectionError) as exc:
+            self._fail(f"refused a TLS connection on {self.path}", exc)
+            raw.abort()
+            return
+        end.transport = tls
+        backend = _End(self._conns)
+        try:
+            await _open("unix", self.backend, backend)
+        except OSError as exc:
+            self._fail(f"cannot reach the gRPC server behind {self.path}", exc)
+            tls.abort()
+            return
+        end.link(backend)
+
+    def _cleanup(self):
+        unlink_quietly(self.path)
+
+
+class ClientFront(_Front):
+    """A private plaintext unix socket whose connections are relayed over pinned mTLS.
+
+    ``target`` is what grpcio should dial (``unix:/private/dir/front.sock``).
+    """
+
+    def __init__(self, network: str, address: str, ctx: ssl.SSLContext, peer_der: bytes,
+                 *, base: str | None = None):
+        super().__init__()
+        self.network, self.address, self.ctx, self.peer_der = network, address, ctx, peer_der
+        self.dir = private_dir("goplugin-dial.", base)
+        self.path = os.path.join(self.dir, "front.sock")
+        self.target = "unix:" + self.path
+        self._spare: _End | None = None
+        try:
+            run_in_loop(self._start(), timeout=10)
+        except BaseException:
+            self._cleanup()
+            raise
+
+    async def _start(self):
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(self._accepted, self.path)
+
+    async def _upstream(self) -> _End:
+        end = _End(self._conns)
+        try:
+            transport = await _open(self.network, self.address, end, self.ctx)
+            mtls.check_peer(transport.get_extra_info("ssl_object"), self.peer_der)
+        except (OSError, asyncio.TimeoutError, TLSSetupError, ValueError) as exc:
+            end.abort()
+            self._fail(f"TLS connection to {self.network}:{self.address} failed", exc)
+            raise
+        return end
+
+    def connect_check(self, timeout: float = HANDSHAKE_TIMEOUT + 1) -> None:
+        """Complete one TLS handshake now (kept for grpcio's first connection).
+
+        Raises TLSSetupError with the reason, so a bad peer fails fast and clearly
+        instead of as a gRPC UNAVAILABLE after retries.
+        """
+        async def prepare():
+            self._spare = await self._upstream()
+        try:
+            run_in_loop(prepare(), timeout)
+        except TLSSetupError:
+            raise
+        except Exception as exc:
+            raise TLSSetupError(f"TLS connection to {self.network}:{self.address} failed: "
+                                f"{type(exc).__name__}: {exc}") from None
+
+    def _accepted(self):
+        end = _End(self._conns)
+        outer = end.connection_made
+
+        def made(transport):
+            outer(transport)
+            self.connections_accepted += 1
+            spare, self._spare = self._spare, None
+            if spare is not None and not spare.lost and not spare.eof:
+                end.link(spare)
+            else:
+                transport.pause_reading()
+                asyncio.ensure_future(self._relay(end, transport))
+
+        end.connection_made = made
+        return end
+
+    async def _relay(self, end: _End, transport: asyncio.Transport):
+        try:
+            upstream = await self._upstream()
+        except Exception:
+            transport.abort()
+            return
+        end.link(upstream)
+        transport.resume_reading()
+
+    def _cleanup(self):
+        unlink_quietly(self.path)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def close(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            call_in_loop(spare.abort)
+        super().close()
