@@ -96,6 +96,8 @@ class _End(asyncio.Protocol):
         self.early_size = 0
         self.eof = False
         self.lost = False
+        self.lost_exc: BaseException | None = None
+        self.activity: asyncio.Event | None = None  # set on first data or close (connect_check)
         self._conns = conns
 
     def connection_made(self, transport):
@@ -119,6 +121,8 @@ class _End(asyncio.Protocol):
             return
         self.early.append(data)
         self.early_size += len(data)
+        if self.activity is not None:
+            self.activity.set()
         if self.early_size > _EARLY_DATA_LIMIT:
             self.transport.abort()
 
@@ -129,7 +133,9 @@ class _End(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc):
-        self.lost = True
+        self.lost, self.lost_exc = True, exc
+        if self.activity is not None:
+            self.activity.set()
         self._conns.discard(self)
         if self.peer is not None and not self.peer.transport.is_closing():
             self.peer.transport.close()
@@ -290,13 +296,31 @@ class ClientFront(_Front):
         return end
 
     def connect_check(self, timeout: float = HANDSHAKE_TIMEOUT + 1) -> None:
-        """Complete one TLS handshake now (kept for grpcio's first connection).
+        """Open one TLS connection now and keep it for grpcio's first connection.
 
+        Waits for the peer's first bytes (an HTTP/2 server sends SETTINGS at once):
+        under TLS 1.3 the client finishes its handshake before the server has checked
+        our certificate, so only data, or a close, tells whether we were accepted.
         Raises TLSSetupError with the reason, so a bad peer fails fast and clearly
         instead of as a gRPC UNAVAILABLE after retries.
         """
         async def prepare():
-            self._spare = await self._upstream()
+            end = await self._upstream()
+            end.activity = asyncio.Event()
+            if not end.early and not end.lost:
+                try:
+                    await asyncio.wait_for(end.activity.wait(), HANDSHAKE_TIMEOUT)
+                except asyncio.TimeoutError:
+                    end.abort()
+                    raise TLSSetupError(f"{self.network}:{self.address} sent nothing within "
+                                        f"{HANDSHAKE_TIMEOUT:g}s after the TLS handshake") from None
+            if end.lost and not end.early:
+                reason = end.lost_exc or ConnectionResetError("connection closed by the peer")
+                self._fail(f"TLS connection to {self.network}:{self.address} failed", reason)
+                raise TLSSetupError(f"{self.network}:{self.address} closed the TLS connection right "
+                                    f"after the handshake ({reason}); it did not accept our client certificate",
+                                    fix="the plugin must trust the certificate sent in PLUGIN_CLIENT_CERT")
+            self._spare = end
         try:
             run_in_loop(prepare(), timeout)
         except TLSSetupError:
