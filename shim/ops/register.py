@@ -126,6 +126,8 @@ class Registration:
         if self.version and not _SEMVER.match(self.version):
             raise RegistrationError(f"version {self.version!r} is not a semantic version",
                                     fix="use the form v1.2.3 (or leave --version out)")
+        if self.version and not self.version.startswith("v"):
+            object.__setattr__(self, "version", "v" + self.version)   # Vault's canonical form
         if self.version.endswith("+builtin") or "+builtin." in self.version:
             raise RegistrationError(f"version {self.version!r} uses the reserved 'builtin' metadata",
                                     fix="drop the +builtin suffix")
@@ -202,7 +204,14 @@ def _q(*words: str) -> str:
 
 
 def plan(reg: Registration) -> list[ApiCall]:
+    """The calls :func:`apply` makes, in its order (the mount check first, so a conflicting
+    mount stops everything before a change)."""
     calls: list[ApiCall] = []
+    kind = "auth" if reg.plugin_type == "auth" else "secrets"
+    if reg.mount_path is not None:
+        calls.append(ApiCall(f"check what is mounted at {reg.mount_path}/", "GET", reg.mounts_path, None,
+                             _q("vault", kind, "list", "-format=json"),
+                             "first, so a conflicting mount stops everything before a change"))
     cli = ["vault", "plugin", "register", f"-sha256={reg.sha256}", f"-command={reg.command}"]
     cli += [f"-args={a}" for a in reg.args]
     cli += [f"-env={e}" for e in reg.env]
@@ -212,27 +221,24 @@ def plan(reg: Registration) -> list[ApiCall]:
     version_note = (f"Vault runs the launcher once; the plugin it starts must report {reg.version}"
                     if reg.version else
                     "Vault runs the launcher once and records the version the plugin reports")
-    calls.append(ApiCall("register the launcher in the plugin catalog (needs sudo)", "PUT",
+    calls.append(ApiCall("register the launcher in the plugin catalog (sudo)", "PUT",
                          reg.catalog_path, reg.catalog_body(), _q(*cli), version_note))
     recorded = reg.version or RECORDED
     if reg.pin:
         calls.append(ApiCall("pin every mount of this plugin to that entry (Vault 1.16+)", "POST",
                              reg.pin_path, {"version": recorded},
                              _q("vault", "write", reg.pin_path, f"version={recorded}"),
-                             "" if reg.version else f"{RECORDED}: the one version step 1 recorded "
-                             "for this launcher, read back from GET /v1/sys/plugins/catalog"))
+                             "" if reg.version else f"{RECORDED}: the one version Vault recorded for "
+                             "this launcher, read back with GET /v1/sys/plugins/catalog"))
     if reg.mount_path is not None:
-        kind = "auth" if reg.plugin_type == "auth" else "secrets"
-        calls.append(ApiCall(f"check whether {reg.mount_path}/ is already enabled", "GET",
-                             reg.mounts_path, None, _q("vault", kind, "list", "-format=json")))
         enable = ["vault", kind, "enable", f"-path={reg.mount_path}", f"-plugin-version={recorded}"]
         if reg.description:
             enable.append(f"-description={reg.description}")
         enable.append(reg.name)
         calls.append(ApiCall(f"enable the plugin at {reg.mount_path}/", "POST",
                              f"{reg.mounts_path}/{reg.mount_path}", reg.mount_body(recorded), _q(*enable),
-                             f"only if nothing is mounted at {reg.mount_path}/"
-                             + ("" if reg.version else f"; {RECORDED} as in step 1, left out when "
+                             f"only if nothing is mounted there"
+                             + ("" if reg.version else f"; {RECORDED} as above, left out when "
                                 "the plugin reports no version"), conditional=True))
     return calls
 
@@ -248,7 +254,9 @@ def render_dry_run(reg: Registration, env: VaultEnv | None = None) -> str:
                        f"X-Vault-Namespace: {env.namespace}; `vault` reads VAULT_NAMESPACE)")
     for n, c in enumerate(plan(reg), 1):
         out.append("")
-        out.append(f"# {n}. {c.step}" + (f" ({c.note})" if c.note else ""))
+        out.append(f"# {n}. {c.step}")
+        if c.note:
+            out.append(f"#    {c.note}")
         out.append(c.cli)
         out.append(f"{c.method} /v1/{c.path}")
         if c.body is not None:
