@@ -61,10 +61,12 @@ class Policy:
 
     def resolved(self, launcher_path: str) -> "Policy":
         """A relative plugins_dir is relative to the directory Vault ran the launcher from
-        (inside Vault's plugin_directory, which Vault itself enforces)."""
+        (inside Vault's plugin_directory, which Vault itself enforces). ``realpath`` also
+        turns ``/dev/fd/N``, which a host that executes by descriptor hands to the
+        interpreter, into the launcher's real location."""
         if os.path.isabs(self.plugins_dir):
             return self
-        base = os.path.dirname(os.path.abspath(launcher_path))
+        base = os.path.dirname(os.path.realpath(launcher_path))
         return replace(self, plugins_dir=os.path.normpath(os.path.join(base, self.plugins_dir)))
 
     @property
