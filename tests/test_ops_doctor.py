@@ -187,3 +187,18 @@ def test_doctor_runs_from_inside_the_launcher_file(setup):
                           timeout=120, cwd="/")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "would launch" in done.stdout
+
+
+def test_relative_plugins_dir_is_resolved_from_the_launcher(tmp_path):
+    from shim.trust.policy import Policy
+
+    keys = new_keys()
+    vault_plugins = tmp_path / "plugins"
+    (vault_plugins / "versions").mkdir(parents=True)
+    os.chmod(vault_plugins / "versions", 0o755)
+    release(keys, script_plugin(vault_plugins / "versions" / "p", "x"))
+    pol = Policy(name="myplugin", type="secret", plugins_dir="versions", trusted_keys=(keys.public,))
+    lau = launcher(vault_plugins, pol, name="vault-plugin-shim-launcher")
+    findings = diagnose(str(lau))
+    assert str(vault_plugins / "versions") in by(findings, "plugins-dir")[0].subject
+    assert verdict(findings).status == "ok", render(findings)

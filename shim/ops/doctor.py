@@ -183,6 +183,10 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
                                fix="pass the catalog's args with --arg (see `vault plugin info <type> <name>`)"))
             out.append(Finding("next-launch", "fail", "cannot tell: the launcher's policy is unknown"))
             return out
+    if hasattr(policy, "resolved"):
+        # A relative plugins_dir is relative to where Vault runs the launcher from.
+        as_run = os.path.join(plugin_directory, os.path.basename(launcher)) if plugin_directory else launcher
+        policy = policy.resolved(as_run)
     keys = ", ".join(k.key_id_hex for k in policy.trusted_keys)
     out.append(Finding("policy", "ok" if policy.mode == "exec" else "fail",
                        f"{policy.source} policy for {policy.type} plugin {policy.name!r}: plugins dir "
