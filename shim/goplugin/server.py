@@ -309,15 +309,40 @@ class PluginServer:
         return self._stopped.wait(timeout)
 
 
+class HclogHandler(logging.Handler):
+    """Python log records as hclog JSON lines on fd 2, which a go-plugin host re-logs."""
+
+    _LEVELS = ((logging.ERROR, "error"), (logging.WARNING, "warn"), (logging.INFO, "info"),
+               (logging.DEBUG, "debug"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from .. import hclog
+
+        level = next((name for no, name in self._LEVELS if record.levelno >= no), "trace")
+        fields = {"logger": record.name}
+        if record.exc_info:
+            fields["error"] = logging.Formatter().formatException(record.exc_info)
+        try:
+            data = hclog.format_line(level, record.getMessage(), fields, record.created).encode("utf-8", "replace")
+            while data:
+                data = data[os.write(2, data):]
+        except Exception:
+            self.handleError(record)
+
+
 def serve(config: hs.HandshakeConfig, register: Callable[[ServeContext], None] | None = None,
           **kwargs) -> int:
     """``main()`` for a plugin: serve until the host shuts us down. Returns the exit code.
 
     A wrong cookie prints go-plugin's explanation on stderr and returns 1. SIGINT is
     ignored (the host's process group gets Ctrl-C too; the host stops us itself);
-    SIGTERM stops gracefully.
+    SIGTERM stops gracefully. Without logging configured, log records go to stderr as
+    hclog JSON lines (:class:`HclogHandler`), so the host re-logs them at their level.
     """
     kwargs.setdefault("capture_stdout", True)
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(HclogHandler())
     server = PluginServer(config, register, **kwargs)
     try:
         server.start()

@@ -242,8 +242,12 @@ class ServerFront(_Front):
             tls = await loop.start_tls(raw, end, self.ctx, server_side=True,
                                        ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
             mtls.check_peer(tls.get_extra_info("ssl_object"), self.peer_der)
-        except (OSError, asyncio.TimeoutError, TLSSetupError, ConnectionError) as exc:
+        except (ssl.SSLError, TLSSetupError) as exc:
             self._fail(f"refused a TLS connection on {self.path}", exc)
+            raw.abort()
+            return
+        except (OSError, asyncio.TimeoutError) as exc:  # the peer went away mid-handshake
+            log.debug("TLS handshake on %s did not complete: %r", self.path, exc)
             raw.abort()
             return
         end.transport = tls
