@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-command setup for a fresh Debian 12 machine (and what CI runs first):
 #   * Debian packages: the real peers the tests use (Go + HashiCorp go-plugin 1.0.1 sources,
-#     the minisign CLI) and python3-venv;
+#     the minisign CLI, Chromium for the report screenshot test) and python3-venv;
 #   * .venv/ with vault-plugin-shim installed (editable) plus its test extras.
 # Usage: bash build/install.sh        (re-running is safe)
 set -euo pipefail
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   golang-go golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev
   golang-goprotobuf-dev golang-golang-x-net-dev
-  minisign python3-venv ca-certificates
+  minisign python3-venv ca-certificates chromium procps
 )
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
