@@ -100,7 +100,9 @@ def _policy_from_args(args, plugins_dir: str, *, keep_relative: bool = False):
 def cmd_keygen(args) -> int:
     from shim.trust.minisign import SecretKey
 
-    for path in (args.secret_key, args.public_key):
+    if not args.from_transit and not args.secret_key:
+        raise UsageError("keygen needs --secret-key (or --from-transit KEY)")
+    for path in filter(None, (None if args.from_transit else args.secret_key, args.public_key)):
         if os.path.exists(path) and not args.force:
             raise UsageError("already exists; refusing to overwrite a key", path=path,
                              fix="remove it first or pass --force")
@@ -321,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("keygen", help="create a minisign-compatible signing key pair")
-    p.add_argument("--secret-key", required=True, metavar="SK")
+    p.add_argument("--secret-key", metavar="SK", help="where to write the secret key (not with --from-transit)")
     p.add_argument("--public-key", required=True, metavar="PK")
     p.add_argument("--unencrypted", action="store_true", help="no password (like minisign -W)")
     p.add_argument("--password-env", default=PASSWORD_ENV, metavar="VAR",

@@ -218,3 +218,14 @@ def test_relative_plugins_dir_is_relative_to_the_launcher(tmp_path):
     for bad in ("../elsewhere", "a/../../b", ""):
         with pytest.raises(PolicyError):
             Policy(name="myplugin", type="secret", plugins_dir=bad, trusted_keys=(keys.public,))
+
+
+def test_launcher_doctor_when_run_by_an_operator(setup):
+    tmp, d, keys, pol, path = setup
+    launcher = R.launcher(tmp, pol)
+    proc = subprocess.run([str(launcher), "doctor"], env={"PATH": "/usr/bin:/bin"}, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "myplugin-1.0.0" in proc.stdout
+    # With Vault's cookie, "doctor" is just an argument for the plugin.
+    assert R.run(launcher, "doctor").stdout == b"ran good doctor\n"

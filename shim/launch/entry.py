@@ -24,7 +24,7 @@ import time
 
 from shim import hclog
 from shim.errors import LaunchError, PolicyError, ShimError
-from shim.trust.policy import Policy, split_args
+from shim.trust.policy import COOKIES, Policy, split_args
 from shim.trust.verify import PluginDir, Candidate, check_digest, choose
 
 EXIT_REFUSED = 1
@@ -36,6 +36,8 @@ it verifies the signed plugin versions in {plugins_dir} against its
 embedded trust policy and then executes the highest valid one.
 
 To see what it would do on this node, run:
+    {launcher} doctor
+or, where vault-plugin-shim is installed:
     vault-plugin-shim launcher inspect {launcher}
     vault-plugin-shim verify --launcher {launcher}
 """
@@ -49,8 +51,9 @@ def load_policy(embedded: str | None, args: list[str]) -> tuple[Policy, list[str
     policy, rest = split_args(args)
     if policy is None:
         raise PolicyError("this launcher has no embedded policy and the catalog entry has no --shim-policy= arg",
-                          fix="build the launcher with --trusted-key, or register it with "
-                              "`vault-plugin-shim register --policy-in-args`")
+                          fix="build the launcher with --trusted-key, or register it with the "
+                              "--shim-policy= value that `launcher build --policy-in-args` printed: "
+                              "`vault-plugin-shim register ... --arg=--shim-policy=...`")
     return policy, rest
 
 
@@ -59,6 +62,11 @@ def main(embedded_policy: str | None, argv: list[str] | None = None, env: dict |
     argv = list(sys.argv if argv is None else argv)
     env = dict(os.environ if env is None else env)
     launcher = argv[0] if argv else "launcher"
+    if argv[1:2] == ["doctor"] and not any(key in env for key, _ in COOKIES.values()):
+        # Run by an operator (no cookie, so not by Vault): diagnose this node.
+        from shim.ops.doctor import run
+
+        return run(["--launcher", launcher, *argv[2:]])
     try:
         policy, plugin_args = load_policy(embedded_policy, argv[1:])
         policy = policy.resolved(launcher)
