@@ -29,7 +29,7 @@ from . import grpcutil, handshake as hs, mtls
 from ._proto import (grpc_controller_pb2, grpc_controller_pb2_grpc, grpc_stdio_pb2,
                      grpc_stdio_pb2_grpc)
 from .broker import Broker
-from .errors import CookieError, StartError
+from .errors import CookieError, GoPluginError, StartError
 from .tlsfront import ServerFront, private_dir, unlink_quietly
 
 log = logging.getLogger(__name__)
@@ -349,6 +349,9 @@ def serve(config: hs.HandshakeConfig, register: Callable[[ServeContext], None] |
     except CookieError as exc:
         sys.stderr.write(exc.human_message)
         sys.stderr.flush()
+        return 1
+    except GoPluginError as exc:
+        log.error("plugin init error: %s", exc)
         return 1
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, lambda *_: log.debug("plugin received interrupt signal, ignoring"))
