@@ -171,8 +171,6 @@ def cmd_sign(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from dataclasses import replace
-
     from shim.trust.verify import report
 
     target = os.path.abspath(args.path) if args.path else None
@@ -187,7 +185,7 @@ def cmd_verify(args) -> int:
             raise UsageError("has no embedded policy", path=args.launcher)
         policy = policy.resolved(args.launcher)
         if directory:
-            policy = replace(policy, plugins_dir=directory)
+            policy = policy.replace(plugins_dir=directory)
     else:
         if not args.trusted_key or not args.name or not target:
             raise UsageError("verify needs --trusted-key, --name and PLUGIN_FILE_OR_DIR (or --launcher)")

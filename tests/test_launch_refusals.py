@@ -259,9 +259,7 @@ def test_oversized_manifest(s):
 
 def test_oversized_binary_against_policy(tmp_path):
     s = Setup(tmp_path)
-    from dataclasses import replace
-
-    small = replace(s.policy, max_size=10)
+    small = s.policy.replace(max_size=10)
     s.launcher = R.launcher(tmp_path, small, name="small-launcher")
     s.plugin()
     assert_refused(s.run(), "manifest.json", "exceeds the policy's max_size 10")

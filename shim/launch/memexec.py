@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import tempfile
 
 from shim.errors import LaunchError
 
@@ -72,6 +71,8 @@ def to_memfd(src: int, size: int, name: str) -> int:
 
 def to_private_file(src: int, size: int, name: str) -> int:
     """The fallback: a read-only descriptor of an unlinked private copy."""
+    import tempfile
+
     directory = tempfile.mkdtemp(prefix="vault-plugin-shim-")
     path = os.path.join(directory, name.replace("/", "_"))
     try:

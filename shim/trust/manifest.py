@@ -8,12 +8,11 @@ bounded sizes. A manifest we cannot fully understand is a manifest we refuse.
 
 from __future__ import annotations
 
-import calendar
 import json
 import re
 import time
-from dataclasses import dataclass
 
+from shim._record import Record
 from shim.errors import ManifestError
 
 SCHEMA = "vault-plugin-shim/manifest/v1"
@@ -32,15 +31,11 @@ FIELDS = {"schema": str, "name": str, "type": str, "version": str, "sha256": str
           "os": str, "arch": str, "issued_at": str, "expires_at": (str, type(None))}
 
 
-@dataclass(frozen=True, order=False)
-class Version:
+class Version(Record):
     """A semantic version (semver.org 2.0.0), ordered by its precedence rules."""
 
-    major: int
-    minor: int
-    patch: int
-    prerelease: tuple = ()
-    build: str = ""
+    __slots__ = _fields = ("major", "minor", "patch", "prerelease", "build")
+    _defaults = {"prerelease": (), "build": ""}
 
     @classmethod
     def parse(cls, text: str) -> "Version":
@@ -50,15 +45,15 @@ class Version:
         pre = tuple(int(p) if p.isdigit() else p for p in m.group(4).split(".")) if m.group(4) else ()
         return cls(int(m.group(1)), int(m.group(2)), int(m.group(3)), pre, m.group(5) or "")
 
-    def _key(self):
+    def _order(self):
         # A release sorts after its prereleases; numeric identifiers sort before textual ones.
         pre = tuple((0, p, "") if isinstance(p, int) else (1, 0, p) for p in self.prerelease)
         return (self.major, self.minor, self.patch, 0 if self.prerelease else 1, pre)
 
-    def __lt__(self, other): return self._key() < other._key()
-    def __le__(self, other): return self._key() <= other._key()
-    def __gt__(self, other): return self._key() > other._key()
-    def __ge__(self, other): return self._key() >= other._key()
+    def __lt__(self, other): return self._order() < other._order()
+    def __le__(self, other): return self._order() <= other._order()
+    def __gt__(self, other): return self._order() > other._order()
+    def __ge__(self, other): return self._order() >= other._order()
 
     def __str__(self):
         out = f"{self.major}.{self.minor}.{self.patch}"
@@ -71,7 +66,19 @@ def parse_time(text: str) -> int:
     """``YYYY-MM-DDTHH:MM:SSZ`` (UTC only) to a Unix timestamp."""
     if not isinstance(text, str) or not TIME_RE.match(text):
         raise ValueError(f"{text!r} is not a UTC time of the form YYYY-MM-DDTHH:MM:SSZ")
-    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+    t = time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+    return _days_from_civil(t.tm_year, t.tm_mon, t.tm_mday) * 86400 + t.tm_hour * 3600 + t.tm_min * 60 + t.tm_sec
+
+
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    """Days since 1970-01-01 in the proleptic Gregorian calendar (``calendar.timegm``
+    without importing ``calendar`` on the launch path)."""
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
 
 
 def format_time(ts: float) -> str:
@@ -91,17 +98,9 @@ def _reject_constant(name):
     raise ValueError(f"{name} is not allowed in a manifest")
 
 
-@dataclass(frozen=True)
-class Manifest:
-    name: str
-    type: str
-    version: Version
-    sha256: str
-    size: int
-    os: str
-    arch: str
-    issued_at: int
-    expires_at: int | None = None
+class Manifest(Record):
+    __slots__ = _fields = ("name", "type", "version", "sha256", "size", "os", "arch", "issued_at", "expires_at")
+    _defaults = {"expires_at": None}
 
     @classmethod
     def parse(cls, data: bytes, path: str | None = None) -> "Manifest":

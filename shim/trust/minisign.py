@@ -21,9 +21,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import os
-from dataclasses import dataclass
-from typing import Callable, Iterable
-
+from shim._record import Record
 from shim.errors import (
     BadSignatureError,
     KeyFormatError,
@@ -95,12 +93,10 @@ def _check_comment(comment: str, prefix: str, limit: int, what: str, path, error
     return body
 
 
-@dataclass(frozen=True)
-class PublicKey:
-    key_id: bytes
-    raw: bytes
+class PublicKey(Record):
+    __slots__ = _fields = ("key_id", "raw")
 
-    def __post_init__(self):
+    def _validate(self):
         if len(self.key_id) != KEY_ID_LEN or len(self.raw) != 32:
             raise KeyFormatError("a public key is an 8-byte key id and a 32-byte Ed25519 key")
 
@@ -141,14 +137,10 @@ class PublicKey:
         return True
 
 
-@dataclass(frozen=True)
-class Signature:
-    algorithm: bytes
-    key_id: bytes
-    signature: bytes
-    trusted_comment: str
-    global_signature: bytes
-    untrusted_comment: str = ""
+class Signature(Record):
+    __slots__ = _fields = ("algorithm", "key_id", "signature", "trusted_comment", "global_signature",
+                           "untrusted_comment")
+    _defaults = {"untrusted_comment": ""}
 
     @classmethod
     def parse(cls, data: bytes, path: str | None = None) -> "Signature":
@@ -250,10 +242,11 @@ def _checksum(key_id: bytes, sk: bytes) -> bytes:
     return hashlib.blake2b(ALG_ED25519 + key_id + sk, digest_size=32).digest()
 
 
-@dataclass(frozen=True)
-class SecretKey:
-    key_id: bytes
-    seed: bytes
+class SecretKey(Record):
+    __slots__ = _fields = ("key_id", "seed")
+
+    def __repr__(self):
+        return f"SecretKey(key_id={self.key_id.hex()}, seed=<hidden>)"
 
     @classmethod
     def generate(cls) -> "SecretKey":

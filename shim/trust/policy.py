@@ -14,8 +14,8 @@ import base64
 import binascii
 import json
 import os
-from dataclasses import dataclass, field, replace
 
+from shim._record import Record
 from shim.errors import KeyFormatError, PolicyError
 from shim.trust.manifest import MAX_BINARY_SIZE, NAME_RE, PLUGIN_TYPES, Version
 from shim.trust.minisign import PublicKey
@@ -32,18 +32,13 @@ COOKIES = {
 }
 
 
-@dataclass(frozen=True)
-class Policy:
-    name: str
-    type: str
-    plugins_dir: str
-    trusted_keys: tuple[PublicKey, ...]
-    min_version: Version | None = None
-    mode: str = "exec"
-    max_size: int = MAX_BINARY_SIZE
-    source: str = field(default="embedded", compare=False)
+class Policy(Record):
+    __slots__ = _fields = ("name", "type", "plugins_dir", "trusted_keys", "min_version", "mode", "max_size",
+                           "source")
+    _defaults = {"min_version": None, "mode": "exec", "max_size": MAX_BINARY_SIZE, "source": "embedded"}
+    _uncompared = ("source",)
 
-    def __post_init__(self):
+    def _validate(self):
         if not NAME_RE.match(self.name):
             raise PolicyError(f"plugin name {self.name!r} is not a valid Vault plugin name")
         if self.type not in PLUGIN_TYPES:
@@ -67,7 +62,7 @@ class Policy:
         if os.path.isabs(self.plugins_dir):
             return self
         base = os.path.dirname(os.path.realpath(launcher_path))
-        return replace(self, plugins_dir=os.path.normpath(os.path.join(base, self.plugins_dir)))
+        return self.replace(plugins_dir=os.path.normpath(os.path.join(base, self.plugins_dir)))
 
     @property
     def cookie(self) -> tuple[str, str]:

@@ -21,8 +21,6 @@ import mmap
 import os
 import platform
 import stat
-from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from shim.errors import (
     DigestMismatchError,
@@ -104,15 +102,20 @@ def check_file_stat(st: os.stat_result, path: str, *, directory: bool = False) -
         raise UnsafeFileError(f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})", path=path)
 
 
-@dataclass
 class Candidate:
     """One version in the plugins directory and what we learned about it."""
 
-    binary: str                      # file name inside the plugins directory
-    path: str                        # full path, for messages
-    manifest: Manifest | None = None
-    key: minisign.PublicKey | None = None
-    error: ShimError | None = None
+    __slots__ = ("binary", "path", "manifest", "key", "error")
+
+    def __init__(self, binary: str, path: str):
+        self.binary = binary             # file name inside the plugins directory
+        self.path = path                 # full path, for messages
+        self.manifest: Manifest | None = None
+        self.key: minisign.PublicKey | None = None
+        self.error: ShimError | None = None
+
+    def __repr__(self):
+        return f"Candidate({self.path!r}, error={self.error!r})"
 
     @property
     def manifest_path(self) -> str:
