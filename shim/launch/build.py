@@ -36,13 +36,16 @@ if __name__ == "__main__":
 '''
 
 
+EXCLUDED = ("shim/demo/",)  # never run by a launcher
+
+
 def package_files() -> list[tuple[str, bytes]]:
-    """(archive name, bytes) of every .py file of the installed ``shim`` package."""
+    """(archive name, bytes) of the installed ``shim`` package's .py files a launcher can run."""
     root = Path(__file__).resolve().parent.parent
     out = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root.parent).as_posix()
-        if "__pycache__" in rel:
+        if "__pycache__" in rel or rel.startswith(EXCLUDED):
             continue
         out.append((rel, path.read_bytes()))
     return out
