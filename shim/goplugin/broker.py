@@ -163,12 +163,16 @@ class Broker:
 
     The host side attaches with :meth:`run_client_stream`; the plugin side registers
     :meth:`servicer` on its gRPC server. ``tls`` is our identity plus the peer's
-    certificate, or None when the plugin runs without AutoMTLS.
+    certificate, or None when the plugin runs without AutoMTLS. ``on_conninfo``, when
+    given, receives every valid ConnInfo from the peer instead of the pending table (a
+    proxy rewrites and forwards them; :meth:`dial` then has nothing to wait for).
     """
 
     def __init__(self, tls: "MTLSPair | None" = None, *, socket_dir: str | None = None,
-                 dial_timeout: float = DIAL_TIMEOUT, clock: Callable[[], float] = time.monotonic):
+                 dial_timeout: float = DIAL_TIMEOUT, clock: Callable[[], float] = time.monotonic,
+                 on_conninfo: Callable[[ConnInfo], None] | None = None):
         self.tls = tls
+        self.on_conninfo = on_conninfo
         self.socket_dir = socket_dir
         self.dial_timeout = dial_timeout
         self._clock = clock
@@ -197,6 +201,12 @@ class Broker:
             info = conninfo_from_message(msg)
         except BrokerError as exc:
             log.warning("ignoring a malformed ConnInfo from the peer: %s", exc)
+            return
+        if self.on_conninfo is not None:
+            try:
+                self.on_conninfo(info)
+            except Exception as exc:  # one bad announcement must not end the stream
+                log.warning("ConnInfo for service %d could not be handled: %s", info.service_id, exc)
             return
         with self._cond:
             if not self._core.received(info, self._clock()):

@@ -112,7 +112,8 @@ class PluginClient:
                  start_timeout: float = START_TIMEOUT, health_timeout: float = 10.0,
                  min_port: int = DEFAULT_MIN_PORT, max_port: int = DEFAULT_MAX_PORT,
                  logger: logging.Logger | None = None,
-                 on_stdio: Callable[[int, bytes], None] | None = None, cwd: str | None = None):
+                 on_stdio: Callable[[int, bytes], None] | None = None, cwd: str | None = None,
+                 on_conninfo: Callable | None = None):
         if not cmd:
             raise ValueError("cmd must name the plugin executable")
         self.cmd = list(cmd)
@@ -127,6 +128,7 @@ class PluginClient:
         self.plugin_log = logger or logging.getLogger(
             f"shim.goplugin.plugin.{os.path.basename(self.cmd[0])}")
         self.on_stdio = on_stdio
+        self.on_conninfo = on_conninfo
         self.cwd = cwd
         self.proc: subprocess.Popen | None = None
         self.line: hs.HandshakeLine | None = None
@@ -362,7 +364,7 @@ class PluginClient:
         else:
             self.channel = grpcutil.new_channel(grpcutil.grpc_target(line.network, line.address))
         self.ping(wait_for_ready=True)
-        self.broker = Broker(tls)
+        self.broker = Broker(tls, on_conninfo=self.on_conninfo)
         self.broker.run_client_stream(self.channel)
         self._spawn(self._stream_stdio, "stdio")
 

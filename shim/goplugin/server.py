@@ -156,6 +156,7 @@ class PluginServer:
     ``register(ctx)`` adds the plugin's servicers; ``handlers`` are extra generic RPC
     handlers (a proxy relays everything through one). ``on_shutdown`` runs when the
     host calls GRPCController.Shutdown; the default stops the server gracefully.
+    ``on_conninfo`` takes the host's broker announcements (see :class:`Broker`).
     """
 
     def __init__(self, config: hs.HandshakeConfig,
@@ -165,8 +166,10 @@ class PluginServer:
                  max_workers: int = 32,
                  on_shutdown: Callable[[], None] | None = None,
                  capture_stdout: bool = False, capture_stderr: bool = False,
-                 shutdown_grace: float = 1.0):
+                 shutdown_grace: float = 1.0,
+                 on_conninfo: Callable | None = None):
         self.config = config
+        self.on_conninfo = on_conninfo
         self.register = register
         self.handlers = list(handlers)
         self.environ = dict(os.environ if environ is None else environ)
@@ -206,7 +209,8 @@ class PluginServer:
         if client_pem:
             tls = mtls.MTLSPair(mtls.generate_identity(), mtls.cert_der_from_pem(client_pem))
         public = self._public_socket_path()
-        self.broker = Broker(tls, socket_dir=self.environ.get(hs.ENV_UNIX_SOCKET_DIR) or None)
+        self.broker = Broker(tls, socket_dir=self.environ.get(hs.ENV_UNIX_SOCKET_DIR) or None,
+                             on_conninfo=self.on_conninfo)
         self.server = server = grpcutil.new_server(self.max_workers, self.handlers)
         self.health.set(HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -79,11 +79,9 @@ def main(embedded_policy: str | None, argv: list[str] | None = None, env: dict |
                                               plugins_dir=policy.plugins_dir, launcher=launcher))
         sys.stderr.flush()
         return EXIT_REFUSED
-    if policy.mode == "proxy":
-        hclog.error("vault-plugin-shim: proxy mode is not available in this build", launcher=launcher,
-                    fix="rebuild the launcher with --mode exec")
-        return EXIT_REFUSED
     try:
+        if policy.mode == "proxy":
+            return launch_proxy(policy, plugin_args, env, clock())
         launch_exec(policy, plugin_args, env, clock())
     except ShimError as exc:
         hclog.error(f"vault-plugin-shim: refusing to start {policy.type} plugin {policy.name}: {exc.reason}",
@@ -98,7 +96,10 @@ def _reject(cand: Candidate) -> None:
                 candidate=cand.binary, **exc.fields())
 
 
-def launch_exec(policy: Policy, plugin_args: list[str], env: dict, now: float, *, method: str = "auto") -> None:
+def select_sealed(policy: Policy, now: float, *, method: str = "auto") -> tuple[Candidate, int, str]:
+    """The one selection path of both modes: the highest candidate whose binary, copied
+    into a sealed memfd (or the private-copy fallback), hashes to its signed manifest.
+    Returns (candidate, fd of the verified copy, how it was made)."""
     from shim.launch import memexec
 
     def seal(pdir: PluginDir, cand: Candidate) -> tuple[int, str]:
@@ -116,11 +117,22 @@ def launch_exec(policy: Policy, plugin_args: list[str], env: dict, now: float, *
         return fd, how
 
     cand, (fd, how) = choose(policy, now, seal, _reject)
+    return cand, fd, how
+
+
+def _log_start(policy: Policy, cand: Candidate, how: str, **extra) -> None:
     manifest = cand.manifest
-    script = os.pread(fd, 2, 0) == b"#!"
     hclog.info(f"vault-plugin-shim: starting {policy.type} plugin {policy.name} {manifest.version}",
                plugin=policy.name, version=str(manifest.version), sha256=manifest.sha256,
-               key_id=cand.key.key_id_hex, file=cand.path, exec_via=how)
+               key_id=cand.key.key_id_hex, file=cand.path, exec_via=how, **extra)
+
+
+def launch_exec(policy: Policy, plugin_args: list[str], env: dict, now: float, *, method: str = "auto") -> None:
+    from shim.launch import memexec
+
+    cand, fd, how = select_sealed(policy, now, method=method)
+    script = os.pread(fd, 2, 0) == b"#!"
+    _log_start(policy, cand, how)
     argv = [cand.path, *plugin_args]
     try:
         memexec.fexecve(fd, argv, env, script=script)
@@ -133,3 +145,24 @@ def launch_exec(policy: Policy, plugin_args: list[str], env: dict, now: float, *
             return launch_exec(policy, plugin_args, env, now, method="private-file")
         raise LaunchError(f"cannot execute the verified copy ({exc.strerror})", path=cand.path,
                           fix="check that the binary is built for this node (ELF, right architecture)") from None
+
+
+def launch_proxy(policy: Policy, plugin_args: list[str], env: dict, now: float, *, method: str = "auto") -> int:
+    """Proxy mode: the same verified, sealed bytes, run as our child behind a go-plugin
+    relay (shim.goplugin.proxy). Returns the exit code."""
+    cand, fd, how = select_sealed(policy, now, method=method)
+    _log_start(policy, cand, how, mode="proxy")
+    from shim.goplugin import proxy  # grpc and cryptography: only on this path
+
+    try:
+        return proxy.run(fd, [cand.path, *plugin_args], env, plugin=f"{policy.type} plugin {policy.name}")
+    except proxy.ExecRefusedError as exc:
+        if how != "memfd" or method != "auto":
+            raise LaunchError(f"cannot execute the verified copy ({exc.reason})", path=cand.path,
+                              fix="check that the binary is built for this node (ELF, right architecture)"
+                              ) from None
+        hclog.warn("vault-plugin-shim: executing from a memfd was refused; using a private copy",
+                   reason=exc.reason)
+        return launch_proxy(policy, plugin_args, env, now, method="private-file")
+    finally:
+        os.close(fd)
