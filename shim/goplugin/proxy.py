@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 50.0     # below Vault's 1 minute, so our error is the one Vault logs
 CHILD_GRACE = 1.0        # Vault SIGKILLs us 2 s after Shutdown; leave room for our own cleanup
 RELAY_GRACE = 0.5
+MAX_SOCKET_PATH = 107    # sun_path is 108 bytes with the terminating NUL
 OWNED = ("/grpc.health.v1.Health/", "/plugin.GRPCController/", "/plugin.GRPCStdio/",
          "/plugin.GRPCBroker/")
 _REQUEST_SKIP = frozenset({"user-agent", "te", "content-type", "host", "connection"})
@@ -241,10 +242,15 @@ class Proxy:
                                                   "or build the launcher with --mode exec")
         vault_der = mtls.cert_der_from_pem(client_pem)
         self.janitor = Janitor()
-        self.base = private_dir("vault-plugin-shim.", self.env.get("TMPDIR") or None)
+        self.base = private_dir("vps.", self.env.get("TMPDIR") or None)
         self.janitor.add("dir", self.base)
-        child_dir = os.path.join(self.base, "child")
+        child_dir = os.path.join(self.base, "c")
         os.mkdir(child_dir, 0o700)
+        longest = os.path.join(child_dir, "goplugin-dial.12345678", "front.sock")  # see ClientFront
+        if len(longest.encode()) > MAX_SOCKET_PATH:
+            raise GoPluginError(f"the temp directory {os.path.dirname(self.base)} is too deep for unix "
+                                f"socket paths (at most {MAX_SOCKET_PATH} bytes)",
+                                fix="point TMPDIR in the plugin's catalog env at a shorter directory")
 
         identity = mtls.generate_identity()
         public_dir = self.env.get(hs.ENV_UNIX_SOCKET_DIR) or self.base
@@ -267,7 +273,7 @@ class Proxy:
         owned_line = self.owned.start()
         self.bridge.to_vault = self.owned.broker.announce
 
-        relay_sock = os.path.join(self.base, "relay.sock")
+        relay_sock = os.path.join(self.base, "relay")
         child_target = grpcutil.grpc_target(child_line.network, child_line.address)
         run_in_loop(self._start_relay(relay_sock, child_target, "unix:" + owned_line.address), timeout=30)
         public = os.path.join(public_dir, f"plugin{secrets.randbelow(10**9):09d}")
