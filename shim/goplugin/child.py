@@ -170,8 +170,8 @@ class Child(PluginClient):
             return "not started"
         try:
             info = os.waitid(os.P_PID, self.spawned_pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except (ChildProcessError, AttributeError):
-            info = None
+        except ChildProcessError:
+            return "exited"
         if info is None:
             return "still running"
         return (f"exit status {info.si_status}" if info.si_code == os.CLD_EXITED

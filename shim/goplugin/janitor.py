@@ -74,16 +74,32 @@ class Janitor:
 
     def __init__(self):
         r, self._w = os.pipe()
-        os.set_inheritable(r, True)
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self._ack, ack_w = os.pipe()
+        # realpath: a host that executes the launcher by descriptor makes our path
+        # /proc/self/fd/N, which would name another file in the janitor.
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
         code = (f"import sys; sys.path.insert(0, {root!r}); "
-                f"from shim.goplugin.janitor import main; main({r})")
+                f"from shim.goplugin.janitor import main; main({r}, {ack_w})")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", code], env={}, pass_fds=(r,),
+                [sys.executable, "-I", "-S", "-c", code], env={}, pass_fds=(r, ack_w),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
         finally:
             os.close(r)
+            os.close(ack_w)
+
+    def check(self, timeout: float = 10.0) -> None:
+        """Wait until the janitor is up; raise if it is not (leaks on SIGKILL otherwise)."""
+        import selectors
+
+        from .errors import GoPluginError
+
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._ack, selectors.EVENT_READ)
+            ready = sel.select(timeout) and os.read(self._ack, 1) == b"1"
+        if not ready:
+            raise GoPluginError("the cleanup helper (janitor) did not start",
+                                fix="check the launcher's interpreter and its stderr lines logged above")
 
     def add(self, kind: str, value: str | int) -> None:
         self._write(Ledger.line("+", kind, value))
@@ -93,23 +109,37 @@ class Janitor:
 
     def _write(self, data: bytes) -> None:
         if self._w >= 0:
-            os.write(self._w, data)  # one short write: atomic on a pipe
+            try:
+                os.write(self._w, data)  # one short write: atomic on a pipe
+            except OSError as exc:  # the janitor is gone: our own cleanup still runs
+                from shim import hclog
+
+                hclog.warn("vault-plugin-shim: the cleanup helper (janitor) is gone", error=str(exc))
+                os.close(self._w)
+                self._w = -1
 
     def close(self, wait: bool = True) -> None:
         """EOF for the janitor: it cleans what is left and exits."""
         if self._w >= 0:
             os.close(self._w)
             self._w = -1
+        if self._ack >= 0:
+            os.close(self._ack)
+            self._ack = -1
         if wait:
             self.proc.wait()
 
 
-def main(fd: int) -> None:
+def main(fd: int, ack: int) -> None:
     """The janitor process: read entries until EOF, then clean up."""
     import signal
 
+    from .procgroup import kill_group  # noqa: F401  (imported now, not after the launcher died)
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only the launcher's end (EOF) ends us
+    os.write(ack, b"1")
+    os.close(ack)
     ledger = Ledger()
     with os.fdopen(fd, "rb") as pipe:
         for raw in pipe:

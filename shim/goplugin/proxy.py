@@ -29,7 +29,7 @@ import selectors
 import shutil
 import signal
 import threading
-from typing import Callable, Mapping
+from typing import Awaitable, Callable, Mapping
 
 import grpc
 
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 50.0     # below Vault's 1 minute, so our error is the one Vault logs
 CHILD_GRACE = 1.0        # Vault SIGKILLs us 2 s after Shutdown; leave room for our own cleanup
 RELAY_GRACE = 0.5
+EXIT_WAIT = 0.2          # how long an UNAVAILABLE call waits to learn whether the plugin died
 MAX_SOCKET_PATH = 107    # sun_path is 108 bytes with the terminating NUL
 OWNED = ("/grpc.health.v1.Health/", "/plugin.GRPCController/", "/plugin.GRPCStdio/",
          "/plugin.GRPCBroker/")
@@ -82,9 +83,9 @@ class Relay(grpc.GenericRpcHandler):
     """
 
     def __init__(self, route: Callable[[str], grpc.aio.Channel],
-                 describe_error: Callable[[grpc.StatusCode, str], str] = lambda code, details: details):
+                 explain: Callable[[grpc.StatusCode, str], Awaitable[str]] | None = None):
         self.route = route
-        self.describe_error = describe_error
+        self.explain = explain
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, handler_call_details):
@@ -128,7 +129,7 @@ class Relay(grpc.GenericRpcHandler):
                 context.set_trailing_metadata(trailers)
             if code != grpc.StatusCode.OK:
                 context.set_code(code)
-                context.set_details(self.describe_error(code, details or ""))
+                context.set_details(details if self.explain is None else await self.explain(code, details or ""))
         finally:
             pump_task.cancel()
             call.cancel()  # Vault cancelled (this task was cancelled), or nothing left to do
@@ -227,6 +228,7 @@ class Proxy:
         self.front: ServerFront | None = None
         self.line: hs.HandshakeLine | None = None
         self._relay_server = None
+        self._loop_pidfd: int | None = None
         self._channels: list = []
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping = False
@@ -280,6 +282,7 @@ class Proxy:
         self._public_socket(public)
         self.front = ServerFront(public, relay_sock, self.bridge.server_ctx, vault_der)
         _apply_socket_group(public, self.env.get(hs.ENV_UNIX_SOCKET_GROUP))
+        self.janitor.check()
         self.line = hs.HandshakeLine(app_version=version, network="unix", address=public, protocol="grpc",
                                      server_cert=identity.cert_der)
         return self.line
@@ -292,7 +295,17 @@ class Proxy:
         child = grpc.aio.insecure_channel(child_target, options=grpcutil.OPTIONS)
         local = grpc.aio.insecure_channel(owned_target, options=grpcutil.OPTIONS)
         self._channels = [child, local]
-        relay = Relay(lambda method: local if owned(method) else child, self._describe_error)
+        loop = asyncio.get_running_loop()
+        self._child_exit = exited = loop.create_future()
+        self._loop_pidfd = pidfd = os.dup(self.child._pidfd)  # ours: the child closes its own on reaping
+
+        def child_exited():
+            loop.remove_reader(pidfd)
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, child_exited)
+        relay = Relay(lambda method: local if owned(method) else child, self._explain)
         server = grpc.aio.server(options=grpcutil.OPTIONS)
         server.add_generic_rpc_handlers((relay,))
         if server.add_insecure_port("unix:" + path) == 0:
@@ -300,10 +313,18 @@ class Proxy:
         await server.start()
         self._relay_server = server
 
-    def _describe_error(self, code: grpc.StatusCode, details: str) -> str:
-        if self.child is not None and self.child.exited():
-            return (f"vault-plugin-shim: the plugin process exited during the call "
-                    f"({self.child.exit_detail()}): {details}")
+    async def _explain(self, code: grpc.StatusCode, details: str) -> str:
+        """Say so when a call failed because the plugin died. A dying plugin's connection
+        can break a moment before its exit status is there: an UNAVAILABLE waits for it
+        briefly (EXIT_WAIT), other codes only look."""
+        exited = self._child_exit
+        if code == grpc.StatusCode.UNAVAILABLE and not exited.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), EXIT_WAIT)
+            except asyncio.TimeoutError:
+                pass
+        if exited.done():
+            return f"vault-plugin-shim: the plugin process exited during the call ({self.child.exit_detail()}): {details}"
         return details
 
     # running -----------------------------------------------------------------------
@@ -344,7 +365,7 @@ class Proxy:
                 self.child.kill(self.child_grace)  # GRPCController.Shutdown, then SIGKILL the group
             else:
                 self.child.terminate()
-        if self._relay_server is not None or self._channels:
+        if self._relay_server is not None or self._channels or self._loop_pidfd is not None:
             try:
                 run_in_loop(self._stop_relay(), timeout=10)
             except Exception as exc:  # never let a stuck relay keep sockets around
@@ -364,6 +385,10 @@ class Proxy:
             os.close(fd)
 
     async def _stop_relay(self) -> None:
+        if self._loop_pidfd is not None:
+            asyncio.get_running_loop().remove_reader(self._loop_pidfd)
+            os.close(self._loop_pidfd)
+            self._loop_pidfd = None
         if self._relay_server is not None:
             await self._relay_server.stop(RELAY_GRACE)
         for channel in self._channels:
@@ -371,7 +396,7 @@ class Proxy:
 
 
 def run(fd: int, argv: list[str], vault_env: Mapping[str, str], *, start_timeout: float = START_TIMEOUT,
-        plugin: str = "plugin") -> int:
+        plugin: str = "plugin", signals: bool = True) -> int:
     """Proxy mode's main: returns the launcher's exit code."""
     root = logging.getLogger()
     if not root.handlers:
@@ -379,8 +404,7 @@ def run(fd: int, argv: list[str], vault_env: Mapping[str, str], *, start_timeout
         handler.setLevel(logging.WARNING)
         root.addHandler(handler)
     proxy = Proxy(fd, argv, vault_env, start_timeout=start_timeout)
-    on_main = threading.current_thread() is threading.main_thread()
-    if on_main:
+    if signals and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host's group gets Ctrl-C too; it stops us itself
         signal.signal(signal.SIGTERM, lambda *_: proxy.request_stop())
     try:
