@@ -66,12 +66,17 @@ def test_settings_are_validated(kw):
 
 
 def test_short_demo_end_to_end(tmp_path):
-    """The user-facing command: the baseline fails during the rollout, the shim run does not,
-    and both versions are served. No process of the run outlives it."""
+    """The user-facing command: the baseline fails during the rollout, the shim run does not
+    (even with plugin crashes injected: reload and retry through the launcher), and both
+    versions are served. No process or socket of the run outlives it."""
     report = tmp_path / "report.html"
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="t-", dir="/tmp"))  # short: socket paths are length-limited
     proc = subprocess.run(
         [sys.executable, "-m", "shim.cli", "demo", "--restart-seconds", "1.5", "--rate", "25",
-         "--report", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=180)
+         "--crash-interval", "2", "--report", str(report)], cwd=ROOT, capture_output=True, text=True,
+        timeout=180, env={**os.environ, "TMPDIR": str(tmp)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = {ln.split()[0]: ln.split() for ln in proc.stdout.splitlines()
             if ln.startswith(("baseline ", "shim "))}
@@ -82,6 +87,8 @@ def test_short_demo_end_to_end(tmp_path):
     assert text.startswith("<!DOCTYPE html>") and text.count("<svg") == 2
     leftovers = subprocess.run(["pgrep", "-f", "shim.demo.node"], capture_output=True, text=True).stdout
     assert leftovers.strip() == ""
+    assert list(tmp.iterdir()) == [], "crashed plugins' sockets are removed with the demo's workspace"
+    tmp.rmdir()
 
 
 def test_report_renders_in_headless_chromium(tmp_path):

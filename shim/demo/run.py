@@ -113,6 +113,9 @@ class Workspace:
         from shim.trust.verify import host_platform
 
         self.root = root
+        # Unix socket paths are limited to 107 bytes: keep the plugins' TMPDIR short.
+        base = None if len(tempfile.gettempdir()) < 40 else "/tmp"
+        self.sockets = tempfile.mkdtemp(prefix="vps-demo-", dir=base)
         key = minisign.SecretKey.generate()
         self.launcher = root / "launcher.pyz"
         policy = Policy(name=PLUGIN, type="secret", plugins_dir=f"versions/{PLUGIN}",
@@ -222,7 +225,8 @@ class Run:
     def _start_node(self, index: int, version: str) -> None:
         d = self._image(index, version)
         key, value = self.mark.split("=")
-        env = dict(os.environ, **{key: value})
+        # Sockets of plugins the demo SIGKILLs on purpose land in a directory of the run's own.
+        env = dict(os.environ, TMPDIR=self.ws.sockets, **{key: value})
         self.nodes[index] = NodeProc(index, self.names[index], d, self.catalog, self._on_event, env)
 
     def _on_event(self, node: NodeProc, ev: dict) -> None:
@@ -356,8 +360,11 @@ def run_demo(settings: sched.Settings, *, rate: float = 40.0, start_delay: float
              runs=("baseline", "shim"), log=print) -> list[RunResult]:
     with tempfile.TemporaryDirectory(prefix="vault-plugin-shim-demo-") as tmp:
         ws = Workspace(Path(tmp), start_delay)
-        results = []
-        for name in runs:
-            log(f"running {name} ...")
-            results.append(Run(name, ws, settings, rate, log).execute())
-        return results
+        try:
+            results = []
+            for name in runs:
+                log(f"running {name} ...")
+                results.append(Run(name, ws, settings, rate, log).execute())
+            return results
+        finally:
+            shutil.rmtree(ws.sockets, ignore_errors=True)
