@@ -35,27 +35,8 @@ CONFIG = hs.HandshakeConfig(hs.VAULT_BACKEND.cookie_key, hs.VAULT_BACKEND.cookie
 
 
 @pytest.fixture(scope="module")
-def gopeer_cache(tmp_path_factory):
-    try:
-        gopeer.require_go()
-    except RuntimeError as e:
-        pytest.fail(str(e), pytrace=False)
-    return tmp_path_factory.getbasetemp() / "gopeer-cache"
-
-
-@pytest.fixture(scope="module")
-def bin_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("gopeer-bin")
-
-
-@pytest.fixture(scope="module")
-def go_host(bin_dir, gopeer_cache):
-    return gopeer.build_host(bin_dir, cache_dir=gopeer_cache)
-
-
-@pytest.fixture(scope="module")
-def go_plugin(bin_dir, gopeer_cache):
-    return gopeer.build_plugin(bin_dir, "1.0.0", 2, cache_dir=gopeer_cache)
+def go_plugin(go_build):
+    return go_build.plugin("1.0.0", 2)
 
 
 @pytest.fixture(scope="module")
