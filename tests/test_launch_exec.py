@@ -130,7 +130,8 @@ def test_database_launcher_wants_the_database_cookie(tmp_path):
 
 
 def test_environment_cannot_inject_code_or_policy(setup):
-    """PYTHONPATH/PYTHONSTARTUP from Vault's env are ignored (-I), and env never sets policy."""
+    """PYTHONPATH, PYTHONSTARTUP, the user site and the current directory cannot add code
+    (-I), and the environment never sets policy."""
     tmp, d, keys, pol, path = setup
     evil = tmp / "evil"
     (evil / "shim").mkdir(parents=True)
@@ -139,8 +140,8 @@ def test_environment_cannot_inject_code_or_policy(setup):
     other = R.new_keys()
     launcher = R.launcher(tmp, pol)
     env = R.cookie_env(PYTHONPATH=str(evil), PYTHONSTARTUP=str(evil / "sitecustomize.py"),
-                       VAULT_PLUGIN_SHIM_POLICY=R.policy(d, other).to_json())
-    proc = R.run(launcher, env=env)
+                       PYTHONUSERBASE=str(evil), VAULT_PLUGIN_SHIM_POLICY=R.policy(d, other).to_json())
+    proc = subprocess.run([str(launcher)], env=env, cwd=evil, capture_output=True, timeout=30)
     assert proc.stdout == b"ran good \n", proc.stderr
     assert b"evil" not in proc.stderr
 
