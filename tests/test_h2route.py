@@ -1,0 +1,328 @@
+"""The HTTP/2 frame router's pure core: frames, HPACK path extraction, broker message
+rewriting with flow-control compensation, and synthesized error trailers."""
+
+from __future__ import annotations
+
+import hpack
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from shim.goplugin import h2route as h
+from shim.goplugin._proto import grpc_broker_pb2 as pb
+from shim.goplugin.broker import ConnInfo, conninfo_to_message
+
+GRPC_HEADERS = [(":method", "POST"), (":scheme", "http"), (":authority", "localhost"),
+                ("content-type", "application/grpc"), ("te", "trailers"), ("user-agent", "grpc-go/1.29.1")]
+
+
+def request_headers(path: str, **extra) -> list[tuple[str, str]]:
+    return [(":path", path), *GRPC_HEADERS, *extra.items()]
+
+
+def settings_frame(**values) -> bytes:
+    ids = {"header_table_size": 1, "max_frame_size": 5}
+    return h.frame(h.SETTINGS, 0, 0, b"".join(ids[k].to_bytes(2, "big") + v.to_bytes(4, "big")
+                                             for k, v in values.items()))
+
+
+def window_update(sid: int, inc: int) -> bytes:
+    return h.frame(h.WINDOW_UPDATE, 0, sid, inc.to_bytes(4, "big"))
+
+
+def grpc_msg(body: bytes) -> bytes:
+    return b"\x00" + len(body).to_bytes(4, "big") + body
+
+
+def conninfo_msg(sid: int, network: str, address: str) -> bytes:
+    return grpc_msg(conninfo_to_message(ConnInfo(sid, network, address)).SerializeToString())
+
+
+def parse(data: bytes) -> list[h.Frame]:
+    reader = h.FrameReader()
+    frames = reader.feed(data)
+    assert reader.pending == 0
+    return frames
+
+
+class Pair:
+    """A router with an HPACK encoder playing Vault."""
+
+    def __init__(self, **kw):
+        self.router = h.Router(**kw)
+        self.enc = hpack.Encoder()
+        self.router.receive_vault(h.PREFACE)
+        assert self.router.data_to_child() == h.PREFACE
+
+    def open(self, sid: int, path: str, end: bool = False) -> bytes:
+        block = self.enc.encode(request_headers(path))
+        raw = h.frame(h.HEADERS, h.END_HEADERS | (h.END_STREAM if end else 0), sid, block)
+        self.router.receive_vault(raw)
+        assert self.router.data_to_child() == raw, "headers pass byte for byte"
+        return raw
+
+
+# --- frames --------------------------------------------------------------------------
+
+def test_frames_round_trip_fed_one_byte_at_a_time():
+    raws = [h.frame(h.SETTINGS, 0, 0, b"\x00\x01\x00\x00\x10\x00"), h.frame(h.PING, 0, 0, b"12345678"),
+            h.frame(h.DATA, h.END_STREAM | h.PADDED, 3, b"\x02abc\x00\x00"),
+            h.frame(h.HEADERS, h.PRIORITY_FLAG, 5, b"\x00\x00\x00\x01\x10blk"),
+            h.frame(h.CONTINUATION, h.END_HEADERS, 5, b"more"), h.frame(h.RST_STREAM, 0, 5, b"\x00\x00\x00\x08"),
+            h.frame(h.GOAWAY, 0, 0, b"\x00\x00\x00\x05\x00\x00\x00\x00debug"), window_update(0, 1000),
+            h.frame(0xFA, 0x3, 7, b"unknown types pass")]
+    reader = h.FrameReader()
+    got = []
+    for byte in b"".join(raws):
+        got += reader.feed(bytes((byte,)))
+    assert [f.raw for f in got] == raws
+    assert [(f.type, f.stream_id) for f in got][:3] == [(h.SETTINGS, 0), (h.PING, 0), (h.DATA, 3)]
+    assert h.unpadded_payload(h.DATA, got[2].flags, got[2].payload) == (b"abc", 3)
+    assert h.unpadded_payload(h.HEADERS, got[3].flags, got[3].payload) == (b"blk", 0)
+
+
+@pytest.mark.parametrize("raw, why", [
+    (h.frame(h.PING, 0, 0, b"short"), "length"),
+    (h.frame(h.WINDOW_UPDATE, 0, 1, b"\x00\x00\x01"), "length"),
+    (h.frame(h.DATA, 0, 0, b"x"), "stream 0"),
+    (h.frame(h.SETTINGS, 0, 3, b""), "not 0"),
+    (h.frame(h.SETTINGS, 0, 0, b"12345"), "SETTINGS"),
+    (h.frame(h.SETTINGS, h.ACK, 0, b"123456"), "SETTINGS"),
+    (h.frame(h.GOAWAY, 0, 0, b"1234"), "GOAWAY"),
+    (h.frame(h.DATA, h.PADDED, 1, b"\x05ab"), "padding"),
+    (h.frame(h.DATA, h.PADDED, 1, b""), "padding"),
+    (h.frame(h.HEADERS, h.PRIORITY_FLAG, 1, b"\x00\x00"), "too short"),
+])
+def test_malformed_frames_are_our_error(raw, why):
+    with pytest.raises(h.H2RouteError, match=why):
+        h.FrameReader().feed(raw)
+
+
+def test_preface_is_required_from_vault():
+    with pytest.raises(h.H2RouteError, match="preface"):
+        h.FrameReader(preface=True).feed(b"GET / HTTP/1.1\r\n")
+    reader = h.FrameReader(preface=True)
+    assert reader.feed(h.PREFACE[:10]) == []
+    assert [f.type for f in reader.feed(h.PREFACE[10:] + settings_frame())] == [h.SETTINGS]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300), st.integers(1, 40))
+def test_fuzz_frame_reader_gives_frames_or_our_error(data, step):
+    reader = h.FrameReader()
+    try:
+        for i in range(0, len(data), step):
+            for f in reader.feed(data[i:i + step]):
+                assert len(f.raw) >= 9 and 0 <= f.stream_id < 2 ** 31
+    except h.H2RouteError:
+        pass
+
+
+frame_st = st.builds(lambda t, fl, sid, p: h.frame(t, fl, sid, p), st.sampled_from(range(11)),
+                     st.integers(0, 255), st.integers(0, 9), st.binary(max_size=40))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(frame_st, max_size=8), st.lists(frame_st, max_size=8))
+def test_fuzz_router_gives_bytes_or_our_error(from_vault, from_child):
+    router = h.Router()
+    try:
+        router.receive_vault(h.PREFACE + b"".join(from_vault))
+        router.receive_child(b"".join(from_child))
+        router.fail_streams("gone")
+    except h.H2RouteError:
+        pass
+    parse(router.data_to_vault())
+    out = router.data_to_child()
+    parse(out[len(h.PREFACE):] if out.startswith(h.PREFACE) else out)
+
+
+# --- HPACK and stream state ------------------------------------------------------------
+
+def test_paths_are_learned_through_the_dynamic_table_and_continuations():
+    shutdowns = []
+    p = Pair(on_shutdown=lambda: shutdowns.append(1))
+    p.open(1, "/pb.Backend/HandleRequest")
+    p.open(3, "/plugin.GRPCBroker/StartStream")
+    # a later block split over HEADERS + CONTINUATION, reusing dynamic table entries
+    block = p.enc.encode(request_headers("/plugin.GRPCController/Shutdown", multiplex_id="m1"))
+    raws = [h.frame(h.HEADERS, h.PADDED, 5, b"\x02" + block[:4] + b"\x00\x00"),
+            h.frame(h.CONTINUATION, 0, 5, block[4:9]), h.frame(h.CONTINUATION, h.END_HEADERS, 5, block[9:])]
+    p.router.receive_vault(b"".join(raws[:2]))
+    assert shutdowns == []
+    p.router.receive_vault(raws[2])
+    assert shutdowns == [1]
+    assert p.router.data_to_child() == b"".join(raws)
+    assert p.router.streams[1].broker is None and p.router.streams[3].broker is not None
+    assert sorted(p.router.streams) == [1, 3, 5] and p.router.last_stream == 5
+
+
+def test_an_interrupted_header_block_is_an_error():
+    p = Pair()
+    block = p.enc.encode(request_headers("/x/y"))
+    with pytest.raises(h.H2RouteError, match="interrupted"):
+        p.router.receive_vault(h.frame(h.HEADERS, 0, 1, block) + h.frame(h.PING, 0, 0, b"8bytes!!"))
+
+
+def test_header_table_size_follows_the_childs_setting():
+    p = Pair()
+    p.enc.header_table_size = 16384  # Vault's encoder uses a table the child allowed
+    block = p.enc.encode(request_headers("/a/b"))
+    with pytest.raises(h.H2RouteError, match="header block"):
+        Pair().router.receive_vault(h.frame(h.HEADERS, h.END_HEADERS, 1, block))
+    p.router.receive_child(settings_frame(header_table_size=16384))
+    assert p.router.data_to_vault() == settings_frame(header_table_size=16384)
+    p.router.receive_vault(h.frame(h.HEADERS, h.END_HEADERS, 1, block))
+    assert 1 in p.router.streams
+
+
+def test_streams_end_with_the_childs_end_stream_or_a_reset():
+    p = Pair()
+    for sid in (1, 3, 5, 7):
+        p.open(sid, "/pb.Backend/HandleRequest", end=True)
+    child = [h.frame(h.HEADERS, h.END_HEADERS, 1, b"\x88"), h.frame(h.DATA, 0, 1, grpc_msg(b"r")),
+             h.frame(h.HEADERS, h.END_HEADERS | h.END_STREAM, 1, b"\x40\x0bgrpc-status\x010"),
+             h.frame(h.HEADERS, h.END_HEADERS | h.END_STREAM, 3, b"\x88"),
+             h.frame(h.RST_STREAM, 0, 5, b"\x00\x00\x00\x08")]
+    p.router.receive_child(b"".join(child))
+    assert p.router.data_to_vault() == b"".join(child), "byte for byte"
+    p.router.receive_vault(h.frame(h.RST_STREAM, 0, 7, b"\x00\x00\x00\x08"))
+    assert p.router.streams == {}
+
+
+# --- broker rewriting and flow control -------------------------------------------------
+
+def test_withheld_credit_is_taken_from_later_updates():
+    w = h.Withheld()
+    w.add(0, 100)
+    w.add(0, 20)
+    w.add(3, 50)
+    assert w.filter(0, 70) == 0 and w.owed[0] == 50   # dropped: would be <= 0
+    assert w.filter(0, 50) == 0 and 0 not in w.owed    # exactly owed: dropped too
+    assert w.filter(0, 10) == 10                        # nothing owed: passes
+    assert w.filter(3, 80) == 30 and 3 not in w.owed    # the rest is carried
+    w.add(5, 7)
+    w.forget(5)
+    assert w.filter(5, 1) == 1
+
+
+def test_message_splitter_reassembles_and_gives_up_on_huge_messages():
+    s = h.MessageSplitter()
+    m1, m2 = grpc_msg(b"one"), grpc_msg(b"second")
+    data = m1 + m2
+    out = []
+    for i in range(len(data)):
+        out += s.feed(data[i:i + 1])
+    assert out == [m1, m2] and s.buf == b""
+    big = h.MessageSplitter()
+    assert big.feed(b"\x00" + (h.MAX_BROKER_MESSAGE + 1).to_bytes(4, "big") + b"abc") == []
+    assert big.passthrough and big.take_rest() == b"\x00" + (h.MAX_BROKER_MESSAGE + 1).to_bytes(4, "big") + b"abc"
+
+
+def _data_frames(raw: bytes, sid: int) -> bytes:
+    return b"".join(h.unpadded_payload(h.DATA, f.flags, f.payload)[0] for f in parse(raw)
+                    if f.type == h.DATA and f.stream_id == sid)
+
+
+def test_child_conninfo_rewritten_longer_withholds_the_difference():
+    seen = []
+
+    def from_child(info):
+        seen.append(info)
+        return info.rewrite("unix", "/vault/sockets/broker7-123456789-much-longer-path")
+
+    p = Pair(from_child=from_child)
+    p.open(1, "/plugin.GRPCBroker/StartStream")
+    original = conninfo_msg(7, "unix", "/tmp/c/plugin1")
+    # the message arrives in two padded DATA frames
+    f1 = h.frame(h.DATA, h.PADDED, 1, b"\x03" + original[:6] + b"\x00" * 3)
+    f2 = h.frame(h.DATA, 0, 1, original[6:])
+    p.router.receive_child(f1)
+    assert p.router.data_to_vault() == b"", "held until the message is complete"
+    assert p.router.data_to_child() == window_update(0, 4) + window_update(1, 4), "padding is credited at once"
+    p.router.receive_child(f2)
+    new = conninfo_msg(7, "unix", "/vault/sockets/broker7-123456789-much-longer-path")
+    assert seen == [ConnInfo(7, "unix", "/tmp/c/plugin1")]
+    assert _data_frames(p.router.data_to_vault(), 1) == new
+    extra = len(new) - len(original)
+    assert extra > 0 and p.router.owed_to_child.owed == {0: extra, 1: extra}
+    # Vault credits what it got; the child spent only the original's length
+    p.router.receive_vault(window_update(0, extra - 1) + window_update(1, extra + 10) + window_update(0, 5))
+    assert p.router.data_to_child() == window_update(1, 10) + window_update(0, 4)
+    assert p.router.owed_to_child.owed == {}
+
+
+def test_vault_conninfo_rewritten_shorter_or_dropped_is_credited_back_at_once():
+    def from_vault(info):
+        return None if info.service_id == 2 else info.rewrite("unix", "/p/s")
+
+    p = Pair(from_vault=from_vault)
+    p.open(1, "/plugin.GRPCBroker/StartStream")
+    m1 = conninfo_msg(1, "unix", "/tmp/vault-broker-listener-with-a-long-name")
+    m2 = conninfo_msg(2, "unix", "/tmp/dropped")
+    partial = conninfo_msg(3, "unix", "/tmp/held")
+    raw = h.frame(h.DATA, 0, 1, m1 + m2 + partial[:4])
+    p.router.receive_vault(raw)
+    assert _data_frames(p.router.data_to_child(), 1) == conninfo_msg(1, "unix", "/p/s")
+    back = len(raw) - 9 - len(conninfo_msg(1, "unix", "/p/s")) - 4  # 4 bytes are still held
+    assert p.router.data_to_vault() == window_update(0, back) + window_update(1, back)
+    # the held rest completes; END_STREAM goes on with it; no stream update after END_STREAM
+    p.router.receive_vault(h.frame(h.DATA, h.END_STREAM, 1, partial[4:]))
+    out = parse(p.router.data_to_child())
+    assert out[-1].flags & h.END_STREAM
+    assert b"".join(f.payload for f in out) == conninfo_msg(3, "unix", "/p/s")
+    back = len(partial) - len(conninfo_msg(3, "unix", "/p/s"))
+    assert p.router.data_to_vault() == window_update(0, back)
+
+
+def test_unreadable_and_other_streams_pass():
+    p = Pair(from_vault=lambda info: pytest.fail("not a ConnInfo"))
+    p.open(1, "/plugin.GRPCBroker/StartStream")
+    p.open(3, "/pb.Backend/Setup")
+    other = h.frame(h.DATA, 0, 3, conninfo_msg(1, "unix", "/x"))
+    p.router.receive_vault(other)
+    assert p.router.data_to_child() == other
+    garbage = grpc_msg(b"\xff\xff\xff")
+    p.router.receive_vault(h.frame(h.DATA, 0, 1, garbage))
+    assert p.router.data_to_child() == b"", "dropped"
+    assert p.router.data_to_vault() == window_update(0, len(garbage)) + window_update(1, len(garbage))
+
+
+def test_rewrite_conninfo_keeps_knock_and_compressed_messages():
+    compressed = b"\x01" + (3).to_bytes(4, "big") + b"abc"
+    assert h.rewrite_conninfo(compressed, lambda i: None) == compressed
+    got = h.rewrite_conninfo(conninfo_msg(9, "unix", "/a"), lambda i: i.rewrite("unix", "/b"))
+    assert pb.ConnInfo.FromString(got[5:]).address == "/b"
+
+
+# --- child death ---------------------------------------------------------------------
+
+def test_fail_streams_synthesizes_unavailable_without_touching_vaults_table():
+    p = Pair()
+    for sid in (1, 3, 5):
+        p.open(sid, "/pb.Backend/HandleRequest")
+    p.router.receive_child(h.frame(h.HEADERS, h.END_HEADERS, 3, b"\x88")
+                           + h.frame(h.HEADERS, h.END_HEADERS | h.END_STREAM, 5, b"\x88"))
+    p.router.data_to_vault()
+    message = "vault-plugin-shim: the plugin process exited during the call (exit status 7) 100% é"
+    p.router.fail_streams(message)
+    p.router.fail_streams("twice")
+    frames = parse(p.router.data_to_vault())
+    assert [(f.type, f.stream_id, f.flags) for f in frames] == [
+        (h.HEADERS, 1, h.END_STREAM | h.END_HEADERS), (h.HEADERS, 3, h.END_STREAM | h.END_HEADERS), (h.GOAWAY, 0, 0)]
+    vault = hpack.Decoder()
+    trailers_only = vault.decode(frames[0].payload)
+    trailers = vault.decode(frames[1].payload)
+    assert len(vault.header_table.dynamic_entries) == 0
+    encoded = "vault-plugin-shim: the plugin process exited during the call (exit status 7) 100%25 %C3%A9"
+    assert trailers_only == [(":status", "200"), ("content-type", "application/grpc"),
+                             ("grpc-status", "14"), ("grpc-message", encoded)]
+    assert trailers == [("grpc-status", "14"), ("grpc-message", encoded)]
+    assert frames[2].payload == (5).to_bytes(4, "big") + b"\x00\x00\x00\x00"
+    assert p.router.streams == {}
+
+
+def test_hpack_integers_follow_rfc7541_examples():
+    assert h._hpack_int(10, 5) == b"\x0a"
+    assert h._hpack_int(1337, 5) == b"\x1f\x9a\x0a"
+    long_name = b"x-" + b"n" * 200
+    assert hpack.Decoder().decode(h.encode_literal([(long_name, b"v" * 300)]), raw=True) == [(long_name, b"v" * 300)]
