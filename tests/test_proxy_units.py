@@ -1,4 +1,5 @@
-"""Proxy mode's pure parts and its janitor, without Vault or a plugin."""
+"""Proxy mode's pure parts and its janitor, without Vault or a plugin (the frame router's
+core is tested in test_h2route.py)."""
 
 from __future__ import annotations
 
@@ -10,30 +11,8 @@ from pathlib import Path
 from shim.goplugin import handshake as hs
 from shim.goplugin.child import child_environment
 from shim.goplugin.janitor import Janitor, Ledger
-from shim.goplugin.proxy import owned, request_metadata, response_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def test_owned_methods_are_go_plugins_own_services():
-    for method in ("/grpc.health.v1.Health/Check", "/plugin.GRPCController/Shutdown",
-                   "/plugin.GRPCStdio/StreamStdio", "/plugin.GRPCBroker/StartStream"):
-        assert owned(method)
-    for method in ("/pb.Backend/HandleRequest", "/dbplugin.v5.Database/NewUser",
-                   "/pluginutil.multiplexing.PluginMultiplexing/MultiplexingSupport", "/plugin.GRPCBrokerX/Y"):
-        assert not owned(method)
-
-
-def test_request_metadata_keeps_application_keys_only():
-    md = ((":authority", "localhost"), ("user-agent", "grpc-go/1.29"), ("grpc-timeout", "5S"),
-          ("multiplex_id", "abc"), ("x-bin", b"\x00\x01"), ("content-type", "application/grpc"))
-    assert request_metadata(md) == (("multiplex_id", "abc"), ("x-bin", b"\x00\x01"))
-    assert request_metadata(None) == ()
-
-
-def test_response_metadata_keeps_rich_status_details():
-    md = (("grpc-status-details-bin", b"\x08\x03"), ("grpc-status", "3"), ("grpc-message", "x"), ("k", "v"))
-    assert response_metadata(md) == (("grpc-status-details-bin", b"\x08\x03"), ("k", "v"))
 
 
 def test_child_environment_drops_what_the_launcher_owns():

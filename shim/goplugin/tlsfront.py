@@ -1,17 +1,20 @@
-"""TLS fronts: stdlib ``ssl`` on the go-plugin socket, plaintext gRPC behind it.
+"""TLS fronts: stdlib ``ssl`` on the go-plugin socket, plaintext behind it.
 
 grpcio's BoringSSL cannot do go-plugin's P-521 AutoMTLS with Go peers, so TLS is
 terminated here and grpcio only ever sees plaintext on a unix socket inside a private
 (0700) directory:
 
 * :class:`ServerFront` (we serve): accept TLS on the public socket, require and pin the
-  peer's certificate, relay plaintext to a grpcio server's private socket.
+  peer's certificate, then relay plaintext to a backend's private socket, or hand the
+  connection to a ``route`` callback (proxy mode's HTTP/2 frame router).
 * :class:`ClientFront` (we dial): grpcio dials a private plaintext socket; each
   connection is relayed over a new, pinned TLS connection to the peer's address.
 
 All fronts of a process share one asyncio event loop on one daemon thread; each relayed
 byte costs one ``data_received`` -> ``write`` hop per direction, with flow control
-(a slow reader pauses the opposite side) and no extra buffering.
+(a slow reader pauses the opposite side) and no extra buffering. Fronts can be created
+from that loop's own thread too (the router does, for broker ids): the listening socket
+is bound at once and served from the next loop iteration.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import logging
 import os
 import shutil
+import socket
 import ssl
 import tempfile
 import threading
@@ -82,6 +86,13 @@ def run_in_loop(coro, timeout: float | None = None):
 
 def call_in_loop(fn: Callable[[], None]) -> None:
     _LoopThread.get().call_soon_threadsafe(fn)
+
+
+def _on_loop_thread() -> bool:
+    try:
+        return asyncio.get_running_loop() is _LoopThread._loop
+    except RuntimeError:
+        return False
 
 
 # --- one relayed connection end --------------------------------------------------------
@@ -172,7 +183,8 @@ class _Front:
 
     def __init__(self):
         self._server: asyncio.base_events.Server | None = None
-        self._conns: set[_End] = set()
+        self._conns: set = set()   # anything with abort(): relay ends, routed connections
+        self._starting: asyncio.Future | None = None
         self._closed = False
         self.last_error: BaseException | None = None
         self.connections_accepted = 0
@@ -181,7 +193,33 @@ class _Front:
         self.last_error = exc
         log.warning("%s: %s", what, exc)
 
+    def _listen(self, path: str) -> None:
+        """Listen on ``path`` now. From the loop's own thread (a broker rewrite inside the
+        frame router) the socket is bound at once and served from the next iteration:
+        early connections wait in the backlog."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        if _on_loop_thread():
+            self._starting = asyncio.ensure_future(self._serve_sock(sock))
+        else:
+            run_in_loop(self._serve_sock(sock), timeout=10)
+
+    async def _serve_sock(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        if self._closed:
+            sock.close()
+            return
+        self._server = await loop.create_unix_server(self._accepted, sock=sock)
+
     async def _close(self):
+        if self._starting is not None and not self._starting.done():
+            await self._starting
         if self._server is not None:
             self._server.close()
         for end in list(self._conns):
@@ -211,17 +249,20 @@ class _Front:
 class ServerFront(_Front):
     """Accept pinned mTLS on ``path``; relay plaintext to the unix socket ``backend``.
 
+    With ``route`` instead of a backend, each accepted TLS connection is handed over
+    after the handshake: ``route(transport, early, conns)`` gets the TLS transport, the
+    bytes already read, and the set in which to keep itself (with an ``abort()``) while
+    it lives; it sets the transport's protocol itself.
+
     ``path`` must not exist yet; it is removed again by :meth:`close`.
     """
 
-    def __init__(self, path: str, backend: str, ctx: ssl.SSLContext, peer_der: bytes):
+    def __init__(self, path: str, backend: str | None, ctx: ssl.SSLContext, peer_der: bytes,
+                 *, route: Callable[[asyncio.Transport, bytes, set], None] | None = None):
         super().__init__()
         self.path, self.backend, self.ctx, self.peer_der = path, backend, ctx, peer_der
-        run_in_loop(self._start(), timeout=10)
-
-    async def _start(self):
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(self._accepted, self.path)
+        self.route = route
+        self._listen(path)
 
     def _accepted(self):
         end = _End(self._conns)
@@ -251,6 +292,15 @@ class ServerFront(_Front):
             raw.abort()
             return
         end.transport = tls
+        if self.route is not None:
+            self._conns.discard(end)
+            if end.lost or end.eof:
+                tls.abort()
+                return
+            early = b"".join(end.early)
+            end.early.clear()
+            self.route(tls, early, self._conns)
+            return
         backend = _End(self._conns)
         try:
             await _open("unix", self.backend, backend)
@@ -279,14 +329,10 @@ class ClientFront(_Front):
         self.target = "unix:" + self.path
         self._spare: _End | None = None
         try:
-            run_in_loop(self._start(), timeout=10)
+            self._listen(self.path)
         except BaseException:
             self._cleanup()
             raise
-
-    async def _start(self):
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(self._accepted, self.path)
 
     async def _upstream(self) -> _End:
         end = _End(self._conns)
