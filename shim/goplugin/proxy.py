@@ -276,6 +276,7 @@ class Proxy:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping = False
         self._vault_shutdown = False
+        self._exit_note: str | None = None  # the child's exit, noted before we reap it
 
     # set-up ------------------------------------------------------------------------
 
@@ -372,7 +373,10 @@ class Proxy:
             except asyncio.TimeoutError:
                 pass
         if exited is not None and exited.done():
-            return f"vault-plugin-shim: the plugin process exited during the call ({self.child.exit_detail()})"
+            detail = self._exit_note or self.child.exit_detail()
+            if detail == "exited":  # reaped meanwhile: the note was taken before that
+                detail = self._exit_note or detail
+            return f"vault-plugin-shim: the plugin process exited during the call ({detail})"
         if self._stopping:
             return "vault-plugin-shim: the plugin is stopping"
         return "vault-plugin-shim: the plugin closed its connection"
@@ -399,6 +403,7 @@ class Proxy:
             sel.register(self.child._pidfd, selectors.EVENT_READ)
             while not sel.select():
                 pass
+        self._note_exit()
         if self._stopping:
             return 0
         hclog.error("vault-plugin-shim: the plugin process exited unexpectedly; stopping, so that Vault "
@@ -407,6 +412,11 @@ class Proxy:
         return 1
 
     # tear-down ---------------------------------------------------------------------
+
+    def _note_exit(self) -> None:
+        """Keep the exit status for messages: only close() reaps the child (this thread)."""
+        if self._exit_note is None and self.child is not None and self.child.exited():
+            self._exit_note = self.child.exit_detail()
 
     def _stop_child(self) -> None:
         """Graceful when asked: Vault's own Shutdown already reached the child, or we send
@@ -426,6 +436,7 @@ class Proxy:
                 sel.register(child._pidfd, selectors.EVENT_READ)
                 if not sel.select(self.child_grace):
                     log.warning("plugin failed to exit gracefully")
+        self._note_exit()
         child.terminate()
 
     def close(self) -> None:
