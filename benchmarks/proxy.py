@@ -8,15 +8,15 @@ one connection. Rounds are interleaved, so the ratios compare like with like.
 Targets (issue): proxy p50 at most 4x direct, throughput at least 30% of direct.
 
 Where proxy time goes (2 vCPU, measured while building this; the same host action):
-  direct                                          p50 ~120 us   ~28k calls/s
+  direct                                          p50 ~120 us   ~26k calls/s
   Python TLS front + byte splice to the plugin    p50 ~250 us   ~18k calls/s
-  ... + grpc.aio raw-bytes relay (what ships)     p50 ~1.1 ms   ~2k calls/s
-  ... with the relay on its own event loop        p50 ~1.1 ms   ~1.6k calls/s
-  ... with a sync grpcio relay instead of aio     p50 ~1.9 ms   ~0.7k calls/s
-So the TLS front costs ~130 us per call; the grpcio relay (a server call plus a client
-call, both through Python) costs ~0.8 ms and most of the throughput. A relay that routes
-HTTP/2 streams itself (HPACK-decode :path, forward frames, rewrite only GRPCBroker) would
-stay near the byte-splice line.
+  TLS front + HTTP/2 frame router (what ships)    p50 ~360 us   ~11k calls/s
+  ... the grpc.aio raw-bytes relay it replaced    p50 ~1.1 ms   ~2k calls/s
+Full run after the switch: proxy p50 363 us (2.96x direct), p99 858 us (2.29x),
+8 callers 11.1k calls/s (42% of direct); exec mode stays at ~1.0x. The router itself
+(shim/goplugin/h2route.py) costs ~40 us of Python per unary call, about half of it HPACK
+decoding of Vault's request headers (needed to learn :path); the rest over the splice is
+the second asyncio transport hop and per-batch framing.
 """
 
 from __future__ import annotations

@@ -268,7 +268,7 @@ def rewrite_conninfo(message: bytes, rewrite: Callable) -> bytes:
     try:
         info = conninfo_from_message(pb.ConnInfo.FromString(message[5:]))
         new = rewrite(info)
-    except (DecodeError, GoPluginError) as exc:
+    except (DecodeError, GoPluginError, OSError) as exc:
         log.warning("dropping a broker message that cannot be relayed: %s", exc)
         return b""
     if new is None:
