@@ -31,6 +31,7 @@ from ._proto import (grpc_controller_pb2, grpc_controller_pb2_grpc, grpc_stdio_p
 from .broker import Broker
 from .errors import ChecksumError, ConnectError, StartError, TLSSetupError
 from .logrelay import LineSplitter, parse_stderr_line
+from .procgroup import member_pidfds, wait_pidfds
 from .tlsfront import ClientFront
 
 log = logging.getLogger(__name__)
@@ -60,41 +61,6 @@ def _checksum_bytes(value: bytes | str) -> bytes:
     if len(value) != 32:
         raise ChecksumError(f"sha256 must be 32 bytes, got {len(value)}")
     return value
-
-
-def _group_pidfds(pgid: int) -> list[int]:
-    """pidfds of the live members of a process group (other than its leader)."""
-    fds = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == pgid:
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != b"Z":
-                fds.append(os.pidfd_open(int(name)))
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-    return fds
-
-
-def _wait_pidfds(fds: list[int], timeout: float) -> None:
-    """Wait until every process behind ``fds`` has exited (so none outlives kill())."""
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        for fd in fds:
-            sel.register(fd, selectors.EVENT_READ)
-        remaining = set(fds)
-        while remaining:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                log.warning("%d process(es) of the plugin's group did not die after SIGKILL", len(remaining))
-                break
-            for key, _ in sel.select(left):
-                sel.unregister(key.fd)
-                remaining.discard(key.fd)
-    for fd in fds:
-        os.close(fd)
 
 
 class PluginClient:
@@ -447,13 +413,13 @@ class PluginClient:
         if proc is None:
             return
         # The unreaped leader keeps the group id ours, so this cannot hit a stranger.
-        members = _group_pidfds(proc.pid)
+        members = member_pidfds(proc.pid)
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         proc.wait()
-        _wait_pidfds(members, timeout=5.0)
+        wait_pidfds(members, timeout=5.0)
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(5.0)

@@ -43,7 +43,7 @@ from .child import Child, ExecRefusedError
 from .errors import GoPluginError, TLSSetupError
 from .h2route import H2RouteError, Router
 from .janitor import Janitor
-from .server import HclogHandler
+from .server import HclogHandler, apply_socket_group
 from .tlsfront import ClientFront, ServerFront, private_dir, run_in_loop
 
 log = logging.getLogger(__name__)
@@ -244,19 +244,6 @@ class RoutedConnection:
 
 # --- the launcher's proxy ---------------------------------------------------------------
 
-def _apply_socket_group(path: str, group: str | None) -> None:
-    if not group:
-        return
-    import grp
-    try:
-        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-        os.chown(path, -1, gid)
-        os.chmod(path, 0o660)
-    except (KeyError, OSError) as exc:
-        raise GoPluginError(f"cannot give socket {path} to group {group!r}: {exc}",
-                            fix=f"set {hs.ENV_UNIX_SOCKET_GROUP} to a group this plugin's user is in") from None
-
-
 class Proxy:
     """Everything proxy mode runs, in the order :meth:`run` sets it up and tears it down."""
 
@@ -316,7 +303,7 @@ class Proxy:
         public = os.path.join(public_dir, f"plugin{secrets.randbelow(10**9):09d}")
         self._public_socket(public)
         self.front = ServerFront(public, None, self.bridge.server_ctx, vault_der, route=self._route)
-        _apply_socket_group(public, self.env.get(hs.ENV_UNIX_SOCKET_GROUP))
+        apply_socket_group(public, self.env.get(hs.ENV_UNIX_SOCKET_GROUP))
         self.janitor.check()
         self.line = hs.HandshakeLine(app_version=child_line.app_version, network="unix", address=public,
                                      protocol="grpc", server_cert=identity.cert_der)

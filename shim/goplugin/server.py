@@ -150,6 +150,20 @@ class _Resources:
     front: ServerFront | None = None
 
 
+def apply_socket_group(path: str, group: str | None) -> None:
+    """``PLUGIN_UNIX_SOCKET_GROUP``: let that group (the host's) connect to our socket."""
+    if not group:
+        return
+    import grp
+    try:
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        os.chown(path, -1, gid)
+        os.chmod(path, 0o660)
+    except (KeyError, OSError) as exc:
+        raise StartError(f"cannot give socket {path} to group {group!r}: {exc}",
+                         fix=f"set {hs.ENV_UNIX_SOCKET_GROUP} to a group this plugin's user is in") from None
+
+
 class PluginServer:
     """A go-plugin gRPC server. ``start()`` -> handshake line; ``wait()`` until stopped.
 
@@ -233,7 +247,7 @@ class PluginServer:
             grpcutil.bind_unix(server, backend)
             server.start()
             self._res.front = ServerFront(public, backend, tls.server_context(), tls.peer_der)
-        self._apply_socket_group(public)
+        apply_socket_group(public, self.environ.get(hs.ENV_UNIX_SOCKET_GROUP))
         return hs.HandshakeLine(app_version=version, network="unix", address=public, protocol="grpc",
                                 server_cert=None if tls is None else tls.identity.cert_der)
 
@@ -247,19 +261,6 @@ class PluginServer:
             base = private_dir("plugin.")
             self._res.dirs.append(base)
         return os.path.join(base, f"plugin{secrets.randbelow(10**9):09d}")
-
-    def _apply_socket_group(self, path: str) -> None:
-        group = self.environ.get(hs.ENV_UNIX_SOCKET_GROUP)
-        if not group:
-            return
-        import grp
-        try:
-            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-            os.chown(path, -1, gid)
-            os.chmod(path, 0o660)
-        except (KeyError, OSError) as exc:
-            raise StartError(f"cannot give socket {path} to group {group!r}: {exc}",
-                             fix=f"set {hs.ENV_UNIX_SOCKET_GROUP} to a group this plugin's user is in") from None
 
     def announce(self) -> None:
         """Print the handshake line on fd 1, then move stdout/stderr into GRPCStdio."""

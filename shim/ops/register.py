@@ -237,7 +237,7 @@ def plan(reg: Registration) -> list[ApiCall]:
         enable.append(reg.name)
         calls.append(ApiCall(f"enable the plugin at {reg.mount_path}/", "POST",
                              f"{reg.mounts_path}/{reg.mount_path}", reg.mount_body(recorded), _q(*enable),
-                             f"only if nothing is mounted there"
+                             "only if nothing is mounted there"
                              + ("" if reg.version else f"; {RECORDED} as above, left out when "
                                 "the plugin reports no version"), conditional=True))
     return calls

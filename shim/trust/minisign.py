@@ -21,6 +21,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import os
+from collections.abc import Callable, Iterable
 from shim._record import Record
 from shim.errors import (
     BadSignatureError,

@@ -21,6 +21,7 @@ import mmap
 import os
 import platform
 import stat
+from collections.abc import Callable, Iterator
 
 from shim.errors import (
     DigestMismatchError,
