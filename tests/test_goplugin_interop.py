@@ -203,7 +203,7 @@ def test_go_host_py_plugin_wrong_cookie(run, py_plugin):
     assert r.logs(message="This binary is a plugin"), r.describe()
 
 
-def test_go_host_py_plugin_hard_kill_leaves_no_process(go_host, py_plugin, sockdir):
+def test_go_host_py_plugin_hard_kill_leaves_no_process_or_socket(go_host, py_plugin, sockdir):
     marker = gopeer.new_marker("PYPLUGIN_MARK")
     env = [f"PYPLUGIN_ROOT={ROOT}", marker]
     try:
@@ -214,6 +214,8 @@ def test_go_host_py_plugin_hard_kill_leaves_no_process(go_host, py_plugin, sockd
             r = h.release()
         assert r.ok and r.plugin_exited and r.leftover_pids == [], r.describe()
         assert gopeer.find_marked_processes(marker) == []
+        # the plugin's janitor removed its socket directories although it was SIGKILLed
+        assert list(sockdir.iterdir()) == []
     finally:
         gopeer.kill_marked_processes(marker)
 

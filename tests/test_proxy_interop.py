@@ -175,10 +175,16 @@ def test_proxy_python_plugin_grandchild_dies_with_a_sigkilled_launcher(pynode):
     """The plugin starts a process of its own; a SIGKILL of the launcher takes both."""
     marker = gopeer.new_marker("PROXY_GRANDCHILD")
     key = marker.split("=")[0]
+    entries = [f"{k}={v}" for k, v in pynode.env.items()] + [marker]
     try:
-        res = pynode.host("printkv", "spawn", key, env=[marker], kill="hard")
-        assert res.ok, res.describe()
-        assert res.logs(message="spawned"), res.describe()
+        with gopeer.start_host(pynode.peer["host"], pynode.launcher, "printkv", "spawn", key, env=entries,
+                               sha256=pynode.sha256, kill="hard", host_env={"TMPDIR": str(pynode.sock)}) as h:
+            launcher_pid = h.wait_holding()
+            # launcher, plugin and the plugin's own child all carry the marker while held
+            alive = gopeer.find_marked_processes(marker)
+            assert launcher_pid in alive and len(alive) == 3, alive
+            res = h.release()
+        assert res.ok and res.leftover_pids == [], res.describe()
         assert gopeer.find_marked_processes(marker) == []
         assert pynode.leftovers() == []
     finally:

@@ -30,7 +30,7 @@ from ._proto import (grpc_controller_pb2, grpc_controller_pb2_grpc, grpc_stdio_p
                      grpc_stdio_pb2_grpc)
 from .broker import Broker
 from .errors import CookieError, GoPluginError, StartError
-from .tlsfront import ServerFront, private_dir, unlink_quietly
+from .tlsfront import ServerFront, private_dir, track_private_dirs, unlink_quietly
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +181,11 @@ class PluginServer:
                  on_shutdown: Callable[[], None] | None = None,
                  capture_stdout: bool = False, capture_stderr: bool = False,
                  shutdown_grace: float = 1.0,
-                 on_conninfo: Callable | None = None):
+                 on_conninfo: Callable | None = None,
+                 cleanup_on_kill: bool = False):
         self.config = config
+        self.cleanup_on_kill = cleanup_on_kill
+        self._janitor = None
         self.on_conninfo = on_conninfo
         self.register = register
         self.handlers = list(handlers)
@@ -210,6 +213,8 @@ class PluginServer:
         for bad in offered.invalid:
             log.warning("host sent invalid plugin version %r in %s", bad, hs.ENV_PROTOCOL_VERSIONS)
         version = hs.negotiate_version(self.config.versions, offered.versions)
+        if self.cleanup_on_kill:
+            self._start_janitor()
         try:
             self.line = self._start(version)
         except BaseException:
@@ -251,6 +256,15 @@ class PluginServer:
         return hs.HandshakeLine(app_version=version, network="unix", address=public, protocol="grpc",
                                 server_cert=None if tls is None else tls.identity.cert_der)
 
+    def _start_janitor(self) -> None:
+        """A SIGKILL from the host runs none of our cleanup: a janitor process removes
+        every private directory (and a socket in the host's directory) when we die."""
+        from .janitor import Janitor
+
+        self._janitor = janitor = Janitor()
+        janitor.check()
+        track_private_dirs(lambda path: janitor.add("dir", path))
+
     def _public_socket_path(self) -> str:
         base = self.environ.get(hs.ENV_UNIX_SOCKET_DIR)
         if base:
@@ -260,7 +274,10 @@ class PluginServer:
         else:
             base = private_dir("plugin.")
             self._res.dirs.append(base)
-        return os.path.join(base, f"plugin{secrets.randbelow(10**9):09d}")
+        path = os.path.join(base, f"plugin{secrets.randbelow(10**9):09d}")
+        if self._janitor is not None and base == self.environ.get(hs.ENV_UNIX_SOCKET_DIR):
+            self._janitor.add("file", path)
+        return path
 
     def announce(self) -> None:
         """Print the handshake line on fd 1, then move stdout/stderr into GRPCStdio."""
@@ -309,6 +326,10 @@ class PluginServer:
         for d in self._res.dirs:
             shutil.rmtree(d, ignore_errors=True)
         self._res = _Resources()
+        if self._janitor is not None:
+            track_private_dirs(None)
+            self._janitor.close()
+            self._janitor = None
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
@@ -345,6 +366,7 @@ def serve(config: hs.HandshakeConfig, register: Callable[[ServeContext], None] |
     hclog JSON lines (:class:`HclogHandler`), so the host re-logs them at their level.
     """
     kwargs.setdefault("capture_stdout", True)
+    kwargs.setdefault("cleanup_on_kill", True)
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(HclogHandler())

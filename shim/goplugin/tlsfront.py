@@ -38,10 +38,22 @@ HANDSHAKE_TIMEOUT = 10.0
 _EARLY_DATA_LIMIT = 1 << 20
 
 
+_dir_tracker: "Callable[[str], None] | None" = None
+
+
+def track_private_dirs(callback: "Callable[[str], None] | None") -> None:
+    """Report every directory :func:`private_dir` makes from now on (a plugin process
+    hands them to its janitor, so a SIGKILL leaves none behind); None stops it."""
+    global _dir_tracker
+    _dir_tracker = callback
+
+
 def private_dir(prefix: str = "goplugin.", base: str | None = None) -> str:
     """A fresh directory only we can enter (mkdtemp is 0700)."""
     path = tempfile.mkdtemp(prefix=prefix, dir=base)
     os.chmod(path, 0o700)
+    if _dir_tracker is not None:
+        _dir_tracker(path)
     return path
 
 
