@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from shim import __version__
-from shim.errors import ShimError, KeyFormatError, KeyPasswordError
+from shim.errors import ShimError
+from shim.trust.errors import KeyFormatError, KeyPasswordError
 
 PASSWORD_ENV = "VAULT_PLUGIN_SHIM_PASSWORD"
 DURATION_RE = re.compile(r"^(\d+)([smhdw])$")
@@ -191,9 +192,12 @@ def cmd_verify(args) -> int:
             raise UsageError("verify needs --trusted-key, --name and PLUGIN_FILE_OR_DIR (or --launcher)")
         policy = _policy_from_args(args, directory)
     now = time.time()
-    results = [c for c in report(policy, now) if only is None or c.binary == only]
-    good = sorted((c for c in results if c.error is None), key=lambda c: c.manifest.version, reverse=True)
-    chosen = good[0] if good else None
+    selection = report(policy, now)
+    if only is None:
+        results, chosen = selection.candidates, selection.chosen
+    else:  # one file: is it valid on its own?
+        results = [c for c in selection.candidates if c.binary == only]
+        chosen = next((c for c in results if c.error is None), None)
     if args.json:
         print(json.dumps({
             "plugin": policy.name, "type": policy.type, "plugins_dir": policy.plugins_dir,
@@ -232,7 +236,7 @@ def cmd_launcher_build(args) -> int:
         raise UsageError("launcher build needs at least one --trusted-key")
     policy = _policy_from_args(args, args.plugins_dir, keep_relative=True)
     python = args.python or os.path.abspath(sys.executable)
-    sha = write_launcher(None if args.policy_in_args else policy, python, args.output)
+    sha = write_launcher(None if args.policy_in_args else policy, python, args.output, policy.mode)
     command = os.path.basename(args.output)
     extra = f" -args={encode_arg(policy)}" if args.policy_in_args else ""
     print(f"launcher: {args.output}")

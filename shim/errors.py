@@ -1,141 +1,18 @@
-"""The errors vault-plugin-shim raises.
+"""The base of vault-plugin-shim's own errors.
 
-Every refusal is one of these types, so a caller (the launcher, ``verify``, the demo,
-``doctor``) can act on it and an operator reading Vault's log learns three things:
-which file, what is wrong with it, and what to do about it.
+Each room has its small hierarchy on this base: ``shim.trust.errors`` (why a key,
+signature, manifest, policy or candidate is refused), ``shim.launch.errors`` (why verified
+bytes could not run), ``shim.ops`` (operator tools and Vault's API). The go-plugin library
+(``shim.goplugin.errors``) stands alone and shares only the shape, :class:`Diagnostic`.
+A caller (the launcher, ``verify``, ``doctor``, the demo) can act on the type, and an
+operator reading Vault's log learns which file, what is wrong, why, and what to do.
 """
 
 from __future__ import annotations
 
-
-class ShimError(Exception):
-    """Base class. ``reason`` says what happened, ``fix`` says what to do next."""
-
-    default_fix = ""
-
-    def __init__(self, reason: str, *, path: str | None = None, fix: str | None = None):
-        self.reason = reason
-        self.path = None if path is None else str(path)
-        self.fix = self.default_fix if fix is None else fix
-        super().__init__(self.diagnostics())
-
-    def diagnostics(self) -> str:
-        head = f"{self.path}: {self.reason}" if self.path else self.reason
-        return f"{head}. Fix: {self.fix}" if self.fix else head
-
-    def fields(self) -> dict[str, str]:
-        """Key/value pairs for a structured (hclog) log line."""
-        out = {"error": type(self).__name__, "reason": self.reason}
-        if self.path:
-            out["file"] = self.path
-        if self.fix:
-            out["fix"] = self.fix
-        return out
+from shim.goplugin.errors import Diagnostic
 
 
-# --- keys and signatures (minisign format) -------------------------------------------
-
-class KeyFormatError(ShimError):
-    """A public or secret key file is not in minisign format."""
-
-    default_fix = "use a key written by `vault-plugin-shim keygen` or `minisign -G`"
-
-
-class KeyPasswordError(ShimError):
-    """The secret key could not be decrypted with the password given."""
-
-    default_fix = "check the password (prompt, or the environment variable named by --password-env)"
-
-
-class SignatureFormatError(ShimError):
-    """A .minisig file cannot be parsed."""
-
-    default_fix = "re-sign the manifest with `vault-plugin-shim sign` or `minisign -S`"
-
-
-class UnknownKeyError(ShimError):
-    """The signature was made by a key the policy does not trust."""
-
-    default_fix = ("sign with a trusted key, or add its public key to the launcher policy "
-                   "(`vault-plugin-shim launcher build --trusted-key ...`) and roll it out first")
-
-
-class BadSignatureError(ShimError):
-    """The signature does not verify: the signed bytes were changed, or it is forged."""
-
-    default_fix = "the manifest or its trusted comment was modified after signing; re-sign it in release CI"
-
-
-class LegacySignatureError(ShimError):
-    """A legacy (non-prehashed ``Ed``) signature, refused by default."""
-
-    default_fix = "re-sign with a current minisign (prehashed `ED` signatures are the default since 0.8)"
-
-
-# --- manifests -----------------------------------------------------------------------
-
-class ManifestError(ShimError):
-    """The manifest's bytes are not a valid manifest of the supported schema."""
-
-    default_fix = "regenerate it with `vault-plugin-shim sign`"
-
-
-# --- policy --------------------------------------------------------------------------
-
-class PolicyError(ShimError):
-    """The trust policy itself is missing or invalid."""
-
-    default_fix = "rebuild the launcher with `vault-plugin-shim launcher build`"
-
-
-# --- candidate verdicts --------------------------------------------------------------
-
-class RejectedError(ShimError):
-    """Base for reasons a candidate plugin version is refused."""
-
-
-class UnsafeFileError(RejectedError):
-    """A file is a symlink, not regular, writable by others, or owned by a stranger."""
-
-    default_fix = ("ship the file as a regular file owned by root (or the Vault user) "
-                   "with mode 0755 or stricter (0644 for manifests)")
-
-
-class FileTooLargeError(RejectedError):
-    """A file is larger than the limit for its kind."""
-
-
-class DigestMismatchError(RejectedError):
-    """The binary's bytes do not match the sha256/size the signed manifest binds."""
-
-    default_fix = ("the binary differs from the one that was signed: ship the binary and "
-                   "manifest from the same release")
-
-
-class WrongPluginError(RejectedError):
-    """The manifest is for another plugin name, type, OS or architecture."""
-
-    default_fix = "ship the manifest that belongs to this plugin, or rebuild the launcher for it"
-
-
-class ExpiredError(RejectedError):
-    """The manifest is past its expiry (or not yet valid)."""
-
-    default_fix = "re-sign the release with a later --expires, and check the node's clock"
-
-
-class RollbackError(RejectedError):
-    """The version is below the launcher's minimum version (rollback floor)."""
-
-    default_fix = ("ship a version at or above the floor; lowering the floor needs a new "
-                   "launcher build and registration")
-
-
-class NoValidVersionError(ShimError):
-    """No candidate in the plugins directory passed every check."""
-
-    default_fix = "see the errors logged above for each candidate"
-
-
-class LaunchError(ShimError):
-    """The verified bytes could not be executed."""
+class ShimError(Diagnostic):
+    """Base class of vault-plugin-shim's own errors. ``reason`` says what happened, ``path``
+    which file, ``cause`` why (kept from ``raise ... from``), ``fix`` what to do next."""

@@ -26,7 +26,7 @@ CONFIG = hs.HandshakeConfig(hs.VAULT_BACKEND.cookie_key, hs.VAULT_BACKEND.cookie
 PLUGIN_SOURCE = textwrap.dedent('''\
     import os, signal, subprocess, sys, threading
     sys.path.insert(0, os.environ["PYPLUGIN_ROOT"])
-    from shim import hclog
+    from shim.goplugin import hclog
     from shim.goplugin import handshake as hs
     from shim.goplugin.server import serve
     from shim.goplugin._proto import grpctest_pb2 as pb, grpctest_pb2_grpc as rpc

@@ -9,7 +9,7 @@ import logging
 import pytest
 from hypothesis import given, strategies as st
 
-from shim import hclog
+from shim.goplugin import hclog
 from shim.goplugin.logrelay import TRACE, LineSplitter, LogLine, parse_stderr_line, parse_timestamp
 
 

@@ -199,7 +199,7 @@ def test_cli_build_twice_same_sha(setup):
 
 def test_relative_plugins_dir_is_relative_to_the_launcher(tmp_path):
     """One launcher file (one checksum) serves each node's own image directory."""
-    from shim.errors import PolicyError
+    from shim.trust.errors import PolicyError
     from shim.trust.policy import Policy
 
     keys = R.new_keys()

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from shim.errors import (BadSignatureError, KeyPasswordError, LegacySignatureError, UnknownKeyError)
+from shim.trust.errors import (
+    BadSignatureError,
+    KeyPasswordError,
+    LegacySignatureError,
+    UnknownKeyError,
+)
 from shim.trust import minisign as M
 
 pytestmark = pytest.mark.interop

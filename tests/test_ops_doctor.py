@@ -176,17 +176,32 @@ def test_cli_text_and_json(setup):
     assert doc[-1]["check"] == "next-launch" and doc[-1]["status"] == "fail"
 
 
-def test_doctor_runs_from_inside_the_launcher_file(setup):
-    """What build/docker/Dockerfile does at image build: the launcher's own code checks itself."""
+def test_launcher_doctor_runs_the_installed_package_not_its_own_code(setup):
+    """`L doctor` by an operator: the launcher carries no ops code (its bytes are what Vault
+    pins), so it hands over to the installed package under the same interpreter."""
     keys, plugins, _, lau = setup
     release(keys, script_plugin(plugins / "p", "x"))
-    snippet = ("import sys; sys.path.insert(0, sys.argv[1]); from shim.ops.doctor import run; import shim; "
-               "assert shim.__file__.startswith(sys.argv[1]), shim.__file__; "
-               "raise SystemExit(run(['--launcher', sys.argv[1]]))")
-    done = subprocess.run([sys.executable, "-I", "-c", snippet, str(lau)], capture_output=True, text=True,
-                          timeout=120, cwd="/")
+    done = subprocess.run([str(lau), "doctor"], capture_output=True, text=True, timeout=120, cwd="/",
+                          env={"PATH": os.environ["PATH"]})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "would launch" in done.stdout
+
+
+def test_launcher_doctor_explains_when_the_package_is_not_installed(tmp_path, setup):
+    keys, plugins, _, _ = setup
+    release(keys, script_plugin(plugins / "p", "x"))
+    bare = tmp_path / "bare-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    from shim.trust.policy import Policy
+
+    lau = tmp_path / "lau-bare"
+    write_launcher(Policy(name="myplugin", type="secret", plugins_dir=str(plugins), trusted_keys=(keys.public,)),
+                   str(bare / "bin" / "python"), str(lau))
+    done = subprocess.run([str(lau), "doctor"], capture_output=True, text=True, timeout=120, cwd="/",
+                          env={"PATH": os.environ["PATH"]})
+    assert done.returncode == 2 and done.stdout == ""
+    assert "needs the vault-plugin-shim package installed" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_relative_plugins_dir_is_resolved_from_the_launcher(tmp_path):

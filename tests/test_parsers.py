@@ -6,7 +6,8 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from shim.errors import ManifestError, PolicyError, ShimError
+from shim.errors import ShimError
+from shim.trust.errors import ManifestError, PolicyError
 from shim.trust import minisign as M
 from shim.trust.manifest import Manifest, Version
 from shim.trust.policy import Policy, encode_arg, split_args

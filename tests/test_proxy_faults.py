@@ -34,7 +34,7 @@ PLUGIN = textwrap.dedent(f'''\
     import os, signal, sys, threading
     sys.path.insert(0, {str(ROOT)!r})
     import grpc
-    from shim import hclog
+    from shim.goplugin import hclog
     from shim.goplugin import handshake as hs
     from shim.goplugin.server import serve
 
@@ -251,7 +251,7 @@ def test_child_prints_garbage_on_stdout(tmp_path):
 def test_child_never_handshakes(tmp_path, capfd):
     """The launcher's own start timeout (in process, shortened): a clear error, the child
     killed, nothing left. (Vault's own 1-minute timeout is longer than the launcher's.)"""
-    from shim.goplugin import proxy
+    from shim.launch import proxy
     from shim.launch import memexec
 
     script = tmp_path / "silent-plugin"
@@ -282,7 +282,7 @@ def test_child_never_handshakes(tmp_path, capfd):
 
 
 def test_refuses_to_run_without_automtls(tmp_path, capfd):
-    from shim.goplugin import proxy
+    from shim.launch import proxy
 
     rc = proxy.run(0, ["unused"], {CONFIG.cookie_key: CONFIG.cookie_value}, signals=False)
     assert rc == 1

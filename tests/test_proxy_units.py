@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from shim.goplugin import handshake as hs
-from shim.goplugin.child import child_environment
+from shim.launch.child import child_environment
 from shim.goplugin.janitor import Janitor, Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +74,7 @@ def test_janitor_is_quiet_when_nothing_is_left(capfd):
 
 def test_exec_mode_stays_import_light():
     code = ("import sys, shim.launch.entry; "
-            "bad = [m for m in ('grpc', 'cryptography', 'shim.goplugin.proxy') if m in sys.modules]; "
+            "bad = [m for m in ('grpc', 'cryptography', 'shim.launch.proxy') if m in sys.modules]; "
             "sys.exit(str(bad) if bad else 0)")
     res = subprocess.run([sys.executable, "-I", "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})

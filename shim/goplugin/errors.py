@@ -1,16 +1,62 @@
 """Errors of the go-plugin wire protocol library.
 
-Each says what happened (``reason``) and what to do about it (``fix``): they are
-:class:`shim.errors.ShimError` subclasses, so a host log line is actionable on its own. Kept free
-of grpc imports: the handshake code raises these on the launch path.
+Each says what happened (``reason``), about which file or endpoint (``path``), why
+(``cause``: the underlying error, kept from ``raise ... from exc``) and what to do about it
+(``fix``), so a host log line is actionable on its own. :class:`Diagnostic` is that shape;
+the rest of vault-plugin-shim builds its own errors on it (``shim.errors``), while this
+package imports nothing else of ours. Kept free of grpc imports: the handshake code raises
+these on the launch path.
 """
 
 from __future__ import annotations
 
-from ..errors import ShimError
+
+class Diagnostic(Exception):
+    """An error that names the file, the reason, the cause and the fix."""
+
+    default_fix = ""
+
+    def __init__(self, reason: str, *, path: str | None = None, fix: str | None = None,
+                 cause: BaseException | str | None = None):
+        self.reason = reason
+        self.path = None if path is None else str(path)
+        self.fix = self.default_fix if fix is None else fix
+        self._cause = cause
+        super().__init__(reason)
+
+    @property
+    def cause(self) -> str:
+        """The underlying error: given explicitly, or the one this was raised ``from``."""
+        cause = self._cause if self._cause is not None else self.__cause__
+        if cause is None or isinstance(cause, str):
+            return cause or ""
+        if isinstance(cause, OSError) and cause.strerror:
+            where = f" ({cause.filename})" if cause.filename else ""
+            return f"{type(cause).__name__}: {cause.strerror}{where}"
+        return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+
+    def diagnostics(self) -> str:
+        head = f"{self.path}: {self.reason}" if self.path else self.reason
+        if self.cause:
+            head = f"{head} (cause: {self.cause})"
+        return f"{head}. Fix: {self.fix}" if self.fix else head
+
+    def __str__(self) -> str:
+        return self.diagnostics()
+
+    def fields(self) -> dict[str, str]:
+        """Key/value pairs for a structured (hclog) log line or a JSON report."""
+        out = {"error": type(self).__name__, "reason": self.reason}
+        if self.path:
+            out["file"] = self.path
+        if self.cause:
+            out["cause"] = self.cause
+        if self.fix:
+            out["fix"] = self.fix
+        return out
 
 
-class GoPluginError(ShimError):
+class GoPluginError(Diagnostic):
     """Base class for everything this package raises on purpose."""
 
 

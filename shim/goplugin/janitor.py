@@ -112,7 +112,7 @@ class Janitor:
             try:
                 os.write(self._w, data)  # one short write: atomic on a pipe
             except OSError as exc:  # the janitor is gone: our own cleanup still runs
-                from shim import hclog
+                from shim.goplugin import hclog
 
                 hclog.warn("vault-plugin-shim: the cleanup helper (janitor) is gone", error=str(exc))
                 os.close(self._w)
@@ -147,7 +147,7 @@ def main(fd: int, ack: int) -> None:
                 ledger.feed(raw)
     done = ledger.cleanup()
     if any(done.values()):
-        from shim import hclog
+        from shim.goplugin import hclog
 
         hclog.warn("vault-plugin-shim: cleaned up after the launcher ended without doing so itself",
                    killed_process_groups=",".join(done["pgid"]),

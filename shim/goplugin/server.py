@@ -342,7 +342,7 @@ class HclogHandler(logging.Handler):
                (logging.DEBUG, "debug"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        from .. import hclog
+        from . import hclog
 
         level = next((name for no, name in self._LEVELS if record.levelno >= no), "trace")
         fields = {"logger": record.name}

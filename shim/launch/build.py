@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from shim.errors import PolicyError
+from shim.trust.errors import PolicyError
 from shim.trust.policy import Policy
 
 MAIN = "__main__.py"
@@ -36,22 +36,61 @@ if __name__ == "__main__":
 '''
 
 
-EXCLUDED = ("shim/demo/",)  # never run by a launcher
+# Exactly the modules a launch imports, per mode (tests/test_launcher_contents.py runs a
+# real launch of each mode and compares). Nothing of the CLI, ops/, the demo or the test
+# protos: editing those must not change the sha256 that Vault pins.
+EXEC_MODULES = (
+    "shim/__init__.py",
+    "shim/_record.py",
+    "shim/errors.py",
+    "shim/goplugin/__init__.py",
+    "shim/goplugin/errors.py",
+    "shim/goplugin/hclog.py",
+    "shim/launch/__init__.py",
+    "shim/launch/entry.py",
+    "shim/launch/errors.py",
+    "shim/launch/memexec.py",
+    "shim/trust/__init__.py",
+    "shim/trust/errors.py",
+    "shim/trust/manifest.py",
+    "shim/trust/minisign.py",
+    "shim/trust/policy.py",
+    "shim/trust/verify.py",
+)
+PROXY_MODULES = EXEC_MODULES + (
+    "shim/goplugin/_proto/__init__.py",
+    "shim/goplugin/_proto/grpc_broker_pb2.py",
+    "shim/goplugin/_proto/grpc_controller_pb2.py",
+    "shim/goplugin/_proto/grpc_controller_pb2_grpc.py",
+    "shim/goplugin/_proto/grpc_stdio_pb2.py",
+    "shim/goplugin/_proto/grpc_stdio_pb2_grpc.py",
+    "shim/goplugin/broker.py",
+    "shim/goplugin/client.py",
+    "shim/goplugin/grpcutil.py",
+    "shim/goplugin/h2route.py",
+    "shim/goplugin/handshake.py",
+    "shim/goplugin/janitor.py",
+    "shim/goplugin/logrelay.py",
+    "shim/goplugin/mtls.py",
+    "shim/goplugin/procgroup.py",
+    "shim/goplugin/server.py",
+    "shim/goplugin/tlsfront.py",
+    "shim/launch/child.py",
+    "shim/launch/proxy.py",
+)
+MODULES = {"exec": EXEC_MODULES, "proxy": PROXY_MODULES}
 
 
-def package_files() -> list[tuple[str, bytes]]:
-    """(archive name, bytes) of the installed ``shim`` package's .py files a launcher can run."""
-    root = Path(__file__).resolve().parent.parent
-    out = []
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root.parent).as_posix()
-        if "__pycache__" in rel or rel.startswith(EXCLUDED):
-            continue
-        out.append((rel, path.read_bytes()))
-    return out
+def package_files(mode: str) -> list[tuple[str, bytes]]:
+    """(archive name, bytes) of the modules a launcher of ``mode`` runs."""
+    root = Path(__file__).resolve().parent.parent.parent
+    return [(rel, (root / rel).read_bytes()) for rel in sorted(MODULES[mode])]
 
 
-def build_bytes(policy: Policy | None, python: str) -> bytes:
+def build_bytes(policy: Policy | None, python: str, mode: str | None = None) -> bytes:
+    """The launcher's bytes. ``policy`` None builds a launcher without an embedded policy
+    (``--policy-in-args``); ``mode`` defaults to the policy's."""
+    mode = mode or (policy.mode if policy is not None else "exec")
     if not os.path.isabs(python) or any(c.isspace() for c in python) or len(python) > 200:
         raise PolicyError(f"--python {python!r} must be an absolute path without spaces (a shebang limit)",
                           fix="pass the interpreter's absolute path, e.g. /usr/bin/python3")
@@ -59,7 +98,7 @@ def build_bytes(policy: Policy | None, python: str) -> bytes:
     buf = io.BytesIO()
     buf.write(f"#!{python} -I\n".encode())
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name, data in [(MAIN, main.encode())] + package_files():
+        for name, data in [(MAIN, main.encode())] + package_files(mode):
             info = zipfile.ZipInfo(name, date_time=EPOCH)
             info.create_system = 3
             info.external_attr = (0o100644 << 16)
@@ -67,9 +106,15 @@ def build_bytes(policy: Policy | None, python: str) -> bytes:
     return buf.getvalue()
 
 
-def write_launcher(policy: Policy | None, python: str, output: str) -> str:
+def launcher_code(data: bytes) -> bytes:
+    """The Python code a launcher's bytes hold, in a form ``python FILE`` runs (the
+    zipapp's ``#!`` line is ignored by the interpreter)."""
+    return data
+
+
+def write_launcher(policy: Policy | None, python: str, output: str, mode: str | None = None) -> str:
     """Write the launcher atomically with mode 0755; return its sha256."""
-    data = build_bytes(policy, python)
+    data = build_bytes(policy, python, mode)
     out = Path(output)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)

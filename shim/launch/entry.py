@@ -22,10 +22,12 @@ import os
 import sys
 import time
 
-from shim import hclog
-from shim.errors import LaunchError, PolicyError, ShimError
+from shim.goplugin import hclog
+from shim.goplugin.errors import Diagnostic
+from shim.launch.errors import LaunchError
+from shim.trust.errors import PolicyError
 from shim.trust.policy import COOKIES, Policy, split_args
-from shim.trust.verify import PluginDir, Candidate, check_digest, choose
+from shim.trust.verify import Candidate, PluginDir, check_digest, select
 
 EXIT_REFUSED = 1
 HAND_RUN_TEXT = """\
@@ -41,6 +43,31 @@ or, where vault-plugin-shim is installed:
     vault-plugin-shim launcher inspect {launcher}
     vault-plugin-shim verify --launcher {launcher}
 """
+
+
+DOCTOR_BOOTSTRAP = """\
+import sys
+try:
+    from shim.ops.doctor import run
+except ImportError as exc:
+    sys.stderr.write("vault-plugin-shim: `doctor` needs the vault-plugin-shim package installed for "
+                     + sys.executable + " (" + str(exc) + "). The launcher carries only what a launch "
+                     "runs. Install it (pip install vault-plugin-shim), or run "
+                     "`vault-plugin-shim doctor --launcher LAUNCHER` where it is installed.\\n")
+    raise SystemExit(2)
+raise SystemExit(run(sys.argv[1:]))
+"""
+
+
+def run_doctor(launcher: str, args: list[str]) -> int:
+    """``L doctor``, run by an operator (no cookie, so not by Vault). The diagnosis lives in
+    ``shim.ops``, which the launcher does not carry (its bytes are what Vault pins): run it
+    from the installed package, with the same interpreter."""
+    try:
+        os.execv(sys.executable, [sys.executable, "-I", "-c", DOCTOR_BOOTSTRAP, "--launcher", launcher, *args])
+    except OSError as exc:
+        sys.stderr.write(f"vault-plugin-shim: cannot run doctor with {sys.executable}: {exc.strerror}\n")
+        return EXIT_REFUSED
 
 
 def load_policy(embedded: str | None, args: list[str]) -> tuple[Policy, list[str]]:
@@ -63,14 +90,11 @@ def main(embedded_policy: str | None, argv: list[str] | None = None, env: dict |
     env = dict(os.environ if env is None else env)
     launcher = argv[0] if argv else "launcher"
     if argv[1:2] == ["doctor"] and not any(key in env for key, _ in COOKIES.values()):
-        # Run by an operator (no cookie, so not by Vault): diagnose this node.
-        from shim.ops.doctor import run
-
-        return run(["--launcher", launcher, *argv[2:]])
+        return run_doctor(launcher, argv[2:])
     try:
         policy, plugin_args = load_policy(embedded_policy, argv[1:])
         policy = policy.resolved(launcher)
-    except ShimError as exc:
+    except Diagnostic as exc:
         hclog.error("vault-plugin-shim: invalid launcher policy", launcher=launcher, **exc.fields())
         return EXIT_REFUSED
     cookie_key, cookie_value = policy.cookie
@@ -83,7 +107,7 @@ def main(embedded_policy: str | None, argv: list[str] | None = None, env: dict |
         if policy.mode == "proxy":
             return launch_proxy(policy, plugin_args, env, clock())
         launch_exec(policy, plugin_args, env, clock())
-    except ShimError as exc:
+    except Diagnostic as exc:
         hclog.error(f"vault-plugin-shim: refusing to start {policy.type} plugin {policy.name}: {exc.reason}",
                     plugin=policy.name, **exc.fields())
         return EXIT_REFUSED
@@ -116,8 +140,11 @@ def select_sealed(policy: Policy, now: float, *, method: str = "auto") -> tuple[
             raise
         return fd, how
 
-    cand, (fd, how) = choose(policy, now, seal, _reject)
-    return cand, fd, how
+    selection = select(policy, now, seal, on_reject=_reject)
+    if selection.chosen is None:
+        raise selection.refusal(policy)
+    fd, how = selection.value
+    return selection.chosen, fd, how
 
 
 def _log_start(policy: Policy, cand: Candidate, how: str, **extra) -> None:
@@ -149,10 +176,10 @@ def launch_exec(policy: Policy, plugin_args: list[str], env: dict, now: float, *
 
 def launch_proxy(policy: Policy, plugin_args: list[str], env: dict, now: float, *, method: str = "auto") -> int:
     """Proxy mode: the same verified, sealed bytes, run as our child behind a go-plugin
-    relay (shim.goplugin.proxy). Returns the exit code."""
+    relay (shim.launch.proxy). Returns the exit code."""
     cand, fd, how = select_sealed(policy, now, method=method)
     _log_start(policy, cand, how, mode="proxy")
-    from shim.goplugin import proxy  # grpc and cryptography: only on this path
+    from shim.launch import proxy  # grpc and cryptography: only on this path
 
     try:
         return proxy.run(fd, [cand.path, *plugin_args], env, plugin=f"{policy.type} plugin {policy.name}")

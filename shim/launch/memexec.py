@@ -18,7 +18,7 @@ import errno
 import fcntl
 import os
 
-from shim.errors import LaunchError
+from shim.launch.errors import LaunchError
 
 MFD_EXEC = 0x0010          # Linux 6.3+: ask for an executable memfd explicitly
 SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE

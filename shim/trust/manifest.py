@@ -13,20 +13,20 @@ import re
 import time
 
 from shim._record import Record
-from shim.errors import ManifestError
+from shim.trust.errors import ManifestError
 
 SCHEMA = "vault-plugin-shim/manifest/v1"
 PLUGIN_TYPES = ("secret", "auth", "database")
 MAX_MANIFEST_BYTES = 64 * 1024
 MAX_BINARY_SIZE = 2 * 1024 ** 3
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-TOKEN_RE = re.compile(r"^[a-z0-9_]{1,32}$")
-TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z", re.ASCII)
+SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z", re.ASCII)
+TOKEN_RE = re.compile(r"\A[a-z0-9_]{1,32}\Z", re.ASCII)
+TIME_RE = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z\Z", re.ASCII)
 SEMVER_RE = re.compile(
-    r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})"
+    r"\A(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})"
     r"(?:-((?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)(?:\.(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*))*))?"
-    r"(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$")
+    r"(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?\Z", re.ASCII)
 FIELDS = {"schema": str, "name": str, "type": str, "version": str, "sha256": str, "size": int,
           "os": str, "arch": str, "issued_at": str, "expires_at": (str, type(None))}
 

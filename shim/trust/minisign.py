@@ -23,7 +23,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable
 from shim._record import Record
-from shim.errors import (
+from shim.trust.errors import (
     BadSignatureError,
     KeyFormatError,
     KeyPasswordError,

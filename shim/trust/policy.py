@@ -16,7 +16,7 @@ import json
 import os
 
 from shim._record import Record
-from shim.errors import KeyFormatError, PolicyError
+from shim.trust.errors import KeyFormatError, PolicyError
 from shim.trust.manifest import MAX_BINARY_SIZE, NAME_RE, PLUGIN_TYPES, Version
 from shim.trust.minisign import PublicKey
 

@@ -20,16 +20,17 @@ import hmac
 import mmap
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-from shim.errors import (
+from shim.errors import ShimError
+from shim.trust.errors import (
+    AmbiguousVersionError,
     DigestMismatchError,
     ExpiredError,
     FileTooLargeError,
     NoValidVersionError,
     RejectedError,
     RollbackError,
-    ShimError,
     UnsafeFileError,
     WrongPluginError,
 )
@@ -216,10 +217,24 @@ class PluginDir:
         return cand
 
     def ranked(self, now: float) -> tuple[list[Candidate], list[Candidate]]:
-        """(candidates whose signed manifest passed, highest version first; rejected ones)."""
+        """(candidates whose signed manifest passed, in launch order; rejected ones).
+
+        Launch order is by version precedence, highest first. Versions of equal precedence
+        (``2.0.0+build1`` and ``2.0.0+build2``: semver ignores build metadata) are ordered by
+        the signed ``issued_at``, newest first; when that is equal too, nothing tells which
+        is newer, so both are refused rather than decided by file name.
+        """
         checked = [self.check_manifest(c, now) for c in self.candidates()]
-        good = sorted((c for c in checked if c.error is None), key=lambda c: c.manifest.version, reverse=True)
-        return good, [c for c in checked if c.error is not None]
+        good = sorted((c for c in checked if c.error is None),
+                      key=lambda c: (c.manifest.version, c.manifest.issued_at), reverse=True)
+        for a, b in zip(good, good[1:]):
+            if a.manifest.version == b.manifest.version and a.manifest.issued_at == b.manifest.issued_at:
+                for c, other in ((a, b), (b, a)):
+                    c.error = AmbiguousVersionError(
+                        f"version {c.manifest.version} has the same precedence and issue time as "
+                        f"{other.binary} ({other.manifest.version}); the launcher cannot tell which is newer",
+                        path=c.path)
+        return [c for c in good if c.error is None], [c for c in checked if c.error is not None]
 
 
 def digest_of(fd: int, size: int) -> str:
@@ -242,26 +257,51 @@ def check_digest(fd: int, cand: Candidate) -> None:
                                   path=cand.path)
 
 
-def choose(policy: Policy, now: float, materialize: Callable[[PluginDir, Candidate], object],
-           on_reject: Callable[[Candidate], None]) -> tuple[Candidate, object]:
-    """Walk candidates from the highest version down; return the first whose binary
-    ``materialize`` accepts (it copies or hashes and calls :func:`check_digest`)."""
-    with PluginDir(policy) as pdir:
-        good, bad = pdir.ranked(now)
-        for cand in bad:
-            on_reject(cand)
-        for cand in good:
-            try:
-                return cand, materialize(pdir, cand)
-            except ShimError as exc:
-                cand.error = exc
-                on_reject(cand)
-        total = len(good) + len(bad)
-        raise NoValidVersionError(
+class Selection:
+    """The verdict on a plugins directory: every candidate looked at, and the one that runs."""
+
+    __slots__ = ("chosen", "value", "candidates")
+
+    def __init__(self, chosen: Candidate | None, value: object, candidates: list[Candidate]):
+        self.chosen = chosen          # the version that launches, or None
+        self.value = value            # what ``accept`` returned for it (e.g. the sealed fd)
+        self.candidates = candidates  # all of them, by file name, each with its verdict
+
+    def refusal(self, policy: Policy) -> NoValidVersionError:
+        total = len(self.candidates)
+        return NoValidVersionError(
             f"no version of {policy.type} plugin {policy.name!r} passed verification "
             f"({total} candidate{'s' if total != 1 else ''} found)", path=policy.plugins_dir,
             fix=("ship a signed version: BINARY, BINARY.manifest.json and BINARY.manifest.json.minisig"
                  if total == 0 else "see the error logged above for each candidate"))
+
+
+def select(policy: Policy, now: float, accept: Callable[[PluginDir, Candidate], object], *,
+           on_reject: Callable[[Candidate], None] | None = None, exhaustive: bool = False) -> Selection:
+    """Which version runs: the one decision that launch, ``verify``, ``doctor`` and the demo
+    share. Candidates whose signed manifest passes are tried in launch order
+    (:meth:`PluginDir.ranked`); the first whose binary ``accept`` takes (it copies or
+    hashes the bytes and calls :func:`check_digest`) is chosen. ``exhaustive`` goes on to
+    give every other candidate its verdict too, without changing the choice."""
+    with PluginDir(policy) as pdir:
+        good, bad = pdir.ranked(now)
+        for cand in bad:
+            if on_reject is not None:
+                on_reject(cand)
+        chosen, value = None, None
+        for cand in good:
+            if chosen is not None and not exhaustive:
+                break
+            try:
+                result = accept(pdir, cand)
+            except ShimError as exc:
+                cand.error = exc
+                if on_reject is not None:
+                    on_reject(cand)
+                continue
+            if chosen is None:
+                chosen, value = cand, result
+        return Selection(chosen, value, sorted(good + bad, key=lambda c: c.binary))
 
 
 def hash_only(pdir: PluginDir, cand: Candidate) -> str:
@@ -273,13 +313,7 @@ def hash_only(pdir: PluginDir, cand: Candidate) -> str:
         os.close(fd)
 
 
-def report(policy: Policy, now: float) -> Iterator[Candidate]:
-    """Every candidate with its full verdict, for ``verify`` and ``doctor``."""
-    with PluginDir(policy) as pdir:
-        good, bad = pdir.ranked(now)
-        for cand in good:
-            try:
-                hash_only(pdir, cand)
-            except ShimError as exc:
-                cand.error = exc
-        yield from sorted(good + bad, key=lambda c: c.binary)
+def report(policy: Policy, now: float) -> Selection:
+    """Every candidate with its full verdict, and the one that would launch: for ``verify``
+    and ``doctor``, by the launcher's own decision."""
+    return select(policy, now, hash_only, exhaustive=True)

@@ -5,7 +5,7 @@ private socket), one child connection per Vault connection. In order:
 
 1. a :class:`~shim.goplugin.janitor.Janitor` records everything we create, so even a
    SIGKILL of the launcher leaves no socket, key file or process behind;
-2. the child starts from the sealed memfd (:class:`~shim.goplugin.child.Child`) with
+2. the child starts from the sealed memfd (:class:`~shim.launch.child.Child`) with
    Vault's env minus what we own; its handshake line gives the app protocol version;
    one health check over plaintext gRPC tells that it serves;
 3. each TLS connection from Vault is spliced frame by frame onto a new connection to the
@@ -36,15 +36,14 @@ import signal
 import threading
 from typing import Callable, Mapping
 
-from .. import hclog
-from . import grpcutil, handshake as hs, mtls
-from .broker import ConnInfo
-from .child import Child, ExecRefusedError
-from .errors import GoPluginError, TLSSetupError
-from .h2route import H2RouteError, Router
-from .janitor import Janitor
-from .server import HclogHandler, apply_socket_group
-from .tlsfront import ClientFront, ServerFront, private_dir, run_in_loop
+from shim.goplugin import grpcutil, handshake as hs, hclog, mtls
+from shim.goplugin.broker import ConnInfo
+from shim.goplugin.errors import GoPluginError, TLSSetupError
+from shim.goplugin.h2route import H2RouteError, Router
+from shim.goplugin.janitor import Janitor
+from shim.goplugin.server import HclogHandler, apply_socket_group
+from shim.goplugin.tlsfront import ClientFront, ServerFront, private_dir, run_in_loop
+from shim.launch.child import Child, ExecRefusedError
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +313,7 @@ class Proxy:
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        from .errors import ConnectError
+        from shim.goplugin.errors import ConnectError
 
         self._channel = grpcutil.new_channel(target)
         try:
@@ -416,7 +415,7 @@ class Proxy:
             if not self._vault_shutdown and self._channel is not None:
                 import grpc
 
-                from ._proto import grpc_controller_pb2, grpc_controller_pb2_grpc
+                from shim.goplugin._proto import grpc_controller_pb2, grpc_controller_pb2_grpc
                 try:
                     grpc_controller_pb2_grpc.GRPCControllerStub(self._channel).Shutdown(
                         grpc_controller_pb2.Empty(), timeout=self.child_grace)

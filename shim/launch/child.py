@@ -16,10 +16,10 @@ import signal
 import subprocess
 from typing import Callable, Mapping
 
-from . import handshake as hs
-from .client import PluginClient
-from .errors import StartError
-from .logrelay import LineSplitter
+from shim.goplugin import handshake as hs
+from shim.goplugin.client import PluginClient
+from shim.goplugin.errors import StartError
+from shim.goplugin.logrelay import LineSplitter
 
 PR_SET_PDEATHSIG = 1
 
