@@ -206,14 +206,13 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
                        subject=policy.plugins_dir))
 
     out.append(Finding("clock", "info", f"node clock {_iso(now)}"))
-    candidates = list(report(policy, now))
+    selection = report(policy, now)
+    candidates, chosen = selection.candidates, selection.chosen
     listed = {c.binary for c in candidates}
     for name in sorted(os.listdir(policy.plugins_dir)):
         if not name.endswith((".manifest.json", ".manifest.json.minisig")) and name not in listed:
             out.append(Finding("candidate", "info", "ignored: no NAME.manifest.json next to it",
                                subject=os.path.join(policy.plugins_dir, name)))
-    good = sorted((c for c in candidates if c.error is None), key=lambda c: c.manifest.version, reverse=True)
-    chosen = good[0] if good else None
     for c in candidates:
         if c.error is None:
             tag = "would launch" if c is chosen else "valid, not the highest"
