@@ -30,3 +30,27 @@ def go_build(tmp_path_factory):
 @pytest.fixture(scope="session")
 def go_host(go_build):
     return go_build.host()
+
+
+@pytest.fixture(scope="module")
+def bao_dev(tmp_path_factory):
+    """A real OpenBao dev server (in memory, root token "root") shared by one test module;
+    fails (never skips) when `bao` is missing. ``bao_dev.plugin_dir`` is its plugin_directory."""
+    from shim.demo import bao
+    from tests.support import openbao
+
+    openbao.require_bao()
+    with openbao.started(bao.DevServer(tmp_path_factory.mktemp("bao-dev"))) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def bao_raft(tmp_path_factory):
+    """A real persistent OpenBao node (Raft storage, static auto-unseal) for one test module;
+    ``bao_raft.restart()`` keeps its data."""
+    from shim.demo import bao
+    from tests.support import openbao
+
+    openbao.require_bao()
+    with openbao.started(bao.RaftNode(tmp_path_factory.mktemp("bao-raft"))) as server:
+        yield server

