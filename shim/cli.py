@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import hashlib
 import json
 import os
 import re
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from shim import __version__
 from shim.errors import ShimError
+from shim.goplugin.vault import PLUGIN_TYPES
 from shim.trust.errors import KeyFormatError, KeyPasswordError
 
 PASSWORD_ENV = "VAULT_PLUGIN_SHIM_PASSWORD"
@@ -131,9 +131,9 @@ def cmd_keygen(args) -> int:
 
 
 def cmd_sign(args) -> int:
+    from shim.ops.release import sign_release
     from shim.trust import minisign
-    from shim.trust.manifest import Manifest, Version, manifest_path, signature_path
-    from shim.trust.verify import host_platform
+    from shim.trust.manifest import Version, manifest_path, signature_path
 
     if bool(args.secret_key) == bool(args.transit_key):
         raise UsageError("pass exactly one of --secret-key and --transit-key")
@@ -143,17 +143,6 @@ def cmd_sign(args) -> int:
         raise UsageError(str(exc)) from None
     path = args.plugin_file
     now = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    goos, goarch = host_platform()
-    manifest = Manifest(name=args.name, type=args.type, version=version, sha256=digest.hexdigest(), size=size,
-                        os=args.os or goos, arch=args.arch or goarch, issued_at=now,
-                        expires_at=parse_expiry(args.expires, now) if args.expires else None)
-    data = manifest.to_bytes()
-    Manifest.parse(data, path=manifest_path(path))  # what we sign must be what launch accepts
     if args.transit_key:
         from shim.ops.cli import transit_signer_from_env
 
@@ -162,9 +151,9 @@ def cmd_sign(args) -> int:
     else:
         key = _load_secret_key(args)
         key_id, sign = key.key_id, key.sign
-    sig = minisign.sign_detached(data, key_id, sign, trusted_comment=manifest.trusted_comment())
-    Path(manifest_path(path)).write_bytes(data)
-    Path(signature_path(path)).write_bytes(sig)
+    manifest = sign_release(path, name=args.name, type=args.type, version=version, key_id=key_id, sign=sign,
+                            issued_at=now, expires_at=parse_expiry(args.expires, now) if args.expires else None,
+                            os_=args.os, arch=args.arch)
     print(f"signed {manifest.type} plugin {manifest.name} {manifest.version} "
           f"({manifest.os}/{manifest.arch}, sha256 {manifest.sha256}) with key {minisign.key_id_hex(key_id)}")
     print(f"  {manifest_path(path)}\n  {signature_path(path)}")
@@ -315,7 +304,7 @@ def _plugin_args(p, *, required: bool = True) -> None:
     p.add_argument("--trusted-key", action="append", default=[], metavar="PK",
                    help="trusted minisign public key: a file or the base64 line (repeat to rotate keys)")
     p.add_argument("--name", required=required, help="plugin name as registered in Vault")
-    p.add_argument("--type", default="secret", choices=("secret", "auth", "database"))
+    p.add_argument("--type", default="secret", choices=PLUGIN_TYPES)
     p.add_argument("--min-version", help="rollback floor: older versions are refused")
 
 
@@ -342,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transit-mount", default="transit")
     p.add_argument("--password-env", default=PASSWORD_ENV, metavar="VAR")
     p.add_argument("--name", required=True)
-    p.add_argument("--type", required=True, choices=("secret", "auth", "database"))
+    p.add_argument("--type", required=True, choices=PLUGIN_TYPES)
     p.add_argument("--version", required=True, help="semantic version X.Y.Z")
     p.add_argument("--expires", help="duration (180d, 12h) or YYYY-MM-DDTHH:MM:SSZ")
     p.add_argument("--os", help="GOOS of the binary (default: this machine's)")

@@ -183,3 +183,27 @@ def test_policy_round_trip_and_arg(tmp_path):
         Policy.from_json(pol.to_json().replace(str(tmp_path), "../escape"))
     relative = Policy.from_json(pol.to_json().replace(str(tmp_path), "versions/kv"))
     assert relative.resolved("/vault/plugins/launcher").plugins_dir == "/vault/plugins/versions/kv"
+
+
+@pytest.mark.parametrize("text", ["1.0.0\n", "1.0.0 ", "١.0.0", "1.0.0+build\n", "v1.0.0"])
+def test_semver_is_ascii_and_anchored(text):
+    from shim.trust.manifest import Version
+
+    with pytest.raises(ValueError):
+        Version.parse(text)
+
+
+@pytest.mark.parametrize("name", ["my-plugin\n", "plugín", "my plugin", "-x", "x" * 129])
+def test_plugin_names_are_ascii_and_anchored(name):
+    from shim.trust.manifest import NAME_RE
+
+    assert not NAME_RE.match(name)
+
+
+@pytest.mark.parametrize("text", ["2023-02-29T00:00:00Z", "2026-13-01T00:00:00Z", "2026-01-01T24:00:00Z",
+                                  "2026-01-01T00:00:60Z", "2026-01-01T00:00:00Z\n", "２026-01-01T00:00:00Z"])
+def test_times_are_real_calendar_times(text):
+    from shim.trust.manifest import parse_time
+
+    with pytest.raises(ValueError):
+        parse_time(text)

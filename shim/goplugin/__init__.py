@@ -12,4 +12,38 @@ cryptography. The modules, pure ones first:
 * ``server``     the plugin side (``PluginServer``, ``serve``)
 * ``client``     the host side (``PluginClient``)
 * ``_proto``     generated code for proto/*.proto (build/gen_protos.py)
+* ``vault``      Vault's plugin types and magic cookies
+* ``hclog``      hclog JSON lines on stderr, which hosts re-log at their level
+
+Serving a plugin from Python takes :func:`serve` and a :class:`HandshakeConfig` (Vault's
+are ``VAULT_BACKEND`` and ``VAULT_DATABASE``)::
+
+    from shim.goplugin import VAULT_BACKEND, serve
+
+    def register(ctx):  # ctx.server: the grpc.Server; ctx.broker: the GRPCBroker
+        my_pb2_grpc.add_MyServicer_to_server(MyServicer(ctx.broker), ctx.server)
+
+    raise SystemExit(serve(VAULT_BACKEND, register))
+
+This package imports nothing else of vault-plugin-shim. Names load on first use.
 """
+
+from __future__ import annotations
+
+__all__ = ["Broker", "Diagnostic", "GoPluginError", "HandshakeConfig", "PluginClient", "PluginServer",
+           "ServeContext", "VAULT_BACKEND", "VAULT_DATABASE", "serve"]
+
+_HOMES = {
+    "Broker": "broker", "Diagnostic": "errors", "GoPluginError": "errors",
+    "HandshakeConfig": "handshake", "VAULT_BACKEND": "handshake", "VAULT_DATABASE": "handshake",
+    "PluginClient": "client", "PluginServer": "server", "ServeContext": "server", "serve": "server",
+}
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'shim.goplugin' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from .errors import CookieError, HandshakeError, VersionError
+from .vault import BACKEND_COOKIE, DATABASE_COOKIE
 
 CORE_PROTOCOL_VERSION = 1
 
@@ -65,8 +66,8 @@ class HandshakeConfig:
         object.__setattr__(self, "versions", tuple(sorted(set(self.versions))))
 
 
-VAULT_BACKEND = HandshakeConfig("VAULT_BACKEND_PLUGIN", "6669da05-b1c8-4f49-97d9-c8e5bed98e20", (4, 5))
-VAULT_DATABASE = HandshakeConfig("VAULT_DATABASE_PLUGIN", "926a0820-aea2-be28-51d6-83cdf00e8edb", (5, 6))
+VAULT_BACKEND = HandshakeConfig(*BACKEND_COOKIE, (4, 5))
+VAULT_DATABASE = HandshakeConfig(*DATABASE_COOKIE, (5, 6))
 
 
 # --- plugin side -----------------------------------------------------------------------

@@ -46,6 +46,7 @@ EXEC_MODULES = (
     "shim/goplugin/__init__.py",
     "shim/goplugin/errors.py",
     "shim/goplugin/hclog.py",
+    "shim/goplugin/vault.py",
     "shim/launch/__init__.py",
     "shim/launch/entry.py",
     "shim/launch/errors.py",

@@ -21,7 +21,6 @@ inside the launcher file itself (``sys.path`` entry), as the Dockerfile's build 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import stat
@@ -31,6 +30,8 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from shim.errors import ShimError
+from shim.trust.manifest import format_time as _iso
+from shim.trust.verify import digest_file
 
 SOON = 14 * 86400
 STATUSES = ("ok", "info", "warn", "fail")
@@ -48,18 +49,6 @@ class Finding:
         head = f"[{self.status.upper():4}] {self.check}: "
         body = f"{self.subject}: {self.message}" if self.subject else self.message
         return head + body + (f"\n         fix: {self.fix}" if self.fix else "")
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_launcher(launcher: str, plugin_directory: str | None, expected: str | None,
@@ -81,7 +70,7 @@ def _check_launcher(launcher: str, plugin_directory: str | None, expected: str |
                            subject=launcher, fix="Vault runs <plugin_directory>/<command>; put the launcher there"))
     try:
         rst = os.stat(real)
-        digest = _sha256(real)
+        digest, _ = digest_file(real)
     except OSError as exc:
         out.append(Finding("launcher", "fail", f"cannot be read ({exc.strerror})", subject=launcher,
                            fix="make it readable by the Vault user"))

@@ -17,19 +17,14 @@ import os
 
 from shim._record import Record
 from shim.trust.errors import KeyFormatError, PolicyError
-from shim.trust.manifest import MAX_BINARY_SIZE, NAME_RE, PLUGIN_TYPES, Version
+from shim.goplugin.vault import COOKIES, PLUGIN_TYPES
+from shim.trust.manifest import MAX_BINARY_SIZE, NAME_RE, Version
 from shim.trust.minisign import PublicKey
 
 SCHEMA = "vault-plugin-shim/policy/v1"
 MODES = ("exec", "proxy")
 ARG_PREFIX = "--shim-policy="
 MAX_POLICY_BYTES = 64 * 1024
-COOKIES = {
-    # type -> (magic cookie key, value), as Vault's SDK sets them.
-    "secret": ("VAULT_BACKEND_PLUGIN", "6669da05-b1c8-4f49-97d9-c8e5bed98e20"),
-    "auth": ("VAULT_BACKEND_PLUGIN", "6669da05-b1c8-4f49-97d9-c8e5bed98e20"),
-    "database": ("VAULT_DATABASE_PLUGIN", "926a0820-aea2-be28-51d6-83cdf00e8edb"),
-}
 
 
 class Policy(Record):

@@ -245,6 +245,17 @@ def digest_of(fd: int, size: int) -> str:
         return hashlib.sha256(view).hexdigest()
 
 
+def digest_file(path: str) -> tuple[str, int]:
+    """(sha256 hex, size) of a file: what a manifest binds, and what go-plugin's
+    SecureConfig compares before each launch."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        return digest_of(fd, size), size
+    finally:
+        os.close(fd)
+
+
 def check_digest(fd: int, cand: Candidate) -> None:
     """Compare the bytes at ``fd`` with the signed manifest; raise on any difference."""
     size = os.fstat(fd).st_size
