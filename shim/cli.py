@@ -17,7 +17,7 @@ from shim.goplugin.vault import PLUGIN_TYPES
 from shim.trust.errors import KeyFormatError, KeyPasswordError
 
 PASSWORD_ENV = "VAULT_PLUGIN_SHIM_PASSWORD"
-DURATION_RE = re.compile(r"^(\d+)([smhdw])$")
+DURATION_RE = re.compile(r"\A(\d{1,6})([smhdw])\Z", re.ASCII)
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -67,11 +67,25 @@ def _write_private(path: str, text: str, mode: int) -> None:
         fh.write(text)
 
 
+def source_date_epoch() -> int:
+    """``issued_at`` for a manifest: now, or ``$SOURCE_DATE_EPOCH`` for reproducible releases."""
+    text = os.environ.get("SOURCE_DATE_EPOCH")
+    if text is None:
+        return int(time.time())
+    if not text.isascii() or not text.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH={text!r} is not a Unix time in seconds",
+                         fix="set it to an integer such as $(git log -1 --format=%ct), or unset it")
+    return int(text)
+
+
 def parse_expiry(text: str, now: float) -> int:
     from shim.trust.manifest import parse_time
 
     m = DURATION_RE.match(text)
     if m:
+        if int(m.group(1)) == 0:
+            raise UsageError(f"--expires {text} would sign a release that has already expired",
+                             fix="pass a positive duration (e.g. --expires 180d), or leave --expires out")
         return int(now) + int(m.group(1)) * UNITS[m.group(2)]
     try:
         return parse_time(text)
@@ -142,7 +156,7 @@ def cmd_sign(args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     path = args.plugin_file
-    now = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
+    now = source_date_epoch()
     if args.transit_key:
         from shim.ops.cli import transit_signer_from_env
 

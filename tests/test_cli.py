@@ -101,3 +101,30 @@ def test_transit_keygen_and_sign_end_to_end(tmp_path):
     m = subprocess.run(["minisign", "-V", "-p", pub, "-m", f"{plugin}.manifest.json"], capture_output=True,
                        text=True, timeout=30)
     assert m.returncode == 0 and "name=kv type=secret version=3.0.0" in m.stdout
+
+
+def _sign(tmp_path, *extra, env=None):
+    import os
+
+    keys = R.new_keys()
+    sk = tmp_path / "release.key"
+    sk.write_text(keys.secret.to_text(None))
+    plugin = R.script_plugin(tmp_path / "kv-1.0.0", "v1")
+    return subprocess.run([sys.executable, "-m", "shim.cli", "sign", "--secret-key", str(sk), "--name", "kv",
+                           "--type", "secret", "--version", "1.0.0", *extra, str(plugin)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, **(env or {})}), plugin
+
+
+def test_sign_refuses_a_source_date_epoch_that_is_not_a_number(tmp_path):
+    p, plugin = _sign(tmp_path, env={"SOURCE_DATE_EPOCH": "abc"})
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "SOURCE_DATE_EPOCH='abc' is not a Unix time" in p.stderr and "git log -1" in p.stderr
+    assert not Path(str(plugin) + ".manifest.json").exists()
+
+
+def test_sign_refuses_an_expiry_of_zero(tmp_path):
+    p, plugin = _sign(tmp_path, "--expires", "0d")
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "already expired" in p.stderr and "regenerate" not in p.stderr
+    assert not Path(str(plugin) + ".manifest.json").exists()

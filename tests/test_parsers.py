@@ -207,3 +207,22 @@ def test_times_are_real_calendar_times(text):
 
     with pytest.raises(ValueError):
         parse_time(text)
+
+
+def test_two_trusted_keys_with_one_key_id_are_refused():
+    from shim.trust.minisign import PublicKey, SecretKey
+    from shim.trust.policy import Policy
+
+    a = SecretKey.generate().public_key()
+    b = PublicKey(a.key_id, SecretKey.generate().public_key().raw)
+    with pytest.raises(PolicyError, match="share the key id"):
+        Policy(name="p", type="secret", plugins_dir="/x", trusted_keys=(a, b))
+    Policy(name="p", type="secret", plugins_dir="/x", trusted_keys=(a, a))  # the same key twice is harmless
+
+
+def test_a_deeply_nested_policy_is_a_policy_error_not_a_recursion_error():
+    from shim.trust.policy import Policy
+
+    with pytest.raises(PolicyError) as info:
+        Policy.from_json("[" * 30000 + "]" * 30000)
+    assert "RecursionError" in info.value.fields().get("cause", "")

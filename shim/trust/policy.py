@@ -44,6 +44,14 @@ class Policy(Record):
                               "launcher's own directory without '..'")
         if not self.trusted_keys:
             raise PolicyError("a policy needs at least one trusted public key")
+        ids = [k.key_id for k in self.trusted_keys]
+        for key_id in sorted({i for i in ids if ids.count(i) > 1}):
+            same = [k for k in self.trusted_keys if k.key_id == key_id]
+            if len(set(same)) > 1:
+                # minisign picks the key by id: releases signed by the second key would then
+                # fail as "modified after signing". Refuse the policy instead.
+                raise PolicyError(f"two different trusted keys share the key id {same[0].key_id_hex}",
+                                  fix="give each signing key its own key id (generate a new key pair)")
         if self.mode not in MODES:
             raise PolicyError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         if not 0 < self.max_size <= MAX_BINARY_SIZE:
@@ -84,8 +92,8 @@ class Policy(Record):
             raise PolicyError(f"policy is larger than {MAX_POLICY_BYTES} bytes")
         try:
             doc = json.loads(text)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise PolicyError(f"policy is not valid JSON ({exc})") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise PolicyError("policy is not valid JSON", cause=exc) from None
         if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
             raise PolicyError(f"policy schema must be {SCHEMA!r}")
         allowed = {"schema", "name", "type", "plugins_dir", "trusted_keys", "min_version", "mode", "max_size"}
