@@ -40,6 +40,7 @@ TOOLS=(
 CFLAGS=(-std=gnu11 -Os -Wall -Wextra -Werror -static -no-pie
         -fno-ident -fno-asynchronous-unwind-tables -fstack-protector-strong
         "-ffile-prefix-map=$PWD/=")
+# shellcheck disable=SC2054  # the commas belong to -Wl, not to the array
 LDFLAGS=(-Wl,--build-id=none -Wl,-z,noseparate-code -Wl,-z,noexecstack)
 STRIP=(-s)
 CLEAN_ENV=(env -i PATH=/usr/bin:/bin LC_ALL=C)
