@@ -29,50 +29,33 @@ Known go-plugin 1.0.1 behaviour seen with this peer (host and plugin both 1.0.1)
   * the host appends its own os.Environ() to the plugin's env, so run_host
     starts the host with a minimal environment (PATH, TMPDIR, + host_env).
 
-Builds are cached by a content hash of the inputs (Go source, ldflags, toolchain
-and library fingerprints) under `cache_dir` (default: <dest_dir>/.gopeer-cache,
-or $GOPEER_CACHE_DIR); the result is copied into dest_dir, so callers may modify
+Builds go through shim/demo/gobuild.py (the one GOPATH-mode build helper), cached
+by a content hash of the inputs (Go source, ldflags, toolchain and library
+fingerprints) under `cache_dir` (default: <dest_dir>/.gopeer-cache, or
+$GOPEER_CACHE_DIR); the result is copied into dest_dir, so callers may modify
 (pad) their copy freely.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from shim.demo import gobuild
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GOPEER_DIR = REPO_ROOT / "tests" / "gopeer"
 HOST_SRC = GOPEER_DIR / "host"
 PLUGIN_SRC = GOPEER_DIR / "plugin"
-GOCODE = Path("/usr/share/gocode")
-GOCODE_SRC = GOCODE / "src"
-
-# (path under /usr/share/gocode/src, Debian package providing it)
-_GO_LIBS: tuple[tuple[str, str], ...] = (
-    ("github.com/hashicorp/go-plugin/client.go", "golang-github-hashicorp-go-plugin-dev"),
-    ("github.com/hashicorp/go-plugin/test/grpc/test.pb.go", "golang-github-hashicorp-go-plugin-dev"),
-    ("github.com/hashicorp/go-hclog/logger.go", "golang-github-hashicorp-go-hclog-dev"),
-    ("google.golang.org/grpc/version.go", "golang-google-grpc-dev"),
-    ("github.com/golang/protobuf/proto", "golang-goprotobuf-dev (golang-github-golang-protobuf-1-3-dev)"),
-    ("golang.org/x/net/context", "golang-golang-x-net-dev"),
-)
-_APT_HINT = (
-    "apt-get install -y --no-install-recommends golang-go golang-github-hashicorp-go-plugin-dev "
-    "golang-google-grpc-dev golang-goprotobuf-dev golang-golang-x-net-dev"
-)
-
 DEFAULT_COOKIE_KEY = "VAULT_BACKEND_PLUGIN"
 DEFAULT_COOKIE_VALUE = "6669da05-b1c8-4f49-97d9-c8e5bed98e20"
 # What go-plugin 1.0.1's plugin side fails with when it dials a broker id the
@@ -80,143 +63,18 @@ DEFAULT_COOKIE_VALUE = "6669da05-b1c8-4f49-97d9-c8e5bed98e20"
 BROKER_BUG_101 = "certificate is valid for localhost, not unused"
 
 
-def _go_binary(go: str | None = None) -> str | None:
-    return shutil.which(go or "go")
-
-
 def require_go(go: str | None = None, gocode_src: Path | str | None = None) -> None:
     """Raise RuntimeError naming the missing Debian package(s), else return None."""
-    src = Path(gocode_src) if gocode_src is not None else GOCODE_SRC
-    missing: list[str] = []
-    details: list[str] = []
-    if _go_binary(go) is None:
-        missing.append("golang-go")
-        details.append(f"no `{go or 'go'}` on PATH")
-    for rel, pkg in _GO_LIBS:
-        if not (src / rel).exists():
-            if pkg not in missing:
-                missing.append(pkg)
-            details.append(f"missing {src / rel}")
-    if missing:
-        raise RuntimeError(
-            "go-plugin interop peer cannot be built: missing Debian package(s) "
-            + ", ".join(missing)
-            + " (" + "; ".join(details) + "). Install with: " + _APT_HINT
-        )
+    gobuild.require_go(go, gocode_src, what="go-plugin interop peer")
 
 
 # ---------------------------------------------------------------- building
 
-_fingerprint_cache: str | None = None
-_gocache_cache: dict[str, str] = {}
-
-
-def _toolchain_fingerprint() -> str:
-    """Cheap fingerprint of the Go toolchain and the Debian Go libraries."""
-    global _fingerprint_cache
-    if _fingerprint_cache is None:
-        h = hashlib.sha256()
-        go = _go_binary()
-        paths = [Path(os.path.realpath(go))] if go else []
-        paths += [GOCODE_SRC / rel for rel, _ in _GO_LIBS]
-        for p in paths:
-            try:
-                st = p.stat()
-                h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-            except OSError:
-                h.update(f"{p}:missing\n".encode())
-        _fingerprint_cache = h.hexdigest()
-    return _fingerprint_cache
-
-
-def _writable(path: Path) -> bool:
-    p = path
-    while not p.exists():
-        if p.parent == p:
-            return False
-        p = p.parent
-    return os.access(p, os.W_OK | os.X_OK)
-
-
-def _gocache(cache_root: Path) -> str:
-    """The default GOCACHE when it is writable, else a private one."""
-    key = str(cache_root)
-    if key not in _gocache_cache:
-        default = ""
-        try:
-            default = subprocess.run(
-                ["go", "env", "GOCACHE"], capture_output=True, text=True, timeout=60,
-                env={**os.environ, "GO111MODULE": "off", "GOFLAGS": "", "GOTOOLCHAIN": "local"},
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            default = ""
-        if default and default != "off" and _writable(Path(default)):
-            _gocache_cache[key] = default
-        else:
-            _gocache_cache[key] = str(cache_root / "gocache")
-    return _gocache_cache[key]
-
-
-def _cache_root(dest_dir: Path, cache_dir: Path | str | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get("GOPEER_CACHE_DIR"):
-        return Path(os.environ["GOPEER_CACHE_DIR"])
-    return dest_dir / ".gopeer-cache"
-
-
 def _build(kind: str, src: Path, ldflags: str, dest_dir: Path | str, name: str,
            cache_dir: Path | str | None) -> Path:
-    require_go()
-    dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    root = _cache_root(dest_dir, cache_dir)
-    root.mkdir(parents=True, exist_ok=True)
-
-    h = hashlib.sha256()
-    h.update(kind.encode() + b"\0" + ldflags.encode() + b"\0" + _toolchain_fingerprint().encode())
-    for f in sorted(src.glob("*.go")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    key = h.hexdigest()[:20]
-    entry = root / f"{kind}-{key}"
-    built = entry / kind
-
-    lock_path = root / f".{kind}-{key}.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not built.exists():
-            entry.mkdir(parents=True, exist_ok=True)
-            gopath = root / "gopath"
-            (gopath / "src").mkdir(parents=True, exist_ok=True)
-            env = dict(os.environ)
-            env.update({
-                "GO111MODULE": "off", "GOPROXY": "off", "GOFLAGS": "", "GOTOOLCHAIN": "local",
-                "GOPATH": f"{gopath}:{GOCODE}", "CGO_ENABLED": "0",
-                "GOCACHE": _gocache(root),
-            })
-            tmp_out = entry / f".{kind}.{os.getpid()}.tmp"
-            cmd = ["go", "build", "-buildvcs=false", "-o", str(tmp_out)]
-            if ldflags:
-                cmd += ["-ldflags", ldflags]
-            cmd.append(".")
-            t0 = time.monotonic()
-            proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True, timeout=600)
-            if proc.returncode != 0:
-                tmp_out.unlink(missing_ok=True)
-                raise RuntimeError(
-                    f"go build of {src} failed (rc={proc.returncode}):\n{proc.stdout}{proc.stderr}")
-            os.replace(tmp_out, built)
-            (entry / "build.json").write_text(json.dumps(
-                {"kind": kind, "ldflags": ldflags, "seconds": round(time.monotonic() - t0, 3)}))
-
-    out = dest_dir / name
-    if out.exists() and out.stat().st_size == built.stat().st_size and \
-            sha256_file(out) == sha256_file(built):
-        return out
-    tmp = dest_dir / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    shutil.copy2(built, tmp)
-    os.replace(tmp, out)
-    return out
+    # Plain Debian go-plugin 1.0.1 (no broker fix): the tests rely on BROKER_BUG_101.
+    return gobuild.go_build(kind, src, ldflags=ldflags, dest_dir=dest_dir, name=name,
+                            cache_dir=cache_dir, what="go-plugin interop peer")
 
 
 def build_host(dest_dir: Path | str, cache_dir: Path | str | None = None) -> Path:

@@ -1,0 +1,9 @@
+// Command auth is the demo OpenBao auth method (see package baoplugin).
+package main
+
+import "vaultpluginshim/baoplugin"
+
+// Set at build time: -ldflags "-X main.version=v1.2.3" (OpenBao needs the leading v).
+var version = "v0.0.0"
+
+func main() { baoplugin.ServeAuth(version) }
