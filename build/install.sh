@@ -13,6 +13,8 @@ APT_PACKAGES=(
   golang-go golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev
   golang-goprotobuf-dev golang-golang-x-net-dev
   minisign python3-venv ca-certificates chromium procps musl-tools
+  # the arm64 launcher stub: cross gcc, musl for arm64, and qemu to run it in the tests
+  gcc-aarch64-linux-gnu musl-dev:arm64 qemu-user-static
 )
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -23,6 +25,9 @@ for p in "${APT_PACKAGES[@]}"; do
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "install.sh: apt-get install ${missing[*]}"
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    $SUDO dpkg --add-architecture arm64
+  fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi

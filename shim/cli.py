@@ -239,15 +239,51 @@ def cmd_launcher_build(args) -> int:
         raise UsageError("launcher build needs at least one --trusted-key")
     policy = _policy_from_args(args, args.plugins_dir, keep_relative=True)
     python = args.python or os.path.abspath(sys.executable)
-    sha = write_launcher(None if args.policy_in_args else policy, python, args.output, policy.mode)
+    if not args.python_only_in_image:
+        _check_launcher_python(python, policy.mode)
+    sha = write_launcher(None if args.policy_in_args else policy, python, args.output, policy.mode, args.arch)
     command = os.path.basename(args.output)
     extra = f" -args={encode_arg(policy)}" if args.policy_in_args else ""
     print(f"launcher: {args.output}")
     print(f"sha256:   {sha}")
-    print(f"python:   {python} -I")
+    print(f"python:   {python} -I ({policy.mode} mode)")
     print("register it once (the plugins dir may then change freely):")
     print(f"  vault plugin register -sha256={sha} -command={command}{extra} {policy.type} {policy.name}")
     return 0
+
+
+# What each mode's launch imports from the interpreter's own site-packages.
+MODE_IMPORTS = {"exec": ("cryptography.hazmat.primitives.asymmetric.ed25519",),
+                "proxy": ("cryptography.hazmat.primitives.asymmetric.ed25519", "grpc", "google.protobuf", "hpack",
+                          "cryptography.x509")}
+
+
+def _check_launcher_python(python: str, mode: str) -> None:
+    """The interpreter a launcher will start must exist and import what its mode needs:
+    a launcher that cannot start its own code fails every plugin start."""
+    import subprocess
+
+    if not os.path.isabs(python):
+        raise UsageError(f"--python {python!r} is not an absolute path",
+                         fix="pass the interpreter's absolute path, e.g. /usr/bin/python3")
+    if not os.access(python, os.X_OK) or os.path.isdir(python):
+        raise UsageError(f"--python {python} does not exist or is not executable on this machine",
+                         fix="pass an interpreter that exists here, or --python-only-in-image when it "
+                             "exists only in the target image (then run `L doctor` in the image)")
+    probe = ("import importlib, sys\nmissing = []\nfor m in sys.argv[1:]:\n    try:\n"
+             "        importlib.import_module(m)\n    except Exception as exc:\n"
+             "        missing.append(f'{m} ({type(exc).__name__}: {exc})')\nprint('; '.join(missing))")
+    try:
+        done = subprocess.run([python, "-I", "-c", probe, *MODE_IMPORTS[mode]], capture_output=True, text=True,
+                              timeout=120, env={"LC_ALL": "C.UTF-8"})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UsageError(f"--python {python} cannot be run here", cause=exc,
+                         fix="pass a working interpreter, or --python-only-in-image") from exc
+    if done.returncode != 0 or done.stdout.strip():
+        raise UsageError(f"--python {python} -I cannot import what {mode} mode needs: "
+                         f"{done.stdout.strip() or done.stderr.strip()[-300:]}",
+                         fix="install the modules for that interpreter (exec: cryptography; proxy: also grpcio, "
+                             "protobuf, hpack), e.g. apk add py3-cryptography py3-grpcio py3-protobuf py3-hpack")
 
 
 def cmd_launcher_inspect(args) -> int:
@@ -256,20 +292,21 @@ def cmd_launcher_inspect(args) -> int:
     info = inspect(args.launcher)
     if args.json:
         print(json.dumps({"path": info.path, "sha256": info.sha256, "interpreter": info.interpreter,
+                          "flags": info.flags, "mode": info.mode, "files": info.files, "size": info.size,
                           "policy": None if info.policy is None else json.loads(info.policy.to_json())},
                          indent=2))
         return 0
     print(f"launcher:    {info.path}")
     print(f"sha256:      {info.sha256}")
-    print(f"interpreter: {info.interpreter}")
-    print(f"files:       {info.files}")
+    print(f"interpreter: {info.interpreter} {' '.join(info.flags)}")
+    print(f"mode:        {info.mode}")
+    print(f"size:        {info.size} bytes, {info.files} files of code")
     if info.policy is None:
         print("policy:      none embedded (taken from the catalog's --shim-policy= arg)")
     else:
         p = info.policy
         print(f"plugin:      {p.type} {p.name}")
         print(f"plugins dir: {p.plugins_dir}")
-        print(f"mode:        {p.mode}")
         print(f"min version: {p.min_version or '(none)'}")
         for k in p.trusted_keys:
             print(f"trusted key: {k.key_id_hex} {k.to_text().splitlines()[1]}")
@@ -367,7 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory holding the signed plugin versions; a relative path is taken "
                         "relative to the launcher's own directory when Vault runs it")
     p.add_argument("--mode", default="exec", choices=("exec", "proxy"))
-    p.add_argument("--python", help="interpreter for the #! line (default: this one)")
+    p.add_argument("--python", help="absolute path of the interpreter the launcher starts (default: this one)")
+    p.add_argument("--python-only-in-image", action="store_true",
+                   help="the --python interpreter exists only in the target image, not on this machine: "
+                        "skip the checks that run it here")
+    p.add_argument("--arch", help="target architecture (Go's name, e.g. amd64, arm64; default: this machine's)")
     p.add_argument("--max-size", type=int, help="largest plugin binary accepted, in bytes")
     p.add_argument("--policy-in-args", action="store_true",
                    help="embed no policy; print it as a catalog -args value instead")

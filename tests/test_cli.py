@@ -128,3 +128,32 @@ def test_sign_refuses_an_expiry_of_zero(tmp_path):
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert "already expired" in p.stderr and "regenerate" not in p.stderr
     assert not Path(str(plugin) + ".manifest.json").exists()
+
+
+def _build(tmp_path, *extra):
+    keys = R.new_keys()
+    pk = tmp_path / "release.pub"
+    pk.write_text(keys.public.to_text())
+    (tmp_path / "versions").mkdir(exist_ok=True)
+    return cli("launcher", "build", "--trusted-key", pk, "--name", "kv", "--type", "secret",
+               "--plugins-dir", tmp_path / "versions", "--output", tmp_path / "lau", *extra)
+
+
+def test_launcher_build_refuses_an_interpreter_that_does_not_exist(tmp_path):
+    p = _build(tmp_path, "--python", "/nope/python3")
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "does not exist or is not executable" in p.stderr and "--python-only-in-image" in p.stderr
+    assert not (tmp_path / "lau").exists()
+    p = _build(tmp_path, "--python", "/nope/python3", "--python-only-in-image")
+    assert p.returncode == 0, p.stderr
+
+
+def test_launcher_build_proxy_checks_the_interpreter_imports_grpc(tmp_path):
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    p = _build(tmp_path, "--python", bare / "bin" / "python", "--mode", "proxy")
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "cannot import what proxy mode needs" in p.stderr and "grpc" in p.stderr, p.stderr
+    assert not (tmp_path / "lau").exists()
+    p = _build(tmp_path, "--mode", "proxy")  # this interpreter has them
+    assert p.returncode == 0, p.stderr

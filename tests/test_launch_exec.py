@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shim.launch import memexec
-from shim.launch.build import build_bytes, inspect
+from shim.launch.build import MODULES, build_bytes, inspect
 from shim.trust.policy import encode_arg
 from tests.support import releases as R
 
@@ -28,16 +28,16 @@ def setup(tmp_path):
     return tmp_path, d, keys, pol, path
 
 
-def run_patched(pol, patch: str, tmp: Path) -> subprocess.CompletedProcess:
+def run_patched(pol, patch: str, tmp: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the launch path in a fresh interpreter with a test hook installed first."""
     code = (
         "import sys\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         "import shim.trust.verify as V, shim.launch.memexec as M, shim.launch.entry as E\n"
         + patch +
-        f"\nraise SystemExit(E.main({pol.to_json()!r}, ['launcher']))\n")
-    return subprocess.run([sys.executable, "-I", "-c", code], env=R.cookie_env(), capture_output=True,
-                          timeout=30, cwd=tmp)
+        f"\nraise SystemExit(E.main({pol.to_json()!r}, ['launcher'], dict(__import__('os').environ)))\n")
+    return subprocess.run([sys.executable, "-I", "-c", code], env={**R.cookie_env(), **(env or {})},
+                          capture_output=True, timeout=30, cwd=tmp)
 
 
 def test_swap_after_verification_does_not_take_effect(setup):
@@ -89,22 +89,51 @@ def test_memfd_is_sealed_against_writes_and_resizes(tmp_path):
         os.close(fd)
 
 
+REFUSE_MEMFD = (
+    "import errno, os, tempfile\n"
+    "made = []\n"
+    "real_mkdtemp = tempfile.mkdtemp\n"
+    "def mkdtemp(*a, **kw):\n"
+    "    made.append(real_mkdtemp(*a, **kw))\n"
+    "    os.write(2, ('made ' + made[-1] + '\\n').encode())\n"
+    "    return made[-1]\n"
+    "tempfile.mkdtemp = mkdtemp\n"
+    "def refuse(name):\n"
+    "    raise PermissionError(errno.EACCES, 'memfd exec forbidden')\n"
+    "M._memfd_create = refuse\n")
+
+
 def test_fallback_when_memfd_exec_is_forbidden(setup):
-    """vm.memfd_noexec=2 makes memfd_create(MFD_EXEC) fail with EACCES: use a private copy."""
+    """vm.memfd_noexec=2 makes memfd_create(MFD_EXEC) fail with EACCES: use a private copy,
+    in a fresh directory under Vault's TMPDIR for the plugin, removed before exec."""
     tmp, d, keys, pol, path = setup
     tmpdir = tmp / "t"
-    tmpdir.mkdir()
-    patch = (
-        "import errno, os, tempfile\n"
-        f"tempfile.tempdir = {str(tmpdir)!r}\n"
-        "def refuse(name):\n"
-        "    raise PermissionError(errno.EACCES, 'memfd exec forbidden')\n"
-        "M._memfd_create = refuse\n")
-    proc = run_patched(pol, patch, tmp)
+    tmpdir.mkdir(mode=0o700)
+    proc = run_patched(pol, REFUSE_MEMFD, tmp, env={"TMPDIR": str(tmpdir)})
     assert proc.stdout == b"ran good \n", proc.stderr
+    made = [ln[5:] for ln in proc.stderr.decode().splitlines() if ln.startswith("made ")]
+    assert len(made) == 1 and os.path.dirname(made[0]) == str(tmpdir), proc.stderr
     (info,) = R.hclog_lines(proc.stderr)
     assert info["exec_via"] == "private-file"
     assert list(tmpdir.iterdir()) == [], "the private copy and its directory are removed before exec"
+
+
+def test_fallback_refuses_a_temp_parent_that_others_can_write(setup):
+    """Another user who can write the parent (and it is not sticky) could swap our fresh
+    directory between mkdtemp and the copy: refuse, and say where to point TMPDIR."""
+    tmp, d, keys, pol, path = setup
+    shared = tmp / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    proc = run_patched(pol, REFUSE_MEMFD, tmp, env={"TMPDIR": str(shared)})
+    assert proc.returncode == 1 and proc.stdout == b""
+    assert b"Traceback" not in proc.stderr
+    lines = R.hclog_lines(proc.stderr)
+    assert any("writable by others without the sticky bit" in ln.get("reason", "") and ln.get("file") == str(shared)
+               and "TMPDIR" in ln.get("fix", "") for ln in lines), proc.stderr
+    os.chmod(shared, 0o1777)  # sticky, like /tmp: accepted
+    proc = run_patched(pol, REFUSE_MEMFD, tmp, env={"TMPDIR": str(shared)})
+    assert proc.stdout == b"ran good \n", proc.stderr
 
 
 def test_run_by_hand_explains_and_exits_1(setup):
@@ -173,10 +202,11 @@ def test_launcher_build_is_reproducible_and_inspectable(setup, tmp_path):
     a = build_bytes(pol, R.PYTHON)
     assert a == build_bytes(pol, R.PYTHON)
     assert a != build_bytes(R.policy(d, keys, min_version="1.0.0"), R.PYTHON)
-    assert a.startswith(f"#!{R.PYTHON} -I\n".encode())
+    assert a.startswith(b"\x7fELF") and f"{R.PYTHON}\0-I\0".encode() in a
     launcher = R.launcher(tmp, pol)
     info = inspect(str(launcher))
-    assert info.policy == pol and info.interpreter == f"{R.PYTHON} -I"
+    assert info.policy == pol and (info.interpreter, info.flags, info.mode) == (R.PYTHON, ["-I"], "exec")
+    assert info.size == len(a) and info.files == 1 + len(MODULES["exec"])
 
 
 def test_cli_build_twice_same_sha(setup):

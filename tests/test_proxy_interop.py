@@ -180,12 +180,15 @@ def test_proxy_python_plugin_grandchild_dies_with_a_sigkilled_launcher(pynode):
         with gopeer.start_host(pynode.peer["host"], pynode.launcher, "printkv", "spawn", key, env=entries,
                                sha256=pynode.sha256, kill="hard", host_env={"TMPDIR": str(pynode.sock)}) as h:
             launcher_pid = h.wait_holding()
-            # launcher, plugin and the plugin's own child all carry the marker while held
+            # the plugin and its own child carry Vault's environment (the marker); the
+            # launcher's interpreter runs with the stub's fixed environment, so it does not
             alive = gopeer.find_marked_processes(marker)
-            assert launcher_pid in alive and len(alive) == 3, alive
+            assert launcher_pid not in alive and len(alive) == 2, alive
+            assert os.path.exists(f"/proc/{launcher_pid}")
             res = h.release()
         assert res.ok and res.leftover_pids == [], res.describe()
         assert gopeer.find_marked_processes(marker) == []
+        assert not os.path.exists(f"/proc/{launcher_pid}")
         assert pynode.leftovers() == []
     finally:
         gopeer.kill_marked_processes(marker)

@@ -77,12 +77,19 @@ class Janitor:
         self._ack, ack_w = os.pipe()
         # realpath: a host that executes the launcher by descriptor makes our path
         # /proc/self/fd/N, which would name another file in the janitor.
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+        # A vault-plugin-shim launcher runs its code from a sealed memfd (/proc/self/fd/N):
+        # the janitor gets that same descriptor, under the same number.
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        keep: tuple[int, ...] = ()
+        if root.startswith("/proc/self/fd/") and root[14:].isdigit():
+            keep = (int(root[14:]),)
+        else:
+            root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
         code = (f"import sys; sys.path.insert(0, {root!r}); "
                 f"from shim.goplugin.janitor import main; main({r}, {ack_w})")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", code], env={}, pass_fds=(r, ack_w),
+                [sys.executable, "-I", "-S", "-c", code], env={}, pass_fds=(r, ack_w, *keep),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
         finally:
             os.close(r)

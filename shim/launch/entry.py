@@ -84,16 +84,56 @@ def load_policy(embedded: str | None, args: list[str]) -> tuple[Policy, list[str
     return policy, rest
 
 
-def main(embedded_policy: str | None, argv: list[str] | None = None, env: dict | None = None,
-         clock=time.time) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    env = dict(os.environ if env is None else env)
+def main_from_stub(embedded_policy: str | None, mode: str = "exec") -> int:
+    """What the launcher's ``__main__`` runs. The static stub started us with a fixed
+    environment; Vault's own argv and environment, byte for byte, and the launcher's real
+    path are in the context memfd named on our command line."""
+    from shim.launch import stubs
+
+    flag = next((a for a in sys.argv[1:] if a.startswith(stubs.CONTEXT_FLAG)), None)
+    try:
+        if flag is None or not flag[len(stubs.CONTEXT_FLAG):].isdigit():
+            raise stubs.StubError("the launcher's code was started without its stub (no launch context)",
+                                  fix="run the launcher file itself, as Vault does")
+        fd = int(flag[len(stubs.CONTEXT_FLAG):])
+        try:
+            raw_argv, raw_env, exe = stubs.read_context(fd)
+        finally:
+            os.close(fd)
+        code = sys.argv[0]
+        if code.startswith("/proc/self/fd/") and code[14:].isdigit():
+            os.set_inheritable(int(code[14:]), False)  # our code, not the plugin's
+    except stubs.StubError as exc:
+        hclog.error("vault-plugin-shim: cannot read the launch context", **exc.fields())
+        return EXIT_REFUSED
+    except OSError as exc:
+        hclog.error("vault-plugin-shim: cannot read the launch context", reason=exc.strerror or str(exc),
+                    fix="run the launcher file itself, as Vault does")
+        return EXIT_REFUSED
+    argv = [os.fsdecode(a) for a in raw_argv]
+    env = {}
+    for entry in raw_env:
+        key, sep, value = entry.partition(b"=")
+        if sep:
+            env.setdefault(os.fsdecode(key), os.fsdecode(value))  # execve: the first one wins
+    return main(embedded_policy, argv, env, launcher_path=os.fsdecode(exe), mode=mode)
+
+
+def main(embedded_policy: str | None, argv: list[str], env: dict, clock=time.time, *,
+         launcher_path: str | None = None, mode: str = "exec") -> int:
+    """``argv`` and ``env`` are Vault's; ``launcher_path`` the launcher's real path (a
+    relative plugins dir is resolved from it); ``mode`` the one this launcher was built for."""
     launcher = argv[0] if argv else "launcher"
     if argv[1:2] == ["doctor"] and not any(key in env for key, _ in COOKIES.values()):
-        return run_doctor(launcher, argv[2:])
+        return run_doctor(launcher_path or launcher, argv[2:])
     try:
         policy, plugin_args = load_policy(embedded_policy, argv[1:])
-        policy = policy.resolved(launcher)
+        policy = policy.resolved(launcher_path or launcher)
+        if policy.mode != mode:
+            raise PolicyError(f"the policy asks for {policy.mode} mode, but this launcher was built for {mode} "
+                              "mode and holds only that mode's code",
+                              fix=f"rebuild the launcher with --mode {policy.mode}, or register the policy "
+                                  "that `launcher build` printed for it")
     except Diagnostic as exc:
         hclog.error("vault-plugin-shim: invalid launcher policy", launcher=launcher, **exc.fields())
         return EXIT_REFUSED
@@ -120,7 +160,8 @@ def _reject(cand: Candidate) -> None:
                 candidate=cand.binary, **exc.fields())
 
 
-def select_sealed(policy: Policy, now: float, *, method: str = "auto") -> tuple[Candidate, int, str]:
+def select_sealed(policy: Policy, now: float, *, method: str = "auto",
+                  tmpdir: str | None = None) -> tuple[Candidate, int, str]:
     """The one selection path of both modes: the highest candidate whose binary, copied
     into a sealed memfd (or the private-copy fallback), hashes to its signed manifest.
     Returns (candidate, fd of the verified copy, how it was made)."""
@@ -130,7 +171,7 @@ def select_sealed(policy: Policy, now: float, *, method: str = "auto") -> tuple[
         src = pdir.open_binary(cand)
         try:
             fd, how = memexec.materialize(src, cand.manifest.size, f"{policy.name}-{cand.manifest.version}",
-                                          method=method)
+                                          method=method, tmpdir=tmpdir)
         finally:
             os.close(src)
         try:
@@ -157,7 +198,7 @@ def _log_start(policy: Policy, cand: Candidate, how: str, **extra) -> None:
 def launch_exec(policy: Policy, plugin_args: list[str], env: dict, now: float, *, method: str = "auto") -> None:
     from shim.launch import memexec
 
-    cand, fd, how = select_sealed(policy, now, method=method)
+    cand, fd, how = select_sealed(policy, now, method=method, tmpdir=env.get("TMPDIR"))
     script = os.pread(fd, 2, 0) == b"#!"
     _log_start(policy, cand, how)
     argv = [cand.path, *plugin_args]
@@ -177,7 +218,7 @@ def launch_exec(policy: Policy, plugin_args: list[str], env: dict, now: float, *
 def launch_proxy(policy: Policy, plugin_args: list[str], env: dict, now: float, *, method: str = "auto") -> int:
     """Proxy mode: the same verified, sealed bytes, run as our child behind a go-plugin
     relay (shim.launch.proxy). Returns the exit code."""
-    cand, fd, how = select_sealed(policy, now, method=method)
+    cand, fd, how = select_sealed(policy, now, method=method, tmpdir=env.get("TMPDIR"))
     _log_start(policy, cand, how, mode="proxy")
     from shim.launch import proxy  # grpc and cryptography: only on this path
 

@@ -69,11 +69,35 @@ def to_memfd(src: int, size: int, name: str) -> int:
         raise
 
 
-def to_private_file(src: int, size: int, name: str) -> int:
-    """The fallback: a read-only descriptor of an unlinked private copy."""
+def check_temp_parent(parent: str) -> None:
+    """The fallback copy's parent directory must be one where nobody else can swap our
+    directory for theirs: private (writable only by its owner, root or us) or sticky."""
+    import stat
+
+    try:
+        st = os.stat(parent)
+    except OSError as exc:
+        raise LaunchError("the temporary directory for the private copy is unusable", path=parent,
+                          fix="set TMPDIR in the plugin's catalog env to a directory the Vault user owns") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise LaunchError("the temporary directory for the private copy is not a directory", path=parent,
+                          fix="set TMPDIR in the plugin's catalog env to a directory the Vault user owns")
+    others_write = st.st_mode & 0o022
+    if (others_write and not st.st_mode & stat.S_ISVTX) or st.st_uid not in (0, os.geteuid()):
+        raise LaunchError(f"the temporary directory for the private copy is writable by others without the "
+                          f"sticky bit, or owned by uid {st.st_uid} (mode {stat.S_IMODE(st.st_mode):04o})",
+                          path=parent, fix="set TMPDIR in the plugin's catalog env to a directory the Vault "
+                                           "user owns with mode 0700, or use a sticky /tmp")
+
+
+def to_private_file(src: int, size: int, name: str, tmpdir: str | None = None) -> int:
+    """The fallback: a read-only descriptor of an unlinked private copy, in a fresh 0700
+    directory under ``tmpdir`` (Vault's ``TMPDIR`` for the plugin; else /tmp)."""
     import tempfile
 
-    directory = tempfile.mkdtemp(prefix="vault-plugin-shim-")
+    parent = tmpdir or "/tmp"
+    check_temp_parent(parent)
+    directory = tempfile.mkdtemp(prefix="vault-plugin-shim-", dir=parent)
     path = os.path.join(directory, name.replace("/", "_"))
     try:
         out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o500)
@@ -90,7 +114,8 @@ def to_private_file(src: int, size: int, name: str) -> int:
         os.rmdir(directory)
 
 
-def materialize(src: int, size: int, name: str, *, method: str = "auto") -> tuple[int, str]:
+def materialize(src: int, size: int, name: str, *, method: str = "auto",
+                tmpdir: str | None = None) -> tuple[int, str]:
     """Return (fd holding a private copy of the bytes, how it was made)."""
     if method in ("auto", "memfd"):
         try:
@@ -98,7 +123,7 @@ def materialize(src: int, size: int, name: str, *, method: str = "auto") -> tupl
         except OSError as exc:
             if method == "memfd" or exc.errno not in (errno.EACCES, errno.EPERM, errno.ENOSYS):
                 raise
-    return to_private_file(src, size, name), "private-file"
+    return to_private_file(src, size, name, tmpdir), "private-file"
 
 
 def fexecve(fd: int, argv: list[str], env: dict[str, str], *, script: bool) -> None:

@@ -19,13 +19,15 @@ Context: ``b"VPCTX\\x00\\x01\\x00"``, u32 argc, argc times (u32 length, bytes), 
 envc times (u32 length, bytes ``KEY=VALUE`` as received), u32 length and the bytes of
 ``readlink("/proc/self/exe")`` (the launcher's real path). All integers little-endian.
 
-This module is on the launch path (``read_context``): it imports ``os`` and ``struct`` only.
+This module is on the launch path (``read_context``): it imports ``os``, ``struct`` and our errors.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+
+from shim.launch.errors import LaunchError
 
 TRAILER_MAGIC = b"VPSHIM\x00\x01"
 TRAILER = struct.Struct("<8sQQQQ")  # 40 bytes
@@ -44,14 +46,10 @@ STUB_NAMES = {
 _U32 = struct.Struct("<I")
 
 
-class StubError(ValueError):
-    """A stub is missing, or a launcher's stub/trailer/meta/context is malformed.
-    ``reason`` says what; ``fix`` what to do."""
+class StubError(LaunchError):
+    """A stub is missing, or a launcher's stub/trailer/meta/context is malformed."""
 
-    def __init__(self, reason: str, *, fix: str = ""):
-        self.reason = reason
-        self.fix = fix
-        super().__init__(f"{reason}. Fix: {fix}" if fix else reason)
+    default_fix = "rebuild the launcher with `vault-plugin-shim launcher build`"
 
 
 def stub_bytes(arch: str = "amd64") -> bytes:
