@@ -1,4 +1,9 @@
-"""`register` against a fake Vault that speaks Vault's HTTP API, through the real hvac client."""
+"""`register`: the pure parts (plan, dry run, validation) and the faults a real server cannot be
+made to produce (a 5xx, a dropped connection), against the Python fake of Vault's API.
+
+Everything a real server can show (success, version mismatch, 403, 404, sealed, pins,
+mounts, the launcher not running) is tested against OpenBao in test_openbao_ops_register.py.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,8 @@ import pytest
 
 from shim.ops.cli import add_register_parser
 from shim.ops.register import (
+    PROBE_VERSION,
     LauncherFileError,
-    MountConflictError,
-    PinAmbiguousError,
     PluginVersionMismatchError,
     Registration,
     RegistrationError,
@@ -24,13 +28,12 @@ from shim.ops.register import (
     sha256_file,
 )
 from shim.ops.vaultenv import (
+    ServerInfo,
     VaultConfigError,
     VaultEnv,
-    VaultNotFoundError,
-    VaultPermissionError,
-    VaultRequestError,
     VaultServerError,
     VaultUnreachableError,
+    server_info_from,
 )
 from support.fakevault import ROOT_TOKEN, FakeVault
 
@@ -89,86 +92,48 @@ def cli(*argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-# --- the catalog write -------------------------------------------------------------------
+# --- what only the fake can do -------------------------------------------------------------
 
-def test_register_writes_catalog_entry_with_token_and_adopts_reported_version(vault):
-    vault.reported_versions[("secret", "myplugin")] = "v1.2.3"
-    r = reg(args=("--policy", "/vault/shim/policy.json"), env=("SHIM_LOG=info",))
-    result = apply(client(), r)
-
-    [put] = vault.calls("PUT", "sys/plugins/catalog/secret/myplugin")
-    assert put.token == ROOT_TOKEN
-    assert put.namespace is None
-    assert put.body == {"sha256": sha(), "command": "vault-plugin-shim-launcher",
-                        "args": ["--policy", "/vault/shim/policy.json"], "env": ["SHIM_LOG=info"]}
-    entry = vault.catalog[("secret", "myplugin", "v1.2.3")]
-    assert entry["sha256"] == sha() and entry["args"] == ["--policy", "/vault/shim/policy.json"]
-    assert result.registered and result.recorded_versions == ["v1.2.3"]
-    assert "v1.2.3" in result.summary(r)
-
-
-def test_register_with_matching_version_sends_it(vault):
-    vault.reported_versions[("auth", "myauth")] = "v0.4.0"
-    apply(client(), reg(plugin_type="auth", name="myauth", version="v0.4.0"))
-    [put] = vault.calls("PUT", "sys/plugins/catalog/auth/myauth")
-    assert put.body["version"] == "v0.4.0"
-    assert ("auth", "myauth", "v0.4.0") in vault.catalog
-
-
-def test_version_mismatch_explains_the_shim_and_gives_the_fix(vault):
-    vault.reported_versions[("secret", "myplugin")] = "v1.2.3"
-    with pytest.raises(PluginVersionMismatchError) as info:
-        apply(client(), reg(version="1.3.0"))
-    err = info.value
-    assert (err.reported, err.requested) == ("v1.2.3", "v1.3.0")
-    text = err.diagnostics()
-    assert "launcher" in text and "leave --version out" in text and "--version v1.2.3" in text
+def test_5xx_from_the_server_is_a_server_error_pointing_at_its_log(vault):
+    """A real server cannot be made to fail with a 500 on demand; the fake can."""
+    vault.inject_error("PUT", "sys/plugins/catalog/secret/myplugin", 500, "internal error")
+    with pytest.raises(VaultServerError) as info:
+        apply(client(), reg())
+    assert "HTTP 500" in info.value.reason and "server log" in info.value.fix
     assert vault.catalog == {}
 
 
-def test_403_names_sudo_on_the_catalog_path(vault, monkeypatch):
-    vault.add_token("ops", {"sys/plugins/catalog/*": ["create", "update"]})   # no sudo
-    monkeypatch.setenv("VAULT_TOKEN", "ops")
-    with pytest.raises(VaultPermissionError) as info:
-        apply(client(), reg())
-    text = info.value.diagnostics()
-    assert "HTTP 403" in text and "permission denied" in text
-    assert "sudo" in info.value.fix and "sys/plugins/catalog/secret/myplugin" in info.value.fix
+def test_dropped_connection_is_unreachable(clean_env, monkeypatch):
+    """A server that accepts the connection and closes it without answering (no real server
+    does this on purpose)."""
+    import threading
 
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
 
-def test_unknown_token_is_403_too(vault, monkeypatch):
-    monkeypatch.setenv("VAULT_TOKEN", "expired-token")
-    with pytest.raises(VaultPermissionError):
-        apply(client(), reg())
+    def drop():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.close()
 
-
-def test_400_from_vault_becomes_request_error_with_vaults_message(vault):
-    vault.inject_error("PUT", "sys/plugins/catalog/secret/myplugin", 400, "missing command value")
-    with pytest.raises(VaultRequestError) as info:
-        apply(client(), reg())
-    assert "missing command value" in info.value.reason
-    assert "PUT /v1/sys/plugins/catalog/secret/myplugin" in info.value.reason
-
-
-def test_missing_launcher_on_the_node_is_a_500_with_a_plugin_directory_fix(clean_env, monkeypatch, tmp_path):
-    plugin_dir = tmp_path / "plugins"
-    plugin_dir.mkdir()
-    with FakeVault(plugin_directory=plugin_dir) as fake:
-        monkeypatch.setenv("VAULT_ADDR", fake.url)
+    thread = threading.Thread(target=drop, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("VAULT_ADDR", f"http://127.0.0.1:{listener.getsockname()[1]}")
         monkeypatch.setenv("VAULT_TOKEN", ROOT_TOKEN)
-        with pytest.raises(VaultServerError) as info:
+        with pytest.raises(VaultUnreachableError) as info:
             apply(client(), reg())
-        assert "HTTP 500" in info.value.reason
-        assert "plugin_directory" in info.value.fix and "vault-plugin-shim-launcher" in info.value.fix
-        (plugin_dir / "vault-plugin-shim-launcher").write_bytes(LAUNCHER_BYTES)
-        assert apply(client(), reg()).registered
-
-
-def test_sealed_vault_503_says_unseal(vault):
-    vault.inject_error("PUT", "sys/plugins/catalog/secret/myplugin", 503, "Vault is sealed")
-    with pytest.raises(VaultServerError) as info:
-        apply(client(), reg())
-    assert "unseal" in info.value.fix
+        assert "no answer" in info.value.reason and "VAULT_ADDR" in info.value.fix
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(5)
 
 
 def test_unreachable_vault(clean_env, monkeypatch):
@@ -182,84 +147,46 @@ def test_unreachable_vault(clean_env, monkeypatch):
     assert "VAULT_ADDR" in info.value.fix
 
 
-# --- pins ----------------------------------------------------------------------------------
-
-def test_pin_posts_version_after_registering(vault):
-    vault.reported_versions[("secret", "myplugin")] = "v1.2.3"
-    result = apply(client(), reg(version="v1.2.3", pin=True))
-    order = [(c.method, c.path) for c in vault.requests]
-    assert order[0] == ("PUT", "sys/plugins/catalog/secret/myplugin")
-    [pin] = vault.calls("POST", "sys/plugins/pins/secret/myplugin")
-    assert pin.body == {"version": "v1.2.3"}
-    assert vault.pins[("secret", "myplugin")] == "v1.2.3" and result.pinned
-
-
-def test_pin_on_vault_before_1_16_says_so(clean_env, monkeypatch):
-    with FakeVault(supports_pins=False) as fake:
-        monkeypatch.setenv("VAULT_ADDR", fake.url)
-        monkeypatch.setenv("VAULT_TOKEN", ROOT_TOKEN)
-        with pytest.raises(VaultNotFoundError) as info:
-            apply(client(), reg(version="v1.0.0", pin=True))
-        assert "1.16" in info.value.fix
-
-
-def test_pin_without_version_pins_what_vault_recorded_for_this_launcher(vault):
-    vault.reported_versions[("secret", "myplugin")] = "v1.4.0"
-    result = apply(client(), reg(pin=True, mount_path="myplugin"))
-    [pin] = vault.calls("POST", "sys/plugins/pins/secret/myplugin")
-    assert pin.body == {"version": "v1.4.0"} and result.pinned_version == "v1.4.0"
-    [mount] = vault.calls("POST", "sys/mounts/myplugin")
-    assert mount.body["plugin_version"] == "v1.4.0"      # not an older unversioned entry
-
-
-def test_pin_without_version_refuses_to_guess(vault):
-    vault.catalog[("secret", "myplugin", "v1.0.0")] = {"sha256": sha(), "name": "myplugin"}
-    vault.reported_versions[("secret", "myplugin")] = "v1.4.0"
-    with pytest.raises(PinAmbiguousError) as info:
-        apply(client(), reg(pin=True))
-    assert "v1.0.0, v1.4.0" in info.value.reason and "--version" in info.value.fix
-    assert not vault.calls("POST", "sys/plugins/pins/secret/myplugin")
-
-
-def test_dry_run_without_version_marks_the_recorded_version():
+def test_dry_run_without_version_marks_the_reported_version():
     text = render_dry_run(reg(pin=True, mount_path="p"))
-    assert "vault write sys/plugins/pins/secret/myplugin 'version=<recorded version>'" in text
-    assert "-plugin-version=<recorded version>" in text
+    assert "vault write sys/plugins/pins/secret/myplugin 'version=<reported version>'" in text
+    assert "-plugin-version=<reported version>" in text
+    assert "OpenBao has no pins" in text
 
 
-# --- mounts --------------------------------------------------------------------------------
-
-def test_mount_is_created_when_missing(vault):
-    vault.reported_versions[("secret", "myplugin")] = "v1.2.3"
-    result = apply(client(), reg(version="v1.2.3", mount_path="/team/myplugin/", description="shim test"))
-    [post] = vault.calls("POST", "sys/mounts/team/myplugin")
-    assert post.body == {"type": "myplugin", "description": "shim test", "plugin_version": "v1.2.3"}
-    assert vault.mount_table()["team/myplugin/"]["type"] == "myplugin"
-    assert result.mount == "created"
+def test_plan_on_openbao_tunes_instead_of_pinning():
+    calls = plan(reg(pin=True, version="v1.2.0"), ServerInfo("openbao", "2.7.2"))
+    assert not any(c.path.startswith("sys/plugins/pins") for c in calls)
+    [tune] = [c for c in calls if c.path.endswith("/tune")]
+    assert tune.body == {"plugin_version": "v1.2.0"} and "secrets tune -plugin-version=v1.2.0" in tune.cli
 
 
-def test_auth_mount_goes_to_sys_auth(vault):
-    apply(client(), reg(plugin_type="auth", name="myauth", mount_path="myauth"))
-    [post] = vault.calls("POST", "sys/auth/myauth")
-    assert post.body == {"type": "myauth"}
-    assert vault.calls("GET", "sys/auth")
-    assert not vault.calls("GET", "sys/mounts")
+def test_plan_refusals_come_before_the_write():
+    steps = [(c.method, c.path, c.query) for c in plan(reg(version="v1.2.0", mount_path="m"))]
+    catalog = "sys/plugins/catalog/secret/myplugin"
+    assert steps == [("GET", "sys/mounts", ""), ("PUT", catalog, ""),
+                     ("DELETE", catalog, f"version={PROBE_VERSION}"),
+                     ("GET", catalog, "version=v1.2.0"), ("PUT", catalog, ""), ("POST", "sys/mounts/m", "")]
 
 
-def test_mount_is_left_alone_when_present(vault):
-    vault.mount_table()["myplugin/"] = {"type": "myplugin", "description": "", "plugin_version": ""}
-    result = apply(client(), reg(mount_path="myplugin"))
-    assert result.mount == "present"
-    assert not [c for c in vault.requests if c.path.startswith("sys/mounts/")]
-    assert "left unchanged" in result.summary(reg(mount_path="myplugin"))
+@pytest.mark.parametrize("body, product, pins", [
+    ({"version": "1.15.2", "build_date": "2023-11-06T11:33:28Z"}, "vault", False),
+    ({"version": "1.16.1", "build_date": "2024-04-03T12:35:53Z"}, "vault", True),
+    ({"version": "1.17.0+ent", "enterprise": True}, "vault", True),
+    ({"version": "2.7.2", "commit_date": "2026-10-26T20:32:27Z"}, "openbao", False),
+    ({"data": {"version": "2.0.0"}}, "openbao", False),
+    ({}, "unknown", None),
+])
+def test_server_info_from_seal_status(body, product, pins):
+    info = server_info_from(body)
+    assert info.product == product and info.has_plugin_pins is pins
 
 
-def test_mount_conflict_fails_before_anything_is_changed(vault):
-    vault.mount_table()["myplugin/"] = {"type": "kv", "description": ""}
-    with pytest.raises(MountConflictError) as info:
-        apply(client(), reg(mount_path="myplugin"))
-    assert "'kv'" in info.value.reason
-    assert not vault.calls("PUT") and not vault.calls("POST")
+def test_bare_reported_version_mismatch_does_not_give_circular_advice():
+    err = PluginVersionMismatchError("p", "1.0.0", "v1.0.0")
+    assert "must report vX.Y.Z" in err.fix and "--version 1.0.0" not in err.fix
+    err = PluginVersionMismatchError("p", "v1.2.3", "v1.3.0")
+    assert "--version v1.2.3" in err.fix
 
 
 def test_database_plugins_are_not_mounted():
@@ -269,24 +196,6 @@ def test_database_plugins_are_not_mounted():
 
 
 # --- environment ---------------------------------------------------------------------------
-
-def test_vault_token_file_fallback(clean_env, monkeypatch):
-    (clean_env / ".vault-token").write_text(ROOT_TOKEN + "\n")
-    with FakeVault() as fake:
-        monkeypatch.setenv("VAULT_ADDR", fake.url)
-        env = VaultEnv.from_environ()
-        assert env.token_source == str(clean_env / ".vault-token")
-        apply(env.client(), reg())
-        assert [c.token for c in fake.requests] == [ROOT_TOKEN, ROOT_TOKEN]   # PUT + catalog read-back
-
-
-def test_namespace_header_on_every_request(vault, monkeypatch):
-    monkeypatch.setenv("VAULT_NAMESPACE", "team-a")
-    apply(client(), reg(mount_path="myplugin"))
-    assert {c.namespace for c in vault.requests} == {"team-a"}
-    assert "myplugin/" in vault.mount_table("team-a")
-    assert "myplugin/" not in vault.mount_table("")
-
 
 def test_no_token_anywhere_is_a_config_error(clean_env, monkeypatch):
     monkeypatch.setenv("VAULT_ADDR", "http://127.0.0.1:1")
@@ -309,10 +218,11 @@ def test_dry_run_prints_cli_and_http_and_sends_nothing(vault, launcher, monkeypa
             "-args=--policy -args=/vault/shim/policy.json -env=SHIM_LOG=info -version=v1.2.3 "
             "secret myplugin") in lines
     assert "PUT /v1/sys/plugins/catalog/secret/myplugin" in lines
-    body = json.loads(lines[lines.index("PUT /v1/sys/plugins/catalog/secret/myplugin") + 1])
-    assert body == {"sha256": sha(), "command": "vault-plugin-shim-launcher",
-                    "args": ["--policy", "/vault/shim/policy.json"], "env": ["SHIM_LOG=info"],
-                    "version": "v1.2.3"}
+    puts = [json.loads(lines[i + 1]) for i, x in enumerate(lines) if x == "PUT /v1/sys/plugins/catalog/secret/myplugin"]
+    common = {"sha256": sha(), "command": "vault-plugin-shim-launcher",
+              "args": ["--policy", "/vault/shim/policy.json"], "env": ["SHIM_LOG=info"]}
+    assert puts == [{**common, "version": PROBE_VERSION}, {**common, "version": "v1.2.3"}]   # probe, write
+    assert "GET /v1/sys/plugins/catalog/secret/myplugin?version=v1.2.3" in lines
     assert "vault write sys/plugins/pins/secret/myplugin version=v1.2.3" in lines
     assert "POST /v1/sys/plugins/pins/secret/myplugin" in lines
     assert "vault secrets list -format=json" in lines and "GET /v1/sys/mounts" in lines
@@ -324,30 +234,18 @@ def test_dry_run_prints_cli_and_http_and_sends_nothing(vault, launcher, monkeypa
 
 def test_dry_run_for_auth_and_database(clean_env):
     auth = render_dry_run(reg(plugin_type="auth", name="a", mount_path="a"))
-    assert "vault auth enable -path=a '-plugin-version=<recorded version>' a" in auth
+    assert "vault auth enable -path=a '-plugin-version=<reported version>' a" in auth
     assert "POST /v1/sys/auth/a" in auth
     db = render_dry_run(reg(plugin_type="database", name="db"))
     assert "vault plugin register" in db and "plugin_name=" in db
 
 
 def test_dry_run_quotes_arguments_for_the_shell():
-    [call] = plan(reg(args=("--comment", "two words")))
-    assert "'-args=two words'" in call.cli
+    write = [c for c in plan(reg(args=("--comment", "two words"))) if c.method == "PUT"][-1]
+    assert "'-args=two words'" in write.cli
 
 
 # --- CLI -----------------------------------------------------------------------------------
-
-def test_cli_register_for_real_and_error_exit(vault, launcher, monkeypatch):
-    code, out, _ = cli("register", "secret", "myplugin", "--launcher", str(launcher))
-    assert code == 0 and "registered secret plugin 'myplugin'" in out
-    [put] = vault.calls("PUT", "sys/plugins/catalog/secret/myplugin")
-    assert put.body["sha256"] == sha() and put.body["command"] == launcher.name
-
-    monkeypatch.setenv("VAULT_TOKEN", "nobody")
-    code, out, err = cli("register", "secret", "myplugin", "--launcher", str(launcher))
-    assert code == 1 and out == ""
-    assert "HTTP 403" in err and "Fix:" in err and "sudo" in err
-
 
 def test_cli_sha256_needs_command(vault):
     code, _, err = cli("register", "secret", "p", "--sha256", sha(), "--dry-run")

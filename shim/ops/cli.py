@@ -19,8 +19,11 @@ __all__ = ["add_doctor_parser", "add_register_parser", "run_register", "transit_
 
 REGISTER_EPILOG = """\
 Register the launcher ONCE; routine plugin upgrades never touch the catalog again.
-Vault runs the launcher at registration to learn the plugin's version: leave --version
-out (Vault records what the plugin on the active node reports) or pass exactly that.
+The server runs the launcher at registration to learn the plugin's version: leave
+--version out (the version the plugin on the active node reports is recorded) or pass
+exactly that. register learns it first without writing, fails if the launcher could not
+run, and refuses to replace an entry another launcher owns (a rotation: pass --force).
+On OpenBao (no plugin pins) --pin moves each mount of the name with secrets tune.
 Reads VAULT_ADDR, VAULT_TOKEN (else ~/.vault-token), VAULT_CACERT, VAULT_CAPATH,
 VAULT_CLIENT_CERT/KEY, VAULT_NAMESPACE, VAULT_SKIP_VERIFY (BAO_* when VAULT_* is unset).
 Database plugins are not mounted: point a database/config/<connection> at plugin_name.
@@ -47,7 +50,11 @@ def add_register_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--version", dest="plugin_version", default="", metavar="VERSION",
                    help="catalog version; must equal what the plugin on the active node reports")
     p.add_argument("--pin", action="store_true",
-                   help="pin every mount of the name to this entry (Vault 1.16+): --version, else the version Vault records")
+                   help="make every mount of the name run this entry: a pin on Vault 1.16+, "
+                        "secrets/auth tune -plugin-version of each mount on OpenBao")
+    p.add_argument("--force", action="store_true",
+                   help="replace a catalog entry that names another sha256 or args (a deliberate "
+                        "launcher rotation)")
     p.add_argument("--mount", metavar="PATH",
                    help="enable the plugin at PATH if nothing is mounted there (secret/auth only)")
     p.add_argument("--description", default="", help="description for a mount created by --mount")
@@ -88,7 +95,7 @@ def run_register(ns: argparse.Namespace, *, stdout=None, stderr=None) -> int:
         if ns.dry_run:
             stdout.write(render_dry_run(reg, env))
             return 0
-        result = apply(env.client(), reg)
+        result = apply(env.client(), reg, force=ns.force)
     except ShimError as exc:
         stderr.write(f"vault-plugin-shim register: {exc.diagnostics()}\n")
         return 1

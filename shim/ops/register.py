@@ -5,18 +5,31 @@ launcher's and never changes during routine plugin upgrades (the launcher picks 
 verifies the real plugin on each pod). So this runs at first install, and again only when
 the launcher itself changes (new trusted keys, new launcher release).
 
-Three steps, each optional after the first:
+Steps; each refusal comes before anything is written:
 
-1. ``PUT sys/plugins/catalog/:type/:name`` with ``sha256``, ``command``, ``args``, ``env``
-   and ``version`` (sudo required). Vault runs the command once on its active node to learn
-   the plugin's type and self-reported version; through the launcher that is the plugin
-   currently on that pod. With ``version`` empty Vault records the reported version; with
-   one set, the two must match (``plugin version mismatch``).
-2. ``POST sys/plugins/pins/:type/:name`` (Vault 1.16+) so every mount of the name runs
-   this entry.
-3. Enable a mount (``sys/mounts/:path`` for secret plugins, ``sys/auth/:path`` for auth
+1. ``GET sys/seal-status``: Vault or OpenBao, and which version (:func:`detect_server`).
+2. With ``--mount``: what is mounted there (another plugin there: stop).
+3. The probe (:func:`probe_version`): ``PUT sys/plugins/catalog/:type/:name`` asking for
+   :data:`PROBE_VERSION`. The server runs the command once on its active node to learn the
+   plugin's version; through the launcher that is the plugin currently on that node. A
+   working launcher fails the write with ``plugin version mismatch`` naming the reported
+   version. If the server could not run it (checksum, the launcher refused, no interpreter)
+   it stores the entry anyway and only logs ``[WARN] core: Error determining plugin
+   version``: the probe entry is removed and register fails with where to look. A plugin
+   that reports ``1.2.3`` instead of ``v1.2.3`` is refused here too: mounts could never find it.
+4. ``GET`` the entry at that version: another sha256 (or command, args) there is another
+   launcher's entry, e.g. a re-run of an old Job after a key rotation; refused without
+   ``--force``.
+5. ``PUT`` the entry with that version (sudo).
+6. ``--pin``: ``POST sys/plugins/pins/:type/:name`` on Vault 1.16+. OpenBao has no pins:
+   each mount of the name is moved with ``POST sys/mounts/:path/tune`` (``plugin_version``;
+   ``secrets tune -plugin-version``), which takes effect at the next plugin reload.
+7. Enable a mount (``sys/mounts/:path`` for secret plugins, ``sys/auth/:path`` for auth
    plugins) if nothing is mounted there. Database plugins are not mounted: a connection of
    the ``database`` secrets engine names them (``plugin_name``), see :data:`DATABASE_NOTE`.
+
+A failure after step 5 raises :class:`PartialRegistrationError`, which lists what was
+written and what was not.
 
 :func:`plan` is pure (what would be sent, with the equivalent ``vault`` commands) and is
 what ``--dry-run`` prints; :func:`apply` sends it through hvac.
@@ -33,18 +46,22 @@ from pathlib import Path
 
 from shim.errors import ShimError
 from shim.ops.vaultenv import (
+    ServerInfo,
     VaultEnv,
     VaultOpsError,
     VaultRequestError,
     VaultServerError,
     call,
+    detect_server,
 )
 
 PLUGIN_TYPES = ("secret", "auth", "database")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SEMVER = re.compile(r"^v?\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-RECORDED = "<recorded version>"
+RECORDED = "<reported version>"
+# Requested in the probe write; no plugin reports it, so a working launcher gets a mismatch.
+PROBE_VERSION = "v0.0.0-vault-plugin-shim.probe"
 _MISMATCH = re.compile(r"reported version \((?P<reported>[^)]*)\) did not match requested version \((?P<requested>[^)]*)\)")
 
 DATABASE_NOTE = (
@@ -69,21 +86,22 @@ class PluginVersionMismatchError(VaultRequestError):
 
     def __init__(self, name: str, reported: str, requested: str):
         self.reported, self.requested = reported, requested
+        if reported.startswith("v"):
+            fix = (f"with the shim the catalog entry is the launcher, not a plugin release: leave "
+                   f"--version out (then {reported}, the version the plugin reports, is recorded), "
+                   f"or pass --version {reported}")
+        else:
+            fix = (f"the plugin must report vX.Y.Z: make its version RPC return v{reported.lstrip('v')} "
+                   f"(a bare {reported!r} never matches, since --version is always v-prefixed)")
         super().__init__(
-            f"Vault registered nothing: to learn the version it ran the launcher on its active "
-            f"node, which started the plugin currently installed there; {name} reported "
+            f"nothing was registered: to learn the version the server ran the launcher on its "
+            f"active node, which started the plugin currently installed there; {name} reported "
             f"version {reported} but --version asked for {requested} (plugin version mismatch)",
-            fix=(f"with the shim the catalog entry is the launcher, not a plugin release: leave "
-                 f"--version out (Vault then records {reported}, the version the plugin reports), "
-                 f"or pass --version {reported}"))
+            fix=fix)
 
 
 class MountConflictError(VaultOpsError):
     """The mount path is already used by something else."""
-
-
-class PinAmbiguousError(VaultOpsError):
-    """--pin without --version, and the catalog does not say which version to pin."""
 
 
 # --- the request -----------------------------------------------------------------------
@@ -160,11 +178,15 @@ class Registration:
         return body
 
     def mount_body(self, version: str | None = None) -> dict:
+        """The enable request. The version goes in ``config.plugin_version`` (what OpenBao
+        2.x reads; it ignores a top-level one and picks an entry itself) and top-level too
+        (Vault's documented field; both equal is accepted)."""
         body: dict = {"type": self.name}
         if self.description:
             body["description"] = self.description
         if version or self.version:
             body["plugin_version"] = version or self.version
+            body["config"] = {"plugin_version": version or self.version}
         return body
 
 
@@ -197,102 +219,103 @@ class ApiCall:
     cli: str
     note: str = ""
     conditional: bool = False
+    query: str = ""
+
+    @property
+    def target(self) -> str:
+        return f"/v1/{self.path}" + (f"?{self.query}" if self.query else "")
 
 
 def _q(*words: str) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def plan(reg: Registration) -> list[ApiCall]:
-    """The calls :func:`apply` makes, in its order (the mount check first, so a conflicting
-    mount stops everything before a change)."""
+def plan(reg: Registration, server: ServerInfo | None = None) -> list[ApiCall]:
+    """The calls :func:`apply` makes with the token, in its order: every check that can
+    refuse comes before the catalog write. (Not listed: the unauthenticated reads of
+    ``sys/seal-status``, which tells Vault from OpenBao, and ``sys/leader``.) ``server``
+    decides how ``--pin`` is done; unknown, both ways are described."""
     calls: list[ApiCall] = []
     kind = "auth" if reg.plugin_type == "auth" else "secrets"
     if reg.mount_path is not None:
         calls.append(ApiCall(f"check what is mounted at {reg.mount_path}/", "GET", reg.mounts_path, None,
                              _q("vault", kind, "list", "-format=json"),
                              "first, so a conflicting mount stops everything before a change"))
-    cli = ["vault", "plugin", "register", f"-sha256={reg.sha256}", f"-command={reg.command}"]
-    cli += [f"-args={a}" for a in reg.args]
-    cli += [f"-env={e}" for e in reg.env]
-    if reg.version:
-        cli.append(f"-version={reg.version}")
-    cli += [reg.plugin_type, reg.name]
-    version_note = (f"Vault runs the launcher once; the plugin it starts must report {reg.version}"
-                    if reg.version else
-                    "Vault runs the launcher once and records the version the plugin reports")
+
+    def register_cli(version: str) -> str:
+        cli = ["vault", "plugin", "register", f"-sha256={reg.sha256}", f"-command={reg.command}"]
+        cli += [f"-args={a}" for a in reg.args]
+        cli += [f"-env={e}" for e in reg.env]
+        return _q(*cli, f"-version={version}", reg.plugin_type, reg.name)
+
+    probe_body = {**reg.catalog_body(), "version": PROBE_VERSION}
+    calls.append(ApiCall("learn the version the plugin reports, writing nothing (sudo)", "PUT",
+                         reg.catalog_path, probe_body, register_cli(PROBE_VERSION),
+                         "the server runs the launcher on its active node; a working one answers "
+                         "`plugin version mismatch: ... reported version (vX.Y.Z)` and nothing is "
+                         "stored" + (f"; it must report {reg.version}" if reg.version else "")))
+    calls.append(ApiCall("only if the probe entry was stored (the launcher did not run): remove "
+                         "it, and stop", "DELETE", reg.catalog_path, None,
+                         _q("vault", "plugin", "deregister", f"-version={PROBE_VERSION}",
+                            reg.plugin_type, reg.name), conditional=True, query=f"version={PROBE_VERSION}"))
+    version = reg.version or RECORDED
+    calls.append(ApiCall("compare with the entry that would be replaced", "GET", reg.catalog_path, None,
+                         _q("vault", "plugin", "info", f"-version={version}", reg.plugin_type, reg.name),
+                         "another launcher's sha256 (or args) there: refuse unless --force",
+                         query=f"version={version}"))
     calls.append(ApiCall("register the launcher in the plugin catalog (sudo)", "PUT",
-                         reg.catalog_path, reg.catalog_body(), _q(*cli), version_note))
-    recorded = reg.version or RECORDED
+                         reg.catalog_path, {**reg.catalog_body(), "version": version},
+                         register_cli(version),
+                         "" if reg.version else f"{RECORDED}: what the probe learned"))
     if reg.pin:
-        calls.append(ApiCall("pin every mount of this plugin to that entry (Vault 1.16+)", "POST",
-                             reg.pin_path, {"version": recorded},
-                             _q("vault", "write", reg.pin_path, f"version={recorded}"),
-                             "" if reg.version else f"{RECORDED}: the one version Vault recorded for "
-                             "this launcher, read back with GET /v1/sys/plugins/catalog"))
+        if server is None or server.has_plugin_pins is not False:
+            calls.append(ApiCall("pin every mount of this plugin to that entry (Vault 1.16+)", "POST",
+                                 reg.pin_path, {"version": version},
+                                 _q("vault", "write", reg.pin_path, f"version={version}"),
+                                 "" if server is not None else
+                                 "OpenBao has no pins: there each mount of the name is moved with "
+                                 f"`bao {kind} tune -plugin-version={version} <path>` instead"))
+        else:
+            calls.append(ApiCall(f"move each mount of {reg.name} to that entry ({server.label} has no "
+                                 f"plugin pins)", "POST", f"{reg.mounts_path}/<each mount of {reg.name}>/tune",
+                                 {"plugin_version": version},
+                                 _q("vault", kind, "tune", f"-plugin-version={version}", "<path>"),
+                                 "the mounts found in the listing; each runs it after `plugin reload`"))
     if reg.mount_path is not None:
-        enable = ["vault", kind, "enable", f"-path={reg.mount_path}", f"-plugin-version={recorded}"]
+        enable = ["vault", kind, "enable", f"-path={reg.mount_path}", f"-plugin-version={version}"]
         if reg.description:
             enable.append(f"-description={reg.description}")
         enable.append(reg.name)
         calls.append(ApiCall(f"enable the plugin at {reg.mount_path}/", "POST",
-                             f"{reg.mounts_path}/{reg.mount_path}", reg.mount_body(recorded), _q(*enable),
-                             "only if nothing is mounted there"
-                             + ("" if reg.version else f"; {RECORDED} as above, left out when "
-                                "the plugin reports no version"), conditional=True))
+                             f"{reg.mounts_path}/{reg.mount_path}", reg.mount_body(version), _q(*enable),
+                             "only if nothing is mounted there", conditional=True))
     return calls
 
 
 def render_dry_run(reg: Registration, env: VaultEnv | None = None) -> str:
     """The text ``register --dry-run`` prints: CLI commands and HTTP calls, nothing sent."""
-    out = ["# vault-plugin-shim register --dry-run: nothing was sent to Vault."]
+    out = ["# vault-plugin-shim register --dry-run: nothing was sent to Vault.",
+           "# First (no token): GET /v1/sys/seal-status tells Vault from OpenBao (pins or tune)."]
     if env is not None:
         who = f"token from {env.token_source}" if env.token_source else "no token found"
         out.append(f"# Vault address: {env.addr} ({who}; the token is never printed)")
         if env.namespace:
-            out.append(f"# Namespace: {env.namespace} (every request carries "
-                       f"X-Vault-Namespace: {env.namespace}; `vault` reads VAULT_NAMESPACE)")
+            out.append(f"# Namespace: {env.namespace}: the mount calls go to {env.namespace}/ (as with "
+                       f"X-Vault-Namespace: {env.namespace}); the catalog and pins exist only in the "
+                       f"root namespace, so those calls carry no namespace (run those `vault` "
+                       f"commands with VAULT_NAMESPACE unset)")
     for n, c in enumerate(plan(reg), 1):
         out.append("")
         out.append(f"# {n}. {c.step}")
         if c.note:
             out.append(f"#    {c.note}")
         out.append(c.cli)
-        out.append(f"{c.method} /v1/{c.path}")
+        out.append(f"{c.method} {c.target}")
         if c.body is not None:
             out.append(json.dumps(c.body, sort_keys=True))
     if reg.plugin_type == "database":
         out += ["", "# Note: " + DATABASE_NOTE]
     return "\n".join(out) + "\n"
-
-
-# --- applying it ---------------------------------------------------------------------
-
-@dataclass
-class RegisterResult:
-    registered: bool = False
-    pinned: bool = False
-    pinned_version: str = ""
-    mount: str | None = None          # "created" | "present" | None
-    recorded_versions: list[str] = field(default_factory=list)
-
-    def summary(self, reg: Registration) -> str:
-        lines = [f"registered {reg.plugin_type} plugin {reg.name!r}: command={reg.command} "
-                 f"sha256={reg.sha256}"]
-        if reg.version:
-            lines.append(f"  catalog version: {reg.version}")
-        elif self.recorded_versions:
-            lines.append("  catalog version as reported by the plugin on the active node: "
-                         + ", ".join(self.recorded_versions))
-        else:
-            lines.append("  catalog version: none (the plugin reports no version)")
-        if self.pinned:
-            lines.append(f"pinned {reg.plugin_type}/{reg.name} to {self.pinned_version}")
-        if self.mount == "created":
-            lines.append(f"enabled {reg.name} at {reg.mount_path}/")
-        elif self.mount == "present":
-            lines.append(f"{reg.mount_path}/ already runs {reg.name}: left unchanged")
-        return "\n".join(lines)
 
 
 def _catalog_failure(reg: Registration):
@@ -303,8 +326,8 @@ def _catalog_failure(reg: Registration):
         where = f"PUT /v1/{reg.catalog_path} -> HTTP {status}: {message}"
         if "plugin directory is not configured" in message:
             return VaultServerError(f"registering {reg.name} failed ({where})",
-                                    fix="set plugin_directory in Vault's server configuration "
-                                        "(the vault-helm values in build/helm do) and restart Vault")
+                                    fix="set plugin_directory in the server configuration "
+                                        "(the vault-helm values in build/helm do) and restart it")
         if "outside of configured plugin directory" in message:
             return VaultServerError(f"registering {reg.name} failed ({where})",
                                     fix=f"install the launcher as a regular file directly inside "
@@ -312,105 +335,393 @@ def _catalog_failure(reg: Registration):
                                         f"resolve inside that directory too)")
         if "validating the command path" in message or "no such file" in message:
             return VaultServerError(f"registering {reg.name} failed ({where})",
-                                    fix=f"the active Vault node has no file {reg.command} in its "
+                                    fix=f"the active node has no file {reg.command} in its "
                                         f"plugin_directory: check the image or volume that ships "
                                         f"the launcher, and --command")
-        if "checksums did not match" in message:
-            return VaultServerError(f"registering {reg.name} failed ({where})",
-                                    fix="the launcher on the active node is not the file hashed "
-                                        "here: hash the launcher from the same image/release "
-                                        "(or pass its published --sha256)")
-        if status >= 500 and ("unable to run plugin" in message or "exited before we could connect"
-                              in message or "Unrecognized remote plugin message" in message):
-            return VaultServerError(f"registering {reg.name} failed: Vault could not run the launcher ({where})",
-                                    fix="the launcher started but refused or failed to start the "
-                                        "plugin: read its reason in Vault's server log and run "
-                                        "`vault-plugin-shim doctor` in the Vault pod")
         return None
     return classify
+
+
+# --- applying it ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """What the catalog holds for one (type, name, version)."""
+
+    version: str
+    sha256: str
+    command: str
+    args: tuple[str, ...] = ()
+
+    @classmethod
+    def from_api(cls, data: dict) -> "CatalogEntry":
+        return cls(version=data.get("version") or "", sha256=data.get("sha256") or "",
+                   command=data.get("command") or "", args=tuple(data.get("args") or ()))
+
+    def describe(self) -> str:
+        args = f" args={list(self.args)}" if self.args else ""
+        return f"sha256 {self.sha256} (command {self.command}{args})"
+
+
+@dataclass
+class RegisterResult:
+    """What :func:`apply` did, step by step (also the account given when a step fails)."""
+
+    server: ServerInfo = field(default_factory=lambda: ServerInfo("unknown"))
+    reported_version: str = ""
+    version: str = ""                 # the catalog version written
+    registered: bool = False
+    replaced: CatalogEntry | None = None
+    pinned: bool = False              # sys/plugins/pins written (Vault 1.16+)
+    pinned_version: str = ""
+    tuned: list[str] = field(default_factory=list)        # mounts moved with tune (OpenBao)
+    untuned: list[str] = field(default_factory=list)      # mounts a failed step left as they were
+    mount: str | None = None          # "created" | "present" | None
+
+    def written(self, reg: Registration) -> list[str]:
+        out = []
+        if self.registered:
+            out.append(f"catalog entry {reg.plugin_type}/{reg.name} {self.version} -> sha256 {reg.sha256}")
+        if self.pinned:
+            out.append(f"pin {reg.plugin_type}/{reg.name} -> {self.pinned_version}")
+        out += [f"mount {m} tuned to plugin_version {self.version}" for m in self.tuned]
+        if self.mount == "created":
+            out.append(f"mount {reg.mount_path}/ enabled")
+        return out
+
+    def not_written(self, reg: Registration) -> list[str]:
+        out = []
+        if not self.registered:
+            out.append(f"catalog entry {reg.plugin_type}/{reg.name}")
+        if reg.pin and self.server.has_plugin_pins is not False and not self.pinned:
+            out.append(f"pin {reg.plugin_type}/{reg.name}")
+        if self.untuned:
+            out.append(f"tune of {', '.join(self.untuned)} (still on the version they had)")
+        if reg.mount_path is not None and self.mount is None:
+            out.append(f"mount {reg.mount_path}/")
+        return out
+
+    def account(self, reg: Registration) -> str:
+        done = "; ".join(self.written(reg)) or "nothing"
+        left = "; ".join(self.not_written(reg)) or "nothing"
+        return f"written: {done}. Not written: {left}"
+
+    def summary(self, reg: Registration) -> str:
+        lines = [f"registered {reg.plugin_type} plugin {reg.name!r} on {self.server.label}: "
+                 f"command={reg.command} sha256={reg.sha256}",
+                 f"  catalog version: {self.version} (the plugin the launcher started on the "
+                 f"active node reported {self.reported_version})"]
+        if self.replaced is not None:
+            lines.append(f"  replaced the entry {self.version} that named {self.replaced.describe()} (--force)")
+        if self.pinned:
+            lines.append(f"pinned {reg.plugin_type}/{reg.name} to {self.pinned_version}")
+        for m in self.tuned:
+            lines.append(f"tuned {m} to plugin_version {self.version} ({self.server.label} has no "
+                         f"plugin pins); it runs the new entry after `plugin reload` or a restart")
+        if reg.pin and not self.pinned and not self.tuned:
+            lines.append(f"no mounts of {reg.name} to move to {self.version}")
+        if self.mount == "created":
+            lines.append(f"enabled {reg.name} at {reg.mount_path}/")
+        elif self.mount == "present":
+            lines.append(f"{reg.mount_path}/ already runs {reg.name}: left unchanged")
+        return "\n".join(lines)
+
+
+class CatalogOwnedError(VaultOpsError):
+    """The catalog entry this registration would write belongs to another launcher."""
+
+
+class LauncherDidNotRunError(VaultOpsError):
+    """The server could not run the launcher (or the plugin reports no version)."""
+
+
+class BareVersionError(VaultOpsError):
+    """The plugin reports ``1.2.3``: registrable, but no mount can ever find it."""
+
+
+class MountStepError(VaultOpsError):
+    """Enabling the mount failed, for a reason named more precisely than the HTTP status."""
+
+
+class PartialRegistrationError(VaultOpsError):
+    """A step after the catalog write failed; the reason says what was and was not written."""
+
+    def __init__(self, error: ShimError, result: RegisterResult, reg: Registration):
+        self.error, self.result = error, result
+        super().__init__(f"{error.reason}. Registration half-applied: {result.account(reg)}",
+                         fix=error.fix, path=error.path)
+
+
+def _where_to_look(client) -> str:
+    """The active node (from sys/leader) whose log holds the launcher's reasons; without HA
+    (one node) that is the server at the address we talk to."""
+    try:
+        leader = call("reading sys/leader", "GET", "sys/leader", lambda: client.adapter.get("/v1/sys/leader"))
+    except VaultOpsError:
+        leader = None
+    data = (leader.get("data", leader) if isinstance(leader, dict) else None) or {}
+    address = data.get("leader_address") or ("" if data.get("ha_enabled", True) else getattr(client, "url", ""))
+    return f"the active node ({address})" if address else "the active node"
+
+
+def _did_not_run(reg: Registration, server: ServerInfo, node: str) -> LauncherDidNotRunError:
+    doctor = (f"vault-plugin-shim doctor --launcher <plugin_directory>/{reg.command} --sha256 {reg.sha256}"
+              + "".join(f" --arg={shlex.quote(a)}" for a in reg.args))
+    return LauncherDidNotRunError(
+        f"{server.label} could not run the launcher to learn the plugin's version (or the plugin "
+        f"reports no version): it accepts such a registration anyway and only logs "
+        f"`[WARN] core: Error determining plugin version` on {node}, without the launcher's "
+        f"reason (its stderr is not logged at registration); nothing was registered",
+        fix=(f"on that node run `{doctor}`: it names the cause (the file {reg.command} in "
+             f"plugin_directory is not sha256 {reg.sha256}; no valid signed version; an untrusted "
+             f"key; a missing interpreter); the plugin must report a version vX.Y.Z"))
+
+
+def _bare_version(reg: Registration, reported: str, server: ServerInfo) -> BareVersionError:
+    return BareVersionError(
+        f"the plugin that the launcher started reports version {reported!r} without the leading "
+        f"'v': {server.label} would record it as such, but mounts look versions up as "
+        f"v{reported} and fail with `plugin not found in the catalog: {reg.name}, "
+        f"version=v{reported}`; nothing was registered",
+        fix=(f"the plugin must report vX.Y.Z: make its version RPC (logical.PluginVersion) "
+             f"return v{reported}, ship that build, then register again"))
+
+
+def probe_version(client, reg: Registration, server: ServerInfo) -> str:
+    """The version the plugin reports through the launcher, learned without writing an entry.
+
+    The catalog write runs the command on the active node and compares the plugin's reported
+    version with the requested one. Asking for :data:`PROBE_VERSION`, which no plugin reports,
+    makes a working launcher fail with ``plugin version mismatch`` naming the reported
+    version, and nothing is stored. If the server could not run the launcher (or the plugin
+    reports no version), it stores the probe entry instead: that entry is deleted again and
+    :class:`LauncherDidNotRunError` raised.
+    """
+    probe = Registration(plugin_type=reg.plugin_type, name=reg.name, command=reg.command,
+                         sha256=reg.sha256, args=reg.args, env=reg.env, version=PROBE_VERSION)
+    reported: list[str] = []
+
+    def classify(status: int, message: str):
+        match = _MISMATCH.search(message)
+        if status == 400 and match:
+            reported.append(match["reported"])
+            return _Reported()
+        return _catalog_failure(reg)(status, message)
+
+    try:
+        call(f"running the launcher for {reg.name} (catalog write with a probe version)", "PUT",
+             reg.catalog_path, lambda: client.adapter.put(f"/v1/{reg.catalog_path}", json=probe.catalog_body()),
+             fixes={403: _CATALOG_403.format(path=reg.catalog_path)}, classify=classify)
+    except _Reported:
+        return reported[0]
+    node = _where_to_look(client)
+    error = _did_not_run(reg, server, node)
+    try:
+        call("removing the probe entry", "DELETE", reg.catalog_path,
+             lambda: client.adapter.delete(f"/v1/{reg.catalog_path}", params={"version": PROBE_VERSION}))
+    except VaultOpsError as exc:
+        raise LauncherDidNotRunError(
+            f"{error.reason}. The probe entry {reg.name} {PROBE_VERSION} it stored could not be "
+            f"removed ({exc.reason})",
+            fix=f"{error.fix}; remove the probe: `vault plugin deregister -version={PROBE_VERSION} "
+                f"{reg.plugin_type} {reg.name}`") from exc
+    raise error
+
+
+class _Reported(Exception):
+    """Internal: the probe learned the reported version."""
+
+    reason = fix = path = ""
+
+
+def _read_entry(client, reg: Registration, version: str) -> CatalogEntry | None:
+    from shim.ops.vaultenv import VaultNotFoundError
+
+    try:
+        resp = call(f"reading the catalog entry {reg.plugin_type}/{reg.name} {version}", "GET",
+                    reg.catalog_path, lambda: client.adapter.get(f"/v1/{reg.catalog_path}",
+                                                                 params={"version": version}),
+                    fixes={403: _CATALOG_403.format(path=reg.catalog_path)})
+    except VaultNotFoundError:
+        return None
+    data = resp.get("data") if isinstance(resp, dict) else None
+    return CatalogEntry.from_api(data) if isinstance(data, dict) else None
+
+
+def _in(namespace: str, path: str) -> str:
+    """``path`` inside ``namespace`` (a path prefix, as the X-Vault-Namespace header would)."""
+    return f"{namespace}/{path}" if namespace else path
+
+
+def _mounts_of(client, reg: Registration, namespace: str = "") -> dict[str, dict]:
+    where = _in(namespace, reg.mounts_path)
+    mounts = call(f"listing {where}", "GET", where,
+                  lambda: client.adapter.get(f"/v1/{where}"),
+                  fixes={403: f"the token needs read on {reg.mounts_path}: "
+                              f'path "{reg.mounts_path}" {{ capabilities = ["read"] }}'})
+    table = mounts.get("data", mounts) if isinstance(mounts, dict) else {}
+    return {k: v for k, v in table.items() if isinstance(v, dict)}
+
+
+def _mount_failure(reg: Registration, version: str, server: ServerInfo, node: str, namespace: str = ""):
+    """Each 400 of the mount step has its own cause and fix (a mount runs the plugin)."""
+    def classify(status: int, message: str):
+        target = _in(namespace, f"{reg.mounts_path}/{reg.mount_path}")
+        where = f"enabling {reg.name} at {reg.mount_path}/ failed (POST /v1/{target} -> HTTP {status}: {message})"
+        if status != 400:
+            return None
+        if "checksums did not match" in message:
+            return MountStepError(where, fix=(
+                f"the launcher file {reg.command} on {node} is not sha256 {reg.sha256}: install "
+                f"the launcher that was hashed here in every node's plugin_directory (or register "
+                f"the one that is installed)"))
+        if "plugin not found in the catalog" in message:
+            bare = version.lstrip("v")
+            return MountStepError(where, fix=(
+                f"the catalog has no entry {reg.plugin_type}/{reg.name} {version}: it was removed "
+                f"or never written; check `vault plugin list {reg.plugin_type}` (a plugin must "
+                f"report vX.Y.Z: an entry recorded as {bare} is never found)"))
+        if ("Unrecognized remote plugin message" in message or "exited before we could connect" in message
+                or "invalid backend version" in message or "unable to run plugin" in message):
+            return MountStepError(where, fix=(
+                f"{server.label} started the launcher, which refused or failed to start the "
+                f"plugin: its reason is in {node}'s server log ([ERROR] lines from the launcher); "
+                f"run `vault-plugin-shim doctor --launcher <plugin_directory>/{reg.command}` there"))
+        if "already in use" in message or "cannot mount" in message or "reserved" in message:
+            return MountConflictError(where, fix=(
+                f"the path {reg.mount_path}/ is taken (or inside/around another mount) or "
+                f"reserved: pick another --mount"))
+        return None
+    return classify
+
+
+_CATALOG_403 = ("the token lacks sudo on the plugin catalog; grant "
+                'path "{path}" {{ capabilities = ["create", "read", "update", "delete", "sudo"] }} '
+                "(or run this as an admin)")
+
+
+def apply(client, reg: Registration, *, force: bool = False) -> RegisterResult:
+    """Send the plan through ``client`` (an ``hvac.Client``).
+
+    Everything that can refuse runs before the catalog write: the mount check, the probe of
+    the version the plugin reports (:func:`probe_version`), the comparison with the entry
+    that would be replaced (refused unless ``force``). A step failing after the write raises
+    :class:`PartialRegistrationError`, which says what was written and what was not.
+
+    The catalog (and pins) exist only in the root namespace: with a namespace on the client,
+    those calls go to the root and the mount calls into the namespace (as a path prefix).
+    """
+    original = getattr(client.adapter, "namespace", None)
+    client.adapter.namespace = None
+    try:
+        return _apply(client, reg, force, (original or "").strip("/"))
+    finally:
+        client.adapter.namespace = original
+
+
+def _apply(client, reg: Registration, force: bool, namespace: str) -> RegisterResult:
+    result = RegisterResult(server=detect_server(client))
+    server = result.server
+    adapter = client.adapter
+    if reg.pin and reg.plugin_type == "database" and server.has_plugin_pins is False:
+        raise RegistrationError(
+            f"--pin: {server.label} has no sys/plugins/pins, and database plugins have no mount "
+            f"to tune; nothing was written",
+            fix="leave --pin out and name the version in each connection: `vault write "
+                f"database/config/<connection> plugin_name={reg.name} plugin_version=<version> ...`")
+
+    existing = None
+    if reg.mount_path is not None:
+        existing = _mounts_of(client, reg, namespace).get(f"{reg.mount_path}/")
+        if existing is not None and existing.get("type") != reg.name:
+            raise MountConflictError(
+                f"{reg.mount_path}/ is already enabled with type {existing.get('type')!r}, not {reg.name!r}",
+                fix=f"pick another --mount path, or disable {reg.mount_path}/ first if it is unused")
+
+    reported = probe_version(client, reg, server)
+    result.reported_version = reported
+    if not reported.startswith("v"):
+        raise _bare_version(reg, reported, server)
+    if reg.version and reported != reg.version:
+        raise PluginVersionMismatchError(reg.name, reported, reg.version)
+    version = result.version = reg.version or reported
+
+    before = _read_entry(client, reg, version)
+    ours = CatalogEntry(version, reg.sha256, reg.command, reg.args)
+    if before is not None and (before.sha256, before.command, before.args) != (ours.sha256, ours.command, ours.args):
+        if not force:
+            raise CatalogOwnedError(
+                f"the catalog entry {reg.plugin_type}/{reg.name} {version} names "
+                f"{before.describe()}; this registration would replace it with {ours.describe()}; "
+                f"nothing was written",
+                fix="if this is a deliberate launcher rotation, re-run with --force; if it is a "
+                    "re-run of an old Job or an old image, register the launcher the nodes now run "
+                    "(`vault plugin info " + f"{reg.plugin_type} {reg.name} -version={version}` shows it)")
+        result.replaced = before
+
+    pin_mounts: list[str] = []
+    if reg.pin and not server.has_plugin_pins and reg.plugin_type != "database":
+        pin_mounts = sorted(p for p, m in _mounts_of(client, reg, namespace).items()
+                            if m.get("type") == reg.name and m.get("plugin_version") != version
+                            and p != f"{reg.mount_path}/")
+
+    write = reg.catalog_body()
+    write["version"] = version
+    call(f"registering {reg.plugin_type} plugin {reg.name} in the catalog", "PUT", reg.catalog_path,
+         lambda: adapter.put(f"/v1/{reg.catalog_path}", json=write),
+         fixes={403: _CATALOG_403.format(path=reg.catalog_path)}, classify=_catalog_failure(reg))
+    result.registered = True
+
+    try:
+        if reg.pin and server.has_plugin_pins is not False:
+            call(f"pinning {reg.plugin_type}/{reg.name} to {version}", "POST", reg.pin_path,
+                 lambda: adapter.post(f"/v1/{reg.pin_path}", json={"version": version}),
+                 fixes={403: "the token cannot write pins; grant " + _policy(reg.pin_path),
+                        404: f"{server.label} has no sys/plugins/pins (Vault 1.16+ has): move each "
+                             f"mount with `vault secrets tune -plugin-version={version} <path>`",
+                        400: "pin a version that is registered: check `vault plugin list "
+                             f"{reg.plugin_type}`"})
+            result.pinned, result.pinned_version = True, version
+        result.untuned = list(pin_mounts)
+        for path in pin_mounts:
+            tune = _in(namespace, f"{reg.mounts_path}/{path}tune")
+            call(f"moving {path} to {reg.name} {version} (secrets tune -plugin-version)", "POST", tune,
+                 lambda: adapter.post(f"/v1/{tune}", json={"plugin_version": version}),
+                 fixes={403: "the token cannot tune mounts; grant " + _policy(f"{reg.mounts_path}/+/tune")})
+            result.tuned.append(path)
+            result.untuned.remove(path)
+
+        if reg.mount_path is not None:
+            if existing is not None:
+                result.mount = "present"
+            else:
+                enable_mount(client, reg, version, server, namespace)
+                result.mount = "created"
+    except ShimError as exc:
+        raise PartialRegistrationError(exc, result, reg) from exc
+    return result
+
+
+def enable_mount(client, reg: Registration, version: str, server: ServerInfo, namespace: str = "") -> None:
+    """Enable ``reg.mount_path`` (in ``namespace``) at catalog ``version``. The server runs the
+    plugin for it, so a 400 here has several causes, each named (see :func:`_mount_failure`)."""
+    target = _in(namespace, f"{reg.mounts_path}/{reg.mount_path}")
+    node = _where_to_look(client)
+    call(f"enabling {reg.name} at {reg.mount_path}/", "POST", target,
+         lambda: client.adapter.post(f"/v1/{target}", json=reg.mount_body(version)),
+         fixes={403: "the token cannot enable mounts; grant " + _policy(f"{reg.mounts_path}/*")},
+         classify=_mount_failure(reg, version, server, node, namespace))
 
 
 def _policy(path: str) -> str:
     return f'path "{path}" {{ capabilities = ["create", "update", "sudo"] }}'
 
 
-def apply(client, reg: Registration) -> RegisterResult:
-    """Send the plan through ``client`` (an ``hvac.Client``). Checks the mount first, so a
-    conflicting mount fails before anything is changed."""
-    result = RegisterResult()
-    adapter = client.adapter
-
-    existing = None
-    if reg.mount_path is not None:
-        mounts = call(f"listing {reg.mounts_path}", "GET", reg.mounts_path,
-                      lambda: adapter.get(f"/v1/{reg.mounts_path}"),
-                      fixes={403: f"the token needs read on {reg.mounts_path}: "
-                                  f'path "{reg.mounts_path}" {{ capabilities = ["read"] }}'})
-        table = mounts.get("data", mounts) if isinstance(mounts, dict) else {}
-        existing = table.get(f"{reg.mount_path}/")
-        if existing is not None and existing.get("type") != reg.name:
-            raise MountConflictError(
-                f"{reg.mount_path}/ is already enabled with type {existing.get('type')!r}, not {reg.name!r}",
-                fix=f"pick another --mount path, or disable {reg.mount_path}/ first if it is unused")
-
-    call(f"registering {reg.plugin_type} plugin {reg.name} in the catalog", "PUT", reg.catalog_path,
-         lambda: adapter.put(f"/v1/{reg.catalog_path}", json=reg.catalog_body()),
-         fixes={403: ("the token lacks sudo on the plugin catalog; grant "
-                      + _policy(reg.catalog_path) + " (or run this as an admin)")},
-         classify=_catalog_failure(reg))
-    result.registered = True
-    version = reg.version
-    if not version:
-        result.recorded_versions = _recorded_versions(adapter, reg)
-        if len(result.recorded_versions) == 1:
-            version = result.recorded_versions[0]
-        elif reg.pin:
-            found = ", ".join(result.recorded_versions) or "none (the plugin reports no version)"
-            raise PinAmbiguousError(
-                f"registered, but cannot tell which catalog version of {reg.name} to pin: "
-                f"versions pointing at this launcher: {found}",
-                fix="pin explicitly: re-run with --version set to the version the plugin on the "
-                    "active node reports, or `vault write " + reg.pin_path + " version=<version>`")
-
-    if reg.pin:
-        call(f"pinning {reg.plugin_type}/{reg.name} to {version}", "POST", reg.pin_path,
-             lambda: adapter.post(f"/v1/{reg.pin_path}", json={"version": version}),
-             fixes={403: "the token cannot write pins; grant " + _policy(reg.pin_path),
-                    404: "this server has no sys/plugins/pins (it needs Vault 1.16 or newer): "
-                         "drop --pin and pass --version so the mount names the version",
-                    400: "pin a version that is registered: check `vault plugin list "
-                         f"{reg.plugin_type}`"})
-        result.pinned = True
-        result.pinned_version = version
-
-    if reg.mount_path is not None:
-        if existing is not None:
-            result.mount = "present"
-        else:
-            target = f"{reg.mounts_path}/{reg.mount_path}"
-            call(f"enabling {reg.name} at {reg.mount_path}/", "POST", target,
-                 lambda: adapter.post(f"/v1/{target}", json=reg.mount_body(version)),
-                 fixes={403: "the token cannot enable mounts; grant " + _policy(f"{reg.mounts_path}/*"),
-                        400: "see Vault's message: the path may be taken or reserved"})
-            result.mount = "created"
-    return result
-
-
-def _recorded_versions(adapter, reg: Registration) -> list[str]:
-    """Which catalog versions of this name point at our launcher (best effort, read only)."""
-    try:
-        listing = call("listing the plugin catalog", "GET", "sys/plugins/catalog",
-                       lambda: adapter.get("/v1/sys/plugins/catalog"))
-    except VaultOpsError:
-        return []
-    detailed = (listing.get("data") or {}).get("detailed") or [] if isinstance(listing, dict) else []
-    return sorted({d.get("version", "") for d in detailed
-                   if d.get("type") == reg.plugin_type and d.get("name") == reg.name
-                   and d.get("sha256") == reg.sha256 and d.get("version")})
-
-
 __all__ = [
-    "ApiCall", "DATABASE_NOTE", "LauncherFileError", "MountConflictError", "PLUGIN_TYPES", "PinAmbiguousError",
-    "PluginVersionMismatchError", "RegisterResult", "Registration", "RegistrationError",
-    "apply", "plan", "render_dry_run", "sha256_file",
+    "ApiCall", "BareVersionError", "CatalogEntry", "CatalogOwnedError", "DATABASE_NOTE",
+    "LauncherDidNotRunError", "LauncherFileError", "MountConflictError", "MountStepError",
+    "PLUGIN_TYPES", "PROBE_VERSION", "PartialRegistrationError", "PluginVersionMismatchError",
+    "RegisterResult", "Registration", "RegistrationError", "apply", "enable_mount", "plan",
+    "probe_version",
+    "render_dry_run", "sha256_file",
 ]

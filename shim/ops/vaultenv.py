@@ -13,6 +13,8 @@ are ours, testable, and match the CLI's:
 
 OpenBao's ``BAO_*`` names are read when the ``VAULT_*`` one is unset.
 
+:func:`detect_server` tells Vault from OpenBao (they differ in what register may use).
+
 Every failure becomes a :class:`VaultOpsError` subclass whose ``reason`` names the call that
 failed and whose ``fix`` says what to change.
 """
@@ -221,3 +223,65 @@ def _status_of(exc: BaseException) -> int:
         if isinstance(exc, cls):
             return status
     return 0
+
+
+# --- which server ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """Which Vault-family server answers, from the unauthenticated ``sys/seal-status``.
+
+    Vault's answer has ``build_date``; OpenBao's (2.x) has ``commit_date`` instead, and its
+    versions start at 2 (Vault's are 1.x). ``product`` is ``"vault"``, ``"openbao"`` or
+    ``"unknown"`` (no answer, or neither marker).
+    """
+
+    product: str
+    version: str = ""
+
+    @property
+    def label(self) -> str:
+        names = {"vault": "Vault", "openbao": "OpenBao"}
+        name = names.get(self.product, "the server")
+        return f"{name} {self.version}".strip() if self.product in names else name
+
+    @property
+    def version_tuple(self) -> tuple[int, ...]:
+        head = self.version.lstrip("v").split("+")[0].split("-")[0]
+        try:
+            return tuple(int(p) for p in head.split("."))
+        except ValueError:
+            return ()
+
+    @property
+    def has_plugin_pins(self) -> bool | None:
+        """``sys/plugins/pins`` exists on Vault 1.16+ and never on OpenBao; None: unknown."""
+        if self.product == "openbao":
+            return False
+        if self.product == "vault" and self.version_tuple:
+            return self.version_tuple >= (1, 16)
+        return None
+
+
+def server_info_from(status: Mapping) -> ServerInfo:
+    """Pure: the :class:`ServerInfo` for a ``sys/seal-status`` (or ``sys/health``) body."""
+    data = status.get("data") if isinstance(status.get("data"), Mapping) else status
+    version = str(data.get("version") or "")
+    if "build_date" in data or "enterprise" in data:
+        return ServerInfo("vault", version)
+    if "commit_date" in data:
+        return ServerInfo("openbao", version)
+    major = version.lstrip("v").split(".")[0]
+    if major.isdigit():
+        return ServerInfo("openbao" if int(major) >= 2 else "vault", version)
+    return ServerInfo("unknown", version)
+
+
+def detect_server(client) -> ServerInfo:
+    """Ask ``sys/seal-status`` (no token needed); ``unknown`` when it cannot be read."""
+    try:
+        status = call("reading sys/seal-status", "GET", "sys/seal-status",
+                      lambda: client.adapter.get("/v1/sys/seal-status"))
+    except VaultOpsError:
+        return ServerInfo("unknown")
+    return server_info_from(status) if isinstance(status, Mapping) else ServerInfo("unknown")
