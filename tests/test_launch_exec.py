@@ -143,7 +143,9 @@ def test_run_by_hand_explains_and_exits_1(setup):
     assert proc.returncode == 1 and proc.stdout == b""
     assert b"not meant to be run by hand" in proc.stderr and b"launcher inspect" in proc.stderr
     wrong = subprocess.run([str(launcher)], env={"VAULT_BACKEND_PLUGIN": "wrong"}, capture_output=True, timeout=30)
-    assert wrong.returncode == 1 and b"not meant to be run by hand" in wrong.stderr
+    assert wrong.returncode == 1 and wrong.stdout == b""
+    (line,) = R.hclog_lines(wrong.stderr)  # a cookie key is there: Vault ran it, as an unknown type
+    assert line["@level"] == "error" and "as an unknown plugin" in line["@message"]
 
 
 def test_database_launcher_wants_the_database_cookie(tmp_path):
@@ -151,7 +153,13 @@ def test_database_launcher_wants_the_database_cookie(tmp_path):
     d.mkdir(mode=0o755)
     keys = R.new_keys()
     launcher = R.launcher(tmp_path, R.policy(d, keys, type="database"))
-    assert b"run by hand" in R.run(launcher).stderr  # backend cookie is not the database cookie
+    # Vault started it with the backend cookie: it was registered as the wrong type. That is
+    # an hclog error Vault shows at ERROR, not the text for a person at a terminal.
+    wrong = R.run(launcher)
+    assert wrong.returncode == 1 and wrong.stdout == b""
+    (line,) = R.hclog_lines(wrong.stderr)
+    assert line["@level"] == "error" and "serves a database plugin" in line["@message"]
+    assert "as a secret/auth plugin" in line["@message"] and "type database" in line["fix"]
     path = R.script_plugin(d / "db", "db")
     R.release(keys, path, type="database")
     proc = R.run(launcher, env=R.cookie_env("database"))
@@ -260,3 +268,47 @@ def test_launcher_doctor_when_run_by_an_operator(setup):
     assert "myplugin-1.0.0" in proc.stdout
     # With Vault's cookie, "doctor" is just an argument for the plugin.
     assert R.run(launcher, "doctor").stdout == b"ran good doctor\n"
+
+
+def test_memfd_exec_refused_reuses_the_verified_copy(setup):
+    """fexecve of the sealed memfd is refused (an LSM, vm.memfd_noexec): the launcher copies
+    the bytes it already verified into a private file, hashes that copy, and runs it. No
+    second selection: every candidate line is logged once, and the same version runs."""
+    tmp, d, keys, pol, path = setup
+    bad = R.script_plugin(d / "myplugin-2.0.0", "bad")
+    R.release(keys, bad, version="2.0.0")
+    bad.write_text(bad.read_text().replace("bad", "BAD"))  # a rejected candidate, to count its lines
+    patch = (
+        "import errno\n"
+        "real = M.fexecve\n"
+        "calls = []\n"
+        "def fexecve(fd, argv, env, *, script):\n"
+        "    calls.append(fd)\n"
+        "    if len(calls) == 1:\n"
+        "        raise PermissionError(errno.EACCES, 'memfd exec denied by policy')\n"
+        "    return real(fd, argv, env, script=script)\n"
+        "M.fexecve = fexecve\n")
+    proc = run_patched(pol, patch, tmp)
+    assert proc.stdout == b"ran good \n", proc.stderr
+    lines = R.hclog_lines(proc.stderr)
+    assert sum("rejected candidate" in ln["@message"] for ln in lines) == 1, lines
+    assert sum("starting secret plugin" in ln["@message"] for ln in lines) == 1, lines
+    (warn,) = [ln for ln in lines if ln["@level"] == "warn"]
+    assert "private copy of the verified bytes" in warn["@message"] and warn["reason"] == "memfd exec denied by policy"
+
+
+def test_private_copy_on_a_noexec_tmpdir_says_so(setup):
+    """Both memfd exec and the private copy are refused, and TMPDIR is mounted noexec: the
+    fix names TMPDIR, not the binary's architecture."""
+    tmp, d, keys, pol, path = setup
+    patch = (
+        "import errno\n"
+        "def fexecve(fd, argv, env, *, script):\n"
+        "    raise PermissionError(errno.EACCES, 'Permission denied')\n"
+        "M.fexecve = fexecve\n"
+        "M.noexec_mount = lambda path: True\n")
+    proc = run_patched(pol, patch, tmp, env={"TMPDIR": "/tmp"})
+    assert proc.returncode == 1 and proc.stdout == b"" and b"Traceback" not in proc.stderr
+    final = R.hclog_lines(proc.stderr)[-1]
+    assert final["@level"] == "error" and "cannot execute the verified copy" in final["reason"]
+    assert "mounted noexec" in final["fix"] and "TMPDIR" in final["fix"] and "architecture" not in final["fix"]

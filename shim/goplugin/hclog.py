@@ -24,15 +24,29 @@ def timestamp(now: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:06d}Z"
 
 
+# Control characters (newlines above all) in a file name would let whoever names a file
+# forge whole lines in the host's text log, which re-logs our message and values verbatim.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f)}
+_CONTROLS.update({0x0a: "\\n", 0x0d: "\\r", 0x09: "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029",
+                  0x85: "\\x85"})
+
+
+def escape(text: str) -> str:
+    """``text`` with control characters written as escapes, so it stays on one line."""
+    return text.translate(_CONTROLS)
+
+
 def format_line(level: str, message: str, fields: dict | None = None, now: float | None = None) -> str:
     if level not in LEVELS:
         raise ValueError(f"unknown hclog level {level!r}")
-    entry = {"@level": level, "@message": str(message), "@module": MODULE,
+    entry = {"@level": level, "@message": escape(str(message)), "@module": MODULE,
              "@timestamp": timestamp(now)}
     for key, value in (fields or {}).items():
         if key.startswith("@"):
             key = key[1:]
-        entry[key] = value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+        if not (isinstance(value, (int, float, bool)) or value is None):
+            value = escape(str(value))
+        entry[escape(key)] = value
     return json.dumps(entry, separators=(",", ":"), ensure_ascii=False) + "\n"
 
 
@@ -67,4 +81,4 @@ def debug(message: str, **fields) -> None:
     log("debug", message, **fields)
 
 
-__all__ = ["LEVELS", "format_line", "log", "write_to", "error", "warn", "info", "debug", "timestamp"]
+__all__ = ["LEVELS", "escape", "format_line", "log", "write_to", "error", "warn", "info", "debug", "timestamp"]

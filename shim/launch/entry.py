@@ -123,6 +123,16 @@ def main(embedded_policy: str | None, argv: list[str], env: dict, clock=time.tim
          launcher_path: str | None = None, mode: str = "exec") -> int:
     """``argv`` and ``env`` are Vault's; ``launcher_path`` the launcher's real path (a
     relative plugins dir is resolved from it); ``mode`` the one this launcher was built for."""
+    try:
+        return _main(embedded_policy, argv, env, clock, launcher_path, mode)
+    except KeyboardInterrupt:
+        hclog.error("vault-plugin-shim: interrupted (SIGINT) before the plugin started; nothing was run",
+                    reason="SIGINT", fix="let Vault start and stop the plugin; a Ctrl-C in Vault's terminal "
+                                         "reaches its plugins too")
+        return EXIT_REFUSED
+
+
+def _main(embedded_policy, argv, env, clock, launcher_path, mode) -> int:
     launcher = argv[0] if argv else "launcher"
     if argv[1:2] == ["doctor"] and not any(key in env for key, _ in COOKIES.values()):
         return run_doctor(launcher_path or launcher, argv[2:])
@@ -139,6 +149,15 @@ def main(embedded_policy: str | None, argv: list[str], env: dict, clock=time.tim
         return EXIT_REFUSED
     cookie_key, cookie_value = policy.cookie
     if env.get(cookie_key) != cookie_value:
+        other = "/".join(t for t, (k, v) in COOKIES.items() if env.get(k) == v)
+        if other or any(k in env for k, _ in COOKIES.values()):
+            # Started by Vault (a cookie is there), but not as the type this launcher serves.
+            hclog.error(f"vault-plugin-shim: this launcher serves a {policy.type} plugin, but Vault started it "
+                        f"as {'a ' + other if other else 'an unknown'} plugin (its magic cookie)",
+                        plugin=policy.name, launcher=launcher,
+                        fix=f"register the launcher with type {policy.type} "
+                            f"(`vault plugin register ... {policy.type} {policy.name}`), or build one for that type")
+            return EXIT_REFUSED
         sys.stderr.write(HAND_RUN_TEXT.format(type=policy.type, name=policy.name,
                                               plugins_dir=policy.plugins_dir, launcher=launcher))
         sys.stderr.flush()
@@ -154,14 +173,38 @@ def main(embedded_policy: str | None, argv: list[str], env: dict, clock=time.tim
     return EXIT_REFUSED  # launch_exec only returns by raising
 
 
-def _reject(cand: Candidate) -> None:
-    exc = cand.error
-    hclog.error(f"vault-plugin-shim: rejected candidate {cand.path}: {exc.reason}",
-                candidate=cand.binary, **exc.fields())
+MAX_REJECTION_LINES = 10  # per launch; the rest are counted in one line (doctor lists them all)
+QUIET_WHEN_NEWER_RUNS = ("ExpiredError", "RollbackError")
 
 
-def select_sealed(policy: Policy, now: float, *, method: str = "auto",
-                  tmpdir: str | None = None) -> tuple[Candidate, int, str]:
+def _log_rejections(selection, policy: Policy) -> None:
+    """One line per rejected candidate, at the level it deserves, at most
+    ``MAX_REJECTION_LINES`` of them. An older version that is rightly skipped (expired, below
+    the floor) while a newer one runs is routine: debug. Anything else that was refused is
+    an error: a tampered or untrusted newer version is exactly what an operator must see."""
+    chosen = selection.chosen
+    loud = 0
+    for cand in selection.candidates:
+        exc = cand.error
+        if exc is None:
+            continue
+        older = (chosen is not None and cand.manifest is not None
+                 and cand.manifest.version < chosen.manifest.version)
+        level = "debug" if older and type(exc).__name__ in QUIET_WHEN_NEWER_RUNS else "warn" if older else "error"
+        if level != "debug":
+            loud += 1
+            if loud > MAX_REJECTION_LINES:
+                continue
+        hclog.log(level, f"vault-plugin-shim: rejected candidate {exc.path or cand.path}: {exc.reason}",
+                  candidate=cand.binary, **exc.fields())
+    if loud > MAX_REJECTION_LINES:
+        hclog.error(f"vault-plugin-shim: {loud - MAX_REJECTION_LINES} more rejected candidates in "
+                    f"{policy.plugins_dir} not logged", plugin=policy.name,
+                    fix="run `vault-plugin-shim doctor --launcher <launcher>` on this node to list them all, "
+                        "and remove what does not belong in the plugins directory")
+
+
+def select_sealed(policy: Policy, now: float, *, tmpdir: str | None = None) -> tuple[Candidate, int, str]:
     """The one selection path of both modes: the highest candidate whose binary, copied
     into a sealed memfd (or the private-copy fallback), hashes to its signed manifest.
     Returns (candidate, fd of the verified copy, how it was made)."""
@@ -171,7 +214,9 @@ def select_sealed(policy: Policy, now: float, *, method: str = "auto",
         src = pdir.open_binary(cand)
         try:
             fd, how = memexec.materialize(src, cand.manifest.size, f"{policy.name}-{cand.manifest.version}",
-                                          method=method, tmpdir=tmpdir)
+                                          tmpdir=tmpdir)
+        except OSError as exc:
+            raise memexec.describe_os_error(exc, "copy the binary for verification", tmpdir) from exc
         finally:
             os.close(src)
         try:
@@ -181,7 +226,8 @@ def select_sealed(policy: Policy, now: float, *, method: str = "auto",
             raise
         return fd, how
 
-    selection = select(policy, now, seal, on_reject=_reject)
+    selection = select(policy, now, seal)
+    _log_rejections(selection, policy)
     if selection.chosen is None:
         raise selection.refusal(policy)
     fd, how = selection.value
@@ -195,42 +241,88 @@ def _log_start(policy: Policy, cand: Candidate, how: str, **extra) -> None:
                key_id=cand.key.key_id_hex, file=cand.path, exec_via=how, **extra)
 
 
-def launch_exec(policy: Policy, plugin_args: list[str], env: dict, now: float, *, method: str = "auto") -> None:
+def _private_copy(cand: Candidate, fd: int, tmpdir: str | None, refused: str) -> int:
+    """The kernel or an LSM refused to execute the memfd: copy the *verified* bytes (not
+    the file again: no second selection) into a private file, hash that copy, use it."""
     from shim.launch import memexec
 
-    cand, fd, how = select_sealed(policy, now, method=method, tmpdir=env.get("TMPDIR"))
+    hclog.warn("vault-plugin-shim: executing from a memfd was refused; using a private copy of the verified "
+               "bytes", reason=refused, file=cand.path)
+    try:
+        copy = memexec.to_private_file(fd, cand.manifest.size, os.path.basename(cand.path), tmpdir)
+    except OSError as exc:
+        raise memexec.describe_os_error(exc, "make the private copy", tmpdir) from exc
+    finally:
+        os.close(fd)
+    try:
+        check_digest(copy, cand)
+    except BaseException:
+        os.close(copy)
+        raise
+    return copy
+
+
+def _cannot_execute(cand: Candidate, exc: OSError | str, tmpdir: str | None, how: str) -> LaunchError:
+    from shim.launch import memexec
+
+    strerror = exc if isinstance(exc, str) else (exc.strerror or str(exc))
+    if how == "private-file" and memexec.noexec_mount(tmpdir):
+        fix = (f"the private copy lives under {tmpdir or '/tmp'}, which is mounted noexec: set TMPDIR in the "
+               "plugin's catalog env to an executable directory the Vault user owns (an emptyDir tmpfs)")
+    else:
+        fix = "check that the binary is built for this node (ELF, right architecture)"
+    return LaunchError(f"cannot execute the verified copy ({strerror})", path=cand.path, fix=fix,
+                       cause=None if isinstance(exc, str) else exc)
+
+
+def launch_exec(policy: Policy, plugin_args: list[str], env: dict, now: float) -> None:
+    from shim.launch import memexec
+
+    tmpdir = env.get("TMPDIR")
+    cand, fd, how = select_sealed(policy, now, tmpdir=tmpdir)
     script = os.pread(fd, 2, 0) == b"#!"
     _log_start(policy, cand, how)
     argv = [cand.path, *plugin_args]
     try:
         memexec.fexecve(fd, argv, env, script=script)
     except OSError as exc:
-        if how == "memfd" and exc.errno in (errno.EACCES, errno.EPERM) and method == "auto":
-            # A kernel or LSM that refuses to execute memfds: retry with a private copy.
-            os.close(fd)
-            hclog.warn("vault-plugin-shim: executing from a memfd was refused; using a private copy",
-                       reason=exc.strerror)
-            return launch_exec(policy, plugin_args, env, now, method="private-file")
-        raise LaunchError(f"cannot execute the verified copy ({exc.strerror})", path=cand.path,
-                          fix="check that the binary is built for this node (ELF, right architecture)") from None
+        if how != "memfd" or exc.errno not in (errno.EACCES, errno.EPERM):
+            raise _cannot_execute(cand, exc, tmpdir, how) from exc
+        fd, how = _private_copy(cand, fd, tmpdir, exc.strerror), "private-file"
+    try:
+        memexec.fexecve(fd, argv, env, script=script)
+    except OSError as exc:
+        raise _cannot_execute(cand, exc, tmpdir, how) from exc
 
 
-def launch_proxy(policy: Policy, plugin_args: list[str], env: dict, now: float, *, method: str = "auto") -> int:
+def launch_proxy(policy: Policy, plugin_args: list[str], env: dict, now: float) -> int:
     """Proxy mode: the same verified, sealed bytes, run as our child behind a go-plugin
     relay (shim.launch.proxy). Returns the exit code."""
-    cand, fd, how = select_sealed(policy, now, method=method, tmpdir=env.get("TMPDIR"))
-    _log_start(policy, cand, how, mode="proxy")
-    from shim.launch import proxy  # grpc and cryptography: only on this path
-
     try:
-        return proxy.run(fd, [cand.path, *plugin_args], env, plugin=f"{policy.type} plugin {policy.name}")
-    except proxy.ExecRefusedError as exc:
-        if how != "memfd" or method != "auto":
-            raise LaunchError(f"cannot execute the verified copy ({exc.reason})", path=cand.path,
-                              fix="check that the binary is built for this node (ELF, right architecture)"
-                              ) from None
-        hclog.warn("vault-plugin-shim: executing from a memfd was refused; using a private copy",
-                   reason=exc.reason)
-        return launch_proxy(policy, plugin_args, env, now, method="private-file")
+        from shim.launch import proxy  # grpc and cryptography: only on this path
+    except ImportError as exc:
+        raise LaunchError(f"the launcher's interpreter ({sys.executable}) cannot import what proxy mode needs",
+                          fix="install grpcio, protobuf and hpack for that interpreter (Alpine: "
+                              "py3-grpcio py3-protobuf py3-hpack), or build the launcher with --mode exec",
+                          cause=exc) from exc
+    tmpdir = env.get("TMPDIR")
+    cand, fd, how = select_sealed(policy, now, tmpdir=tmpdir)
+    _log_start(policy, cand, how, mode="proxy")
+    argv = [cand.path, *plugin_args]
+    plugin = f"{policy.type} plugin {policy.name}"
+    try:
+        try:
+            return proxy.run(fd, argv, env, plugin=plugin)
+        except proxy.ExecRefusedError as exc:
+            if how != "memfd":
+                raise _cannot_execute(cand, exc.reason, tmpdir, how) from exc
+            fd, how = _private_copy(cand, fd, tmpdir, exc.reason), "private-file"
+        try:
+            return proxy.run(fd, argv, env, plugin=plugin)
+        except proxy.ExecRefusedError as exc:
+            raise _cannot_execute(cand, exc.reason, tmpdir, how) from exc
     finally:
-        os.close(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            pass

@@ -25,7 +25,11 @@ SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SE
 CHUNK = 8 * 1024 * 1024
 
 
+MEMFD_NAME_MAX = 249       # the kernel's limit (NAME_MAX less "memfd:")
+
+
 def _memfd_create(name: str) -> int:
+    name = name.encode("ascii", "replace")[:MEMFD_NAME_MAX].decode("ascii")
     flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
     try:
         return os.memfd_create(name, flags | MFD_EXEC)
@@ -112,6 +116,32 @@ def to_private_file(src: int, size: int, name: str, tmpdir: str | None = None) -
         except FileNotFoundError:
             pass
         os.rmdir(directory)
+
+
+def describe_os_error(exc: OSError, what: str, tmpdir: str | None) -> LaunchError:
+    """The named error for an ``OSError`` while making or running the verified copy."""
+    where = tmpdir or "/tmp"
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        reason, fix = "too many open files", "raise Vault's open-file limit (ulimit -n, systemd LimitNOFILE)"
+    elif exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EDQUOT):
+        reason, fix = ("no space or memory for the verified copy (a memfd counts against the pod's memory "
+                       "limit)", f"raise the memory limit, or free space in {where}")
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR):
+        reason, fix = (f"no usable temporary directory for the private copy ({where})",
+                       "set TMPDIR in the plugin's catalog env to a writable, executable directory the Vault "
+                       "user owns (e.g. an emptyDir tmpfs)")
+    else:
+        reason, fix = "an operating system error", "see the cause; nothing unverified was run"
+    return LaunchError(f"cannot {what}: {reason}", path=tmpdir if "temporary" in reason else None, fix=fix,
+                       cause=exc)
+
+
+def noexec_mount(path: str | None) -> bool:
+    """Whether ``path`` (default /tmp) is on a file system mounted ``noexec``."""
+    try:
+        return bool(os.statvfs(path or "/tmp").f_flag & os.ST_NOEXEC)
+    except OSError:
+        return False
 
 
 def materialize(src: int, size: int, name: str, *, method: str = "auto",

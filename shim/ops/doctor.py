@@ -215,7 +215,7 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
                                    fix="ship a freshly signed manifest (re-run `vault-plugin-shim sign`) before then"))
         else:
             out.append(Finding("candidate", "fail", c.error.reason, c.error.fix, subject=c.error.path or c.path))
-            if c.manifest is None and "future" in c.error.reason:
+            if "in the future of this node" in c.error.reason:
                 out.append(Finding("clock", "fail", "a manifest is issued after this node's clock "
                                                     f"(+{CLOCK_SKEW} s allowed)", fix="fix NTP on the node"))
     _memfd_finding(out)
@@ -231,8 +231,20 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
     else:
         verdict = Finding("next-launch", "ok", f"Vault runs the launcher, which executes {chosen.path} "
                                                f"version {chosen.manifest.version} (sha256 {chosen.manifest.sha256})")
-    out.append(verdict)
+    out.append(running_version_note(policy.type, policy.name))
+    out.append(verdict)          # the one-line answer stays last
     return out
+
+
+def running_version_note(plugin_type: str, name: str) -> Finding:
+    """Where the version that runs now can be seen: the catalog and the mount table show the
+    registered one (OpenBao's ``running_plugin_version`` is copied from the mount's
+    configuration), never what the launcher picked on each node."""
+    return Finding("running-version", "info",
+                   f"the version running now on a node is in that node's server log, in the launcher's "
+                   f"line `vault-plugin-shim: starting {plugin_type} plugin {name} <version>` at each "
+                   f"launch (and above, for the next launch); `secrets list -detailed` and `plugin list` "
+                   f"show the registered catalog version, not the running one")
 
 
 def render(findings: Sequence[Finding]) -> str:

@@ -61,6 +61,16 @@ def check_signed_manifest(policy: Policy, manifest_bytes: bytes, signature_bytes
     sig = minisign.Signature.parse(signature_bytes, path=sig_path)
     key = minisign.verify(manifest_bytes, sig, policy.trusted_keys, path=sig_path)
     manifest = Manifest.parse(manifest_bytes, path=path)
+    try:
+        _check_manifest_against(policy, manifest, now, path, platform_)
+    except RejectedError as exc:
+        exc.manifest = manifest  # signed and parsed: its version still orders the verdicts
+        raise
+    return manifest, key
+
+
+def _check_manifest_against(policy: Policy, manifest: Manifest, now: float, path: str,
+                            platform_: tuple[str, str] | None) -> None:
     if manifest.name != policy.name or manifest.type != policy.type:
         raise WrongPluginError(
             f"manifest is for {manifest.type} plugin {manifest.name!r}, this launcher serves "
@@ -82,7 +92,6 @@ def check_signed_manifest(policy: Policy, manifest_bytes: bytes, signature_bytes
     if manifest.size > policy.max_size:
         raise FileTooLargeError(f"binary size {manifest.size} exceeds the policy's max_size {policy.max_size}",
                                 path=path, fix="raise max_size in a new launcher build")
-    return manifest, key
 
 
 def _iso(ts: float) -> str:
@@ -214,6 +223,7 @@ class PluginDir:
                                                             path=cand.manifest_path)
         except ShimError as exc:
             cand.error = exc
+            cand.manifest = getattr(exc, "manifest", None)
         return cand
 
     def ranked(self, now: float) -> tuple[list[Candidate], list[Candidate]]:
@@ -307,6 +317,11 @@ def select(policy: Policy, now: float, accept: Callable[[PluginDir, Candidate], 
                 result = accept(pdir, cand)
             except ShimError as exc:
                 cand.error = exc
+            except Exception as exc:  # fail closed for this candidate, and go on to the next
+                cand.error = RejectedError("could not be checked (an unexpected error)", path=cand.path,
+                                           fix="nothing of it was run; report this as a vault-plugin-shim bug",
+                                           cause=exc)
+            if cand.error is not None:
                 if on_reject is not None:
                     on_reject(cand)
                 continue
