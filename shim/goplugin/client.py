@@ -1,7 +1,9 @@
 """The host side of go-plugin: start a plugin process and talk gRPC to it, like Vault.
 
-:class:`PluginClient` checks the file's sha256 (on the very file descriptor it then
-executes, so the check cannot be raced), starts the plugin in its own process group
+:class:`PluginClient` checks the file's sha256 on the file descriptor it then executes
+(so a rename or symlink swap between check and exec changes nothing; an in-place write to
+the same file still could, as with Vault's own hash-then-exec: the launcher's sealed memfd
+is what closes that), starts the plugin in its own process group
 with go-plugin's environment, reads and checks the handshake line, dials (AutoMTLS
 through a :class:`~shim.goplugin.tlsfront.ClientFront`), health-checks, and runs the
 broker and stdio streams. Plugin stderr is re-logged like go-plugin does. ``kill()``
@@ -174,7 +176,8 @@ class PluginClient:
             return self.line
 
     def _launch(self, path: str, fd: int) -> None:
-        # Exec the descriptor we hashed (fexecve-like): the file checked is the file run.
+        # Exec the descriptor we hashed (fexecve-like): the inode checked is the inode run
+        # (not sealed: an in-place write after the hash would still take effect).
         # The fd stays open in the child so a script's interpreter can reopen it.
         exe = f"/proc/self/fd/{fd}" if self.sha256 is not None else path
         try:
