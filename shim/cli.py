@@ -125,11 +125,12 @@ def cmd_keygen(args) -> int:
         from shim.ops.cli import transit_signer_from_env
         from shim.trust.minisign import PublicKey
 
-        signer = transit_signer_from_env(args.from_transit, args.transit_mount)
+        signer = transit_signer_from_env(args.from_transit, args.transit_mount, args.transit_key_version)
         pub = PublicKey(signer.key_id, signer.public_key_raw())
         Path(args.public_key).write_text(pub.to_text(f"minisign public key {pub.key_id_hex} "
                                                      f"(Vault Transit key {args.from_transit})"))
-        print(f"public key {pub.key_id_hex} of Transit key {args.from_transit} written to {args.public_key}")
+        print(f"public key {pub.key_id_hex} of Transit key {args.from_transit} version {signer.key_version} "
+              f"written to {args.public_key}")
         return 0
     key = SecretKey.generate()
     password = None if args.unencrypted else _password(args, confirm=True)
@@ -160,8 +161,12 @@ def cmd_sign(args) -> int:
     if args.transit_key:
         from shim.ops.cli import transit_signer_from_env
 
-        signer = transit_signer_from_env(args.transit_key, args.transit_mount)
+        signer = transit_signer_from_env(args.transit_key, args.transit_mount, args.transit_key_version)
+        signer.require_trusted([_read_public_key(k) for k in args.trusted_key])
         key_id, sign = signer.key_id, signer.sign
+        print(f"Transit key {args.transit_key} version {signer.key_version}: key id {minisign.key_id_hex(key_id)}")
+    elif args.transit_key_version or args.trusted_key:
+        raise UsageError("--transit-key-version and --trusted-key go with --transit-key")
     else:
         key = _load_secret_key(args)
         key_id, sign = key.key_id, key.sign
@@ -185,8 +190,14 @@ def cmd_verify(args) -> int:
         from shim.launch.build import inspect
 
         policy = inspect(args.launcher).policy
+        if policy is None and args.catalog_args:
+            from shim.trust.policy import split_args
+
+            policy, _ = split_args(list(args.catalog_args))
         if policy is None:
-            raise UsageError("has no embedded policy", path=args.launcher)
+            raise UsageError("has no embedded policy", path=args.launcher,
+                             fix="a --policy-in-args launcher takes its policy from the catalog's args: "
+                                 "pass them with --arg (see `vault plugin info <type> <name>`)")
         policy = policy.resolved(args.launcher)
         if directory:
             policy = policy.replace(plugins_dir=directory)
@@ -372,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"environment variable holding the password (default {PASSWORD_ENV})")
     p.add_argument("--from-transit", metavar="KEY", help="export the public half of a Vault Transit ed25519 key")
     p.add_argument("--transit-mount", default="transit")
+    p.add_argument("--transit-key-version", type=int, metavar="N",
+                   help="with --from-transit: this version of the key (default: its latest)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_keygen)
 
@@ -380,6 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret-key", metavar="SK")
     p.add_argument("--transit-key", metavar="KEY", help="sign with a Vault Transit ed25519 key instead")
     p.add_argument("--transit-mount", default="transit")
+    p.add_argument("--transit-key-version", type=int, metavar="N",
+                   help="sign with this version of the Transit key (default: its latest)")
+    p.add_argument("--trusted-key", action="append", default=[], metavar="PK",
+                   help="with --transit-key: refuse unless the key version is one of these public keys "
+                        "(the launchers' --trusted-key)")
     p.add_argument("--password-env", default=PASSWORD_ENV, metavar="VAR")
     p.add_argument("--name", required=True)
     p.add_argument("--type", required=True, choices=PLUGIN_TYPES)
@@ -393,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", metavar="PLUGIN_FILE_OR_DIR")
     _plugin_args(p, required=False)
     p.add_argument("--launcher", help="take the policy from this launcher instead of flags")
+    p.add_argument("--arg", dest="catalog_args", action="append", default=[], metavar="ARG",
+                   help="with --launcher: a catalog argument (for launchers whose policy is in --shim-policy=...)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
 

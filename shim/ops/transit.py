@@ -135,6 +135,25 @@ class TransitSigner:
 
         return PublicKey(self.key_id, self.public_key_raw())
 
+    def require_trusted(self, trusted) -> None:
+        """Refuse to sign with a key version launchers do not trust: ``trusted`` are the
+        minisign public keys they were built with (key id and key bytes must both match).
+        After ``rotate`` the latest version is a new key; signing with it before its public
+        key is rolled out would publish a release every launcher refuses."""
+        from shim.trust.minisign import key_id_hex
+
+        if not trusted or any(k.key_id == self.key_id and k.raw == self.public_key_raw() for k in trusted):
+            return
+        ids = ", ".join(k.key_id_hex for k in trusted)
+        raise TransitError(
+            f"Transit key {self.key_name} version {self.key_version} is key id "
+            f"{key_id_hex(self.key_id)}, not one of the trusted keys ({ids}): launchers trusting "
+            f"those would refuse this signature; nothing was signed",
+            fix=(f"sign with a trusted version (--transit-key-version N), or first publish this "
+                 f"version's public key (`vault-plugin-shim keygen --from-transit {self.key_name} "
+                 f"--transit-key-version {self.key_version} --public-key NEW.pub`), roll out launchers "
+                 f"that trust it, and add it to --trusted-key"))
+
     # -- signing ------------------------------------------------------------------------
 
     def sign(self, message: bytes) -> bytes:
@@ -173,6 +192,8 @@ class TransitSigner:
         return signature
 
 
-def transit_signer_from_env(key_name: str, mount: str = "transit") -> TransitSigner:
-    """A signer for ``key_name`` using VAULT_ADDR/VAULT_TOKEN/... like the vault CLI."""
-    return TransitSigner(VaultEnv.from_environ().client(), key_name, mount)
+def transit_signer_from_env(key_name: str, mount: str = "transit",
+                            key_version: int | None = None) -> TransitSigner:
+    """A signer for ``key_name`` (``key_version``, default the latest) using
+    VAULT_ADDR/VAULT_TOKEN/... like the vault CLI."""
+    return TransitSigner(VaultEnv.from_environ().client(), key_name, mount, key_version=key_version)

@@ -1,0 +1,62 @@
+"""`doctor` and `verify --launcher` on a real OpenBao setup: what they say matches what runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support import openbao
+
+
+@pytest.fixture(scope="module")
+def go_cache(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "bao-plugin-cache"
+
+
+def catalog_args(release) -> list[str]:
+    return [w.removeprefix("-args=") for w in release.build_output.split() if w.startswith("-args=")]
+
+
+def test_doctor_names_the_running_version_that_secrets_list_does_not(bao_dev, tmp_path, go_cache):
+    rel = openbao.Release(bao_dev, tmp_path / "r", "doctor-running")
+    rel.add(openbao.build_plugin("secret", "1.0.0", rel.versions, go_cache), "1.0.0")
+    assert rel.register("--mount", rel.name).returncode == 0
+    offset = bao_dev.log_size()
+    # v1.1.0 is signed in; after a reload the launcher runs it, while the mount still says v1.0.0.
+    rel.add(openbao.build_plugin("secret", "1.1.0", rel.versions, go_cache), "1.1.0")
+    bao_dev.bao("plugin", "reload", f"-plugin={rel.name}")
+    answer = json.loads(bao_dev.bao("read", "-format=json", f"{rel.name}/version").stdout)["data"]
+    assert answer["version"] == "v1.1.0"
+    listed = json.loads(bao_dev.bao("secrets", "list", "-detailed", "-format=json").stdout)[f"{rel.name}/"]
+    assert listed["running_plugin_version"] == "v1.0.0"              # what OpenBao shows: not what runs
+    line = openbao.wait_for_log(bao_dev, f"vault-plugin-shim: starting secret plugin {rel.name} 1.1.0", offset)
+    assert "version=1.1.0" in line
+
+    entry = openbao.catalog_entries(bao_dev, "secret", rel.name)["v1.0.0"]
+    doctor = openbao.shim("doctor", "--launcher", rel.launcher, "--sha256", entry["sha256"], env=rel.env)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "sha256" in doctor.stdout and "matches the catalog" in doctor.stdout
+    assert "version 1.1.0" in doctor.stdout.split("next-launch:")[1]
+    assert (f"in the launcher's line `vault-plugin-shim: starting secret plugin {rel.name} <version>`"
+            in doctor.stdout)
+    assert "show the registered catalog version, not the running one" in doctor.stdout
+
+
+def test_verify_launcher_takes_the_catalog_args_of_a_policy_in_args_launcher(bao_dev, tmp_path, go_cache):
+    rel = openbao.Release(bao_dev, tmp_path / "r", "verify-args", extra_build=("--policy-in-args",))
+    rel.add(openbao.build_plugin("secret", "1.0.0", rel.versions, go_cache), "1.0.0")
+    [arg] = catalog_args(rel)
+    done = rel.register(f"--arg={arg}", "--mount", rel.name)
+    assert done.returncode == 0, done.stderr
+    registered = json.loads(bao_dev.bao("read", "-format=json", f"sys/plugins/catalog/secret/{rel.name}",
+                                        "version=v1.0.0").stdout)["data"]["args"]
+    assert registered == [arg]
+
+    without = openbao.shim("verify", "--launcher", rel.launcher, env=rel.env)
+    assert without.returncode == 1 and "--arg" in without.stderr
+    verified = openbao.shim("verify", "--launcher", rel.launcher, *(f"--arg={a}" for a in registered), env=rel.env)
+    assert verified.returncode == 0, verified.stderr
+    assert "[LAUNCH] bao-secret-1.0.0: version 1.0.0" in verified.stdout
+    doctor = openbao.shim("doctor", "--launcher", rel.launcher, *(f"--arg={a}" for a in registered), env=rel.env)
+    assert doctor.returncode == 0 and "catalog args policy" in doctor.stdout
