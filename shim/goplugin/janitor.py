@@ -3,29 +3,37 @@
 Vault stops a plugin with SIGKILL on the one PID it started. PR_SET_PDEATHSIG takes the
 launcher's child along, but nothing of the launcher runs afterwards: socket directories
 would stay behind, and so would anything the child itself started. The janitor is a
-separate, bare interpreter (empty environment, its own session) that holds the read end
-of a pipe. The launcher writes down what it creates (:class:`Ledger` lines); when the
-pipe reaches EOF, however the launcher ended, the janitor SIGKILLs the recorded process
-groups and removes the recorded paths. It keeps the host's stderr open until it is done,
-and a go-plugin host's Kill waits for stderr EOF, so the host sees the plugin gone only
-after the cleanup.
+separate, bare interpreter (empty environment, its own session) that holds one end of a
+socket pair. The launcher writes down what it creates (:class:`Ledger` lines, one message
+each); when the socket reaches EOF, however the launcher ended, the janitor kills the
+recorded process groups until they have no live member (:func:`procgroup.kill_group`) and
+removes the recorded paths. A process group travels with a pidfd of its leader, taken by
+the launcher while the leader is its unreaped child, so the janitor can never signal a
+group that merely reuses the number. The janitor keeps the host's stderr open until it is
+done, and a go-plugin host's Kill waits for stderr EOF, so the host sees the plugin gone
+only after the cleanup.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
 KINDS = ("dir", "file", "pgid")
+MAX_MESSAGE = 1 << 16
+MAX_FDS = 4
 
 
 class Ledger:
-    """What is still to be cleaned up (sans-I/O). Lines: ``+dir PATH``, ``-pgid 123``..."""
+    """What is still to be cleaned up (sans-I/O). Lines: ``+dir PATH``, ``-pgid 123``...
+    A ``+pgid`` line may come with a pidfd of the group's leader; the ledger owns it."""
 
     def __init__(self):
         self.items: dict[str, list[str]] = {k: [] for k in KINDS}
+        self.pidfds: dict[str, int] = {}
 
     @staticmethod
     def line(op: str, kind: str, value: str | int) -> bytes:
@@ -34,18 +42,24 @@ class Ledger:
             raise ValueError(f"bad janitor entry {op}{kind} {value!r}")
         return f"{op}{kind} {value}\n".encode("utf-8", "surrogateescape")
 
-    def feed(self, raw: bytes) -> None:
+    def feed(self, raw: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
+        fds = list(fds)
         text = raw.decode("utf-8", "surrogateescape").rstrip("\n")
         op, _, rest = text.partition(" ")
         kind = op[1:]
-        if not op or op[0] not in "+-" or kind not in KINDS or not rest:
-            return  # a torn last line from a killed writer: ignore it
-        items = self.items[kind]
-        if op[0] == "+":
-            if rest not in items:
-                items.append(rest)
-        elif rest in items:
-            items.remove(rest)
+        if op and op[0] in "+-" and kind in KINDS and rest:  # else a torn line: ignore it
+            items = self.items[kind]
+            if op[0] == "+":
+                if rest not in items:
+                    items.append(rest)
+                if kind == "pgid" and fds and rest not in self.pidfds:
+                    self.pidfds[rest] = fds.pop(0)
+            elif rest in items:
+                items.remove(rest)
+                if rest in self.pidfds and kind == "pgid":
+                    os.close(self.pidfds.pop(rest))
+        for fd in fds:  # nothing else is ours to keep
+            os.close(fd)
 
     def cleanup(self) -> dict[str, list[str]]:
         """Kill groups first (their members may hold the sockets), then remove paths.
@@ -54,8 +68,14 @@ class Ledger:
 
         done: dict[str, list[str]] = {k: [] for k in KINDS}
         for pgid in self.items["pgid"]:
-            if pgid.isdigit() and int(pgid) > 1 and kill_group(int(pgid)):
-                done["pgid"].append(pgid)
+            pidfd = self.pidfds.pop(pgid, None)
+            try:
+                # pgid 0 or 1 would be our own group or everything: never ours to kill
+                if pgid.isdigit() and int(pgid) > 1 and kill_group(int(pgid), pidfd=pidfd):
+                    done["pgid"].append(pgid)
+            finally:
+                if pidfd is not None:
+                    os.close(pidfd)
         for path in reversed(self.items["file"]):
             try:
                 os.unlink(path)
@@ -73,12 +93,12 @@ class Janitor:
     """The launcher's end: start the janitor process, then record and retract entries."""
 
     def __init__(self):
-        r, self._w = os.pipe()
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._ack, ack_w = os.pipe()
-        # realpath: a host that executes the launcher by descriptor makes our path
-        # /proc/self/fd/N, which would name another file in the janitor.
         # A vault-plugin-shim launcher runs its code from a sealed memfd (/proc/self/fd/N):
-        # the janitor gets that same descriptor, under the same number.
+        # the janitor gets that same descriptor, under the same number. Elsewhere, realpath:
+        # a host that executes the launcher by descriptor makes our path /proc/self/fd/N,
+        # which would name another file in the janitor.
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         keep: tuple[int, ...] = ()
         if root.startswith("/proc/self/fd/") and root[14:].isdigit():
@@ -86,13 +106,17 @@ class Janitor:
         else:
             root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
         code = (f"import sys; sys.path.insert(0, {root!r}); "
-                f"from shim.goplugin.janitor import main; main({r}, {ack_w})")
+                f"from shim.goplugin.janitor import main; main({theirs.fileno()}, {ack_w})")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", code], env={}, pass_fds=(r, ack_w, *keep),
+                [sys.executable, "-I", "-S", "-c", code], env={}, pass_fds=(theirs.fileno(), ack_w, *keep),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
+            self._sock.close()
+            os.close(self._ack)
+            raise
         finally:
-            os.close(r)
+            theirs.close()
             os.close(ack_w)
 
     def check(self, timeout: float = 10.0) -> None:
@@ -109,27 +133,41 @@ class Janitor:
                                 fix="check the launcher's interpreter and its stderr lines logged above")
 
     def add(self, kind: str, value: str | int) -> None:
-        self._write(Ledger.line("+", kind, value))
+        """Record ``value``. For ``pgid``, ``value`` must be the pid of our own, not yet
+        reaped child that leads the group: the janitor gets a pidfd of it."""
+        line = Ledger.line("+", kind, value)
+        pidfd = None
+        if kind == "pgid":
+            try:
+                pidfd = os.pidfd_open(int(value))
+            except (OSError, ValueError):
+                pidfd = None  # gone already: the janitor falls back to scanning for members
+        try:
+            self._write(line, () if pidfd is None else (pidfd,))
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
 
     def remove(self, kind: str, value: str | int) -> None:
         self._write(Ledger.line("-", kind, value))
 
-    def _write(self, data: bytes) -> None:
-        if self._w >= 0:
-            try:
-                os.write(self._w, data)  # one short write: atomic on a pipe
-            except OSError as exc:  # the janitor is gone: our own cleanup still runs
-                from shim.goplugin import hclog
+    def _write(self, data: bytes, fds=()) -> None:
+        if self._sock is None:
+            return
+        try:
+            socket.send_fds(self._sock, [data], list(fds))  # one message: never torn
+        except OSError as exc:  # the janitor is gone: our own cleanup still runs
+            from shim.goplugin import hclog
 
-                hclog.warn("vault-plugin-shim: the cleanup helper (janitor) is gone", error=str(exc))
-                os.close(self._w)
-                self._w = -1
+            hclog.warn("vault-plugin-shim: the cleanup helper (janitor) is gone", error=str(exc))
+            self._sock.close()
+            self._sock = None
 
     def close(self, wait: bool = True) -> None:
         """EOF for the janitor: it cleans what is left and exits."""
-        if self._w >= 0:
-            os.close(self._w)
-            self._w = -1
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         if self._ack >= 0:
             os.close(self._ack)
             self._ack = -1
@@ -148,10 +186,21 @@ def main(fd: int, ack: int) -> None:
     os.write(ack, b"1")
     os.close(ack)
     ledger = Ledger()
-    with os.fdopen(fd, "rb") as pipe:
-        for raw in pipe:
-            if raw.endswith(b"\n"):
-                ledger.feed(raw)
+    with socket.socket(fileno=fd) as sock:
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+            except InterruptedError:
+                continue
+            except OSError:
+                break
+            if not data and not fds:
+                break  # EOF: the launcher has ended
+            if data.endswith(b"\n"):
+                ledger.feed(data, fds)
+            else:
+                for extra in fds:
+                    os.close(extra)
     done = ledger.cleanup()
     if any(done.values()):
         from shim.goplugin import hclog
