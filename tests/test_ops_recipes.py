@@ -206,4 +206,11 @@ def test_dockerfile_build_check_uses_the_interpreter_the_launcher_names():
     text = DOCKERFILE.read_text()
     assert "apk add --no-cache python3 py3-cryptography" in text
     assert "--python /usr/bin/python3" in text
-    assert text.count("/usr/bin/python3 -I") >= 2
+    assert '/usr/bin/python3 -I -c "import sys, cryptography' in text
+    # proxy mode: the venv's interpreter, checked for what proxy mode imports
+    from shim.cli import MODE_IMPORTS
+
+    assert "--python /opt/vault-plugin-shim/venv/bin/python" in text
+    check = text.split('/opt/vault-plugin-shim/venv/bin/python -I -c "', 1)[1].split('"', 1)[0]
+    for module in MODE_IMPORTS["proxy"]:
+        assert module.split(".")[0] in check or module in check, module
