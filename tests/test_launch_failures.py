@@ -264,3 +264,24 @@ def test_the_interrupt_signal_is_not_ignored_by_the_plugin(setup):
     proc = R.run(R.launcher(tmp, pol))
     ignored = int(proc.stdout.split()[1], 16)
     assert not ignored & (1 << (signal.SIGINT - 1)), proc.stdout
+
+
+def test_equal_precedence_is_decided_by_issue_time_or_refused(tmp_path):
+    """semver ignores +build: 2.0.0+a and 2.0.0+b are the same version. The newer signed
+    issued_at runs, whatever the file names; with equal issue times both are refused."""
+    d = tmp_path / "plugins"
+    d.mkdir(mode=0o755)
+    keys = R.new_keys()
+    pol = R.policy(d, keys)
+    # the file name that sorts first is the older build: a choice by name would run it
+    R.release(keys, R.script_plugin(d / "myplugin-2.0.0-aaa", "older"), version="2.0.0+aaa", issued=1000)
+    R.release(keys, R.script_plugin(d / "myplugin-2.0.0-zzz", "newer"), version="2.0.0+zzz", issued=2000)
+    R.release(keys, R.script_plugin(d / "myplugin-1.0.0", "one"), version="1.0.0")
+    launcher = R.launcher(tmp_path, pol)
+    assert R.run(launcher).stdout == b"ran newer \n"
+    R.release(keys, d / "myplugin-2.0.0-aaa", version="2.0.0+aaa", issued=2000)  # now a tie
+    proc = R.run(launcher)
+    assert proc.stdout == b"ran one \n", proc.stderr
+    ties = [ln for ln in R.hclog_lines(proc.stderr) if ln.get("error") == "AmbiguousVersionError"]
+    assert {t["candidate"] for t in ties} == {"myplugin-2.0.0-zzz", "myplugin-2.0.0-aaa"}
+    assert all(t["@level"] == "error" and "cannot tell which is newer" in t["reason"] for t in ties)

@@ -45,15 +45,18 @@ class Version(Record):
         pre = tuple(int(p) if p.isdigit() else p for p in m.group(4).split(".")) if m.group(4) else ()
         return cls(int(m.group(1)), int(m.group(2)), int(m.group(3)), pre, m.group(5) or "")
 
-    def _order(self):
-        # A release sorts after its prereleases; numeric identifiers sort before textual ones.
+    @property
+    def precedence(self) -> tuple:
+        """Sort key by semver precedence: build metadata is ignored, a release sorts after
+        its prereleases, numeric identifiers before textual ones. (``==`` compares the
+        build too: ``2.0.0+a != 2.0.0+b``, though neither precedes the other.)"""
         pre = tuple((0, p, "") if isinstance(p, int) else (1, 0, p) for p in self.prerelease)
         return (self.major, self.minor, self.patch, 0 if self.prerelease else 1, pre)
 
-    def __lt__(self, other): return self._order() < other._order()
-    def __le__(self, other): return self._order() <= other._order()
-    def __gt__(self, other): return self._order() > other._order()
-    def __ge__(self, other): return self._order() >= other._order()
+    def __lt__(self, other): return self.precedence < other.precedence
+    def __le__(self, other): return self.precedence <= other.precedence
+    def __gt__(self, other): return self.precedence > other.precedence
+    def __ge__(self, other): return self.precedence >= other.precedence
 
     def __str__(self):
         out = f"{self.major}.{self.minor}.{self.patch}"

@@ -236,9 +236,10 @@ class PluginDir:
         """
         checked = [self.check_manifest(c, now) for c in self.candidates()]
         good = sorted((c for c in checked if c.error is None),
-                      key=lambda c: (c.manifest.version, c.manifest.issued_at), reverse=True)
+                      key=lambda c: (c.manifest.version.precedence, c.manifest.issued_at), reverse=True)
         for a, b in zip(good, good[1:]):
-            if a.manifest.version == b.manifest.version and a.manifest.issued_at == b.manifest.issued_at:
+            if (a.manifest.version.precedence, a.manifest.issued_at) == (b.manifest.version.precedence,
+                                                                         b.manifest.issued_at):
                 for c, other in ((a, b), (b, a)):
                     c.error = AmbiguousVersionError(
                         f"version {c.manifest.version} has the same precedence and issue time as "
