@@ -100,6 +100,22 @@ def call_in_loop(fn: Callable[[], None]) -> None:
     _LoopThread.get().call_soon_threadsafe(fn)
 
 
+def spawn(coro, what: str) -> "asyncio.Task":
+    """Run ``coro`` as a task on the running loop. A failure is logged as one warning line
+    naming ``what`` (never asyncio's "Task exception was never retrieved" with a traceback)."""
+    task = asyncio.ensure_future(coro)
+
+    def retrieve(done: asyncio.Task) -> None:
+        if done.cancelled():
+            return
+        exc = done.exception()
+        if exc is not None:
+            log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
+
+    task.add_done_callback(retrieve)
+    return task
+
+
 def _on_loop_thread() -> bool:
     try:
         return asyncio.get_running_loop() is _LoopThread._loop
@@ -218,7 +234,7 @@ class _Front:
             sock.close()
             raise
         if _on_loop_thread():
-            self._starting = asyncio.ensure_future(self._serve_sock(sock))
+            self._starting = spawn(self._serve_sock(sock), f"listening on {path}")
         else:
             run_in_loop(self._serve_sock(sock), timeout=10)
 
@@ -284,7 +300,7 @@ class ServerFront(_Front):
             transport.pause_reading()  # nothing may be read before start_tls takes over
             outer(transport)
             self.connections_accepted += 1
-            asyncio.ensure_future(self._serve(end, transport))
+            spawn(self._serve(end, transport), f"a TLS connection on {self.path}")
 
         end.connection_made = made
         return end
@@ -294,6 +310,12 @@ class ServerFront(_Front):
         try:
             tls = await loop.start_tls(raw, end, self.ctx, server_side=True,
                                        ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+            if tls is None or tls.is_closing():
+                # The handshake completed, then the connection was lost before we got here
+                # (a peer that gives up, or our own close() aborting it): nothing to serve.
+                log.debug("TLS connection on %s closed right after its handshake", self.path)
+                raw.abort()
+                return
             mtls.check_peer(tls.get_extra_info("ssl_object"), self.peer_der)
         except (ssl.SSLError, TLSSetupError) as exc:
             self._fail(f"refused a TLS connection on {self.path}", exc)
@@ -403,7 +425,7 @@ class ClientFront(_Front):
                 end.link(spare)
             else:
                 transport.pause_reading()
-                asyncio.ensure_future(self._relay(end, transport))
+                spawn(self._relay(end, transport), f"a connection relayed to {self.address}")
 
         end.connection_made = made
         return end

@@ -42,7 +42,7 @@ from shim.goplugin.errors import GoPluginError, TLSSetupError
 from shim.goplugin.h2route import H2RouteError, Router
 from shim.goplugin.janitor import Janitor
 from shim.goplugin.server import HclogHandler, apply_socket_group
-from shim.goplugin.tlsfront import ClientFront, ServerFront, private_dir, run_in_loop
+from shim.goplugin.tlsfront import ClientFront, ServerFront, private_dir, run_in_loop, spawn
 from shim.launch.child import Child, ExecRefusedError
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,8 @@ class RoutedConnection:
     :class:`Router`. Output is written once per batch of frames read."""
 
     def __init__(self, proxy: "Proxy", vault: asyncio.Transport, early: bytes, conns: set):
+        """``conns`` is the front's set (it aborts what is left when it closes); the proxy
+        keeps its own set of routed connections, to end their calls gracefully first."""
         self.proxy = proxy
         self.router = Router(from_vault=proxy.bridge.from_vault, from_child=proxy.bridge.from_child,
                              on_shutdown=proxy.vault_shutdown)
@@ -159,9 +161,10 @@ class RoutedConnection:
         self.closed = asyncio.get_running_loop().create_future()
         self._ending = False
         conns.add(self)
+        proxy.routed.add(self)
         vault.set_protocol(_Side(self, True))
         vault.pause_reading()
-        asyncio.ensure_future(self._open(early))
+        spawn(self._open(early), "connecting a Vault connection to the plugin")
 
     async def _open(self, early: bytes) -> None:
         loop = asyncio.get_running_loop()
@@ -209,7 +212,7 @@ class RoutedConnection:
         if vault:
             self.abort()
         elif not self._ending:
-            asyncio.ensure_future(self.finish())
+            spawn(self.finish(), "ending Vault's open calls")
 
     async def finish(self) -> None:
         """The child's side ended (or we stop): end Vault's open calls with a reason."""
@@ -237,6 +240,7 @@ class RoutedConnection:
 
     def _done(self) -> None:
         self.conns.discard(self)
+        self.proxy.routed.discard(self)
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -261,7 +265,7 @@ class Proxy:
         self._channel = None
         self._child_exit: asyncio.Future | None = None
         self._loop_pidfd: int | None = None
-        self._conns: set = set()
+        self.routed: set[RoutedConnection] = set()  # live routed connections (loop thread)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping = False
         self._vault_shutdown = False
@@ -343,7 +347,6 @@ class Proxy:
 
     def _route(self, tls: asyncio.Transport, early: bytes, conns: set) -> None:
         """ServerFront hands over each accepted TLS connection from Vault."""
-        self._conns = conns  # the front's: it aborts whatever is left when it closes
         RoutedConnection(self, tls, early, conns)
 
     def vault_shutdown(self) -> None:
@@ -434,7 +437,7 @@ class Proxy:
             self._stop_child()
         if self._channel is not None:
             self._channel.close()
-        if self._conns or self._loop_pidfd is not None:
+        if self.routed or self._loop_pidfd is not None:
             try:
                 run_in_loop(self._finish(), timeout=10)
             except Exception as exc:  # never let a stuck connection keep sockets around
@@ -460,7 +463,7 @@ class Proxy:
             self._loop_pidfd = None
             if self._child_exit is not None and not self._child_exit.done():
                 self._child_exit.set_result(None)
-        conns = list(self._conns)
+        conns = list(self.routed)  # only routed connections: the front aborts the rest
         for conn in conns:
             await conn.finish()
         if conns:
