@@ -25,7 +25,9 @@ from tests.support import openbao
 
 @pytest.fixture(scope="module")
 def go_cache(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "bao-plugin-cache"
+    from tests.support import baoplugins
+
+    return baoplugins.cache_dir(tmp_path_factory)   # one Go build cache per session, shared
 
 
 @pytest.fixture

@@ -49,7 +49,9 @@ def signer(server, name, token=None, **kw) -> TransitSigner:
 
 @pytest.fixture(scope="module")
 def go_cache(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "bao-plugin-cache"
+    from tests.support import baoplugins
+
+    return baoplugins.cache_dir(tmp_path_factory)   # one Go build cache per session, shared
 
 
 def test_keygen_and_sign_with_transit_verify_with_minisign_and_launch(transit, tmp_path, go_cache):

