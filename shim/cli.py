@@ -263,12 +263,6 @@ def cmd_launcher_build(args) -> int:
     return 0
 
 
-# What each mode's launch imports from the interpreter's own site-packages.
-MODE_IMPORTS = {"exec": ("cryptography.hazmat.primitives.asymmetric.ed25519",),
-                "proxy": ("cryptography.hazmat.primitives.asymmetric.ed25519", "grpc", "google.protobuf", "hpack",
-                          "cryptography.x509")}
-
-
 def _check_launcher_python(python: str, mode: str) -> None:
     """The interpreter a launcher will start must exist and import what its mode needs:
     a launcher that cannot start its own code fails every plugin start."""
@@ -281,18 +275,17 @@ def _check_launcher_python(python: str, mode: str) -> None:
         raise UsageError(f"--python {python} does not exist or is not executable on this machine",
                          fix="pass an interpreter that exists here, or --python-only-in-image when it "
                              "exists only in the target image (then run `L doctor` in the image)")
-    probe = ("import importlib, sys\nmissing = []\nfor m in sys.argv[1:]:\n    try:\n"
-             "        importlib.import_module(m)\n    except Exception as exc:\n"
-             "        missing.append(f'{m} ({type(exc).__name__}: {exc})')\nprint('; '.join(missing))")
+    from shim.launch.build import IMPORT_PROBE, MODE_IMPORTS
+
     try:
-        done = subprocess.run([python, "-I", "-c", probe, *MODE_IMPORTS[mode]], capture_output=True, text=True,
-                              timeout=120, env={"LC_ALL": "C.UTF-8"})
+        done = subprocess.run([python, "-I", "-c", IMPORT_PROBE, *MODE_IMPORTS[mode]], capture_output=True,
+                              text=True, timeout=120, env={"LC_ALL": "C.UTF-8"})
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise UsageError(f"--python {python} cannot be run here", cause=exc,
                          fix="pass a working interpreter, or --python-only-in-image") from exc
     if done.returncode != 0 or done.stdout.strip():
         raise UsageError(f"--python {python} -I cannot import what {mode} mode needs: "
-                         f"{done.stdout.strip() or done.stderr.strip()[-300:]}",
+                         f"{'; '.join(done.stdout.split(chr(10))).strip('; ') or done.stderr.strip()[-300:]}",
                          fix="install the modules for that interpreter (exec: cryptography; proxy: also grpcio, "
                              "protobuf, hpack), e.g. apk add py3-cryptography py3-grpcio py3-protobuf py3-hpack")
 
@@ -453,13 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="FILE", help="also write a self-contained HTML report")
     p.set_defaults(func=cmd_demo)
 
-    try:
-        from shim.ops import cli as ops_cli
-    except ImportError:
-        ops_cli = None
-    for name in ("add_register_parser", "add_doctor_parser"):
-        if ops_cli is not None and hasattr(ops_cli, name):
-            getattr(ops_cli, name)(sub)
+    from shim.ops.cli import add_register_parser
+    from shim.ops.doctor import add_doctor_parser
+
+    add_register_parser(sub)
+    add_doctor_parser(sub)
     return parser
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from shim.launch.build import write_launcher
-from shim.ops.cli import add_doctor_parser
+from shim.ops.doctor import add_doctor_parser
 from shim.ops.doctor import diagnose, exit_code, render
 from shim.trust.policy import encode_arg
 from support.releases import PYTHON, launcher, new_keys, policy, release, script_plugin

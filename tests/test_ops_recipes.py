@@ -208,7 +208,7 @@ def test_dockerfile_build_check_uses_the_interpreter_the_launcher_names():
     assert "--python /usr/bin/python3" in text
     assert '/usr/bin/python3 -I -c "import sys, cryptography' in text
     # proxy mode: the venv's interpreter, checked for what proxy mode imports
-    from shim.cli import MODE_IMPORTS
+    from shim.launch.build import MODE_IMPORTS
 
     assert "--python /opt/vault-plugin-shim/venv/bin/python" in text
     check = text.split('/opt/vault-plugin-shim/venv/bin/python -I -c "', 1)[1].split('"', 1)[0]

@@ -93,6 +93,18 @@ PROXY_MODULES = EXEC_MODULES + (
     "shim/launch/proxy.py",
 )
 MODULES = {"exec": EXEC_MODULES, "proxy": PROXY_MODULES}
+# What each mode's launch imports from the interpreter's own site-packages (not carried in
+# the launcher: compiled code cannot run from a zip).
+MODE_IMPORTS = {"exec": ("cryptography.hazmat.primitives.asymmetric.ed25519",),
+                "proxy": ("cryptography.hazmat.primitives.asymmetric.ed25519", "cryptography.x509", "grpc",
+                          "google.protobuf", "hpack")}
+# A probe the launcher's interpreter runs: it prints what it cannot import, one per line.
+IMPORT_PROBE = ("import importlib, sys\n"
+                "for m in sys.argv[1:]:\n"
+                "    try:\n"
+                "        importlib.import_module(m)\n"
+                "    except Exception as exc:\n"
+                "        print(f'{m} ({type(exc).__name__}: {exc})')\n")
 
 
 def package_files(mode: str) -> list[tuple[str, bytes]]:

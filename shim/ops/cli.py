@@ -1,6 +1,6 @@
 """argparse wiring for the operator subcommands (``register``, ``doctor``).
 
-The lead's ``shim/cli.py`` calls :func:`add_register_parser` and :func:`add_doctor_parser`
+``shim/cli.py`` calls :func:`add_register_parser` (and ``shim.ops.doctor.add_doctor_parser``)
 on its subparsers; each sets ``func`` to a callable taking the parsed namespace and
 returning an exit status. :func:`transit_signer_from_env` is re-exported for
 ``sign --transit-key`` and ``keygen --from-transit``.
@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from shim.errors import ShimError
+from shim.ops.doctor import add_doctor_parser
 from shim.ops.transit import TransitSigner, transit_signer_from_env
 
 __all__ = ["add_doctor_parser", "add_register_parser", "run_register", "transit_signer_from_env",
@@ -103,34 +104,3 @@ def run_register(ns: argparse.Namespace, *, stdout=None, stderr=None) -> int:
     return 0
 
 
-def add_doctor_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "doctor", help="explain what Vault's next launch of the plugin would do on this pod",
-        description="Check the launcher, its interpreter and policy, the plugins directory, each candidate "
-                    "version and the clock, and say what Vault gets on its next launch. Run it in the Vault "
-                    "container as the Vault user. Changes nothing; does not contact Vault.")
-    p.add_argument("--launcher", metavar="PATH", required=True,
-                   help="the launcher file in Vault's plugin_directory")
-    p.add_argument("--sha256", metavar="HEX",
-                   help="the sha256 in the catalog (`vault plugin info TYPE NAME`) to compare with")
-    p.add_argument("--arg", dest="args", action="append", default=[], metavar="ARG",
-                   help="a catalog argument (for launchers whose policy is in --shim-policy=...)")
-    p.add_argument("--plugin-directory", metavar="DIR",
-                   help="Vault's plugin_directory (default: the launcher's directory)")
-    p.add_argument("--no-interpreter-check", action="store_true",
-                   help="do not run the #! interpreter to check it imports cryptography")
-    p.add_argument("--json", action="store_true", help="findings as JSON")
-    p.set_defaults(func=run_doctor)
-    return p
-
-
-def run_doctor(ns: argparse.Namespace, *, stdout=None, stderr=None) -> int:
-    from shim.ops import doctor
-
-    stdout = stdout or sys.stdout
-    stderr = stderr or sys.stderr
-    try:
-        return doctor.main(ns, stdout=stdout, stderr=stderr)
-    except ShimError as exc:
-        stderr.write(f"vault-plugin-shim doctor: {exc.diagnostics()}\n")
-        return 1

@@ -25,6 +25,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -99,45 +100,135 @@ def _check_launcher(launcher: str, plugin_directory: str | None, expected: str |
     return real
 
 
-def _check_interpreter(interpreter: str, out: list[Finding]) -> None:
-    words = interpreter.split()
-    python = words[0] if words else ""
-    if not python or not os.path.isabs(python):
-        out.append(Finding("interpreter", "fail", f"the #! line names {interpreter!r}, not an absolute path"))
-        return
+def _check_interpreter(python: str, flags: list[str], mode: str, out: list[Finding]) -> None:
+    """The interpreter the launcher starts must import what its mode needs, run the way the
+    stub runs it (its flags, the stub's fixed environment)."""
+    from shim.launch.build import IMPORT_PROBE, MODE_IMPORTS
+
     if not os.access(python, os.X_OK):
         out.append(Finding("interpreter", "fail", f"{python} does not exist or is not executable here",
                            fix="install Python in the Vault image (Alpine: apk add python3 py3-cryptography) "
                                "or rebuild the launcher with --python pointing at this image's interpreter"))
         return
     try:
-        done = subprocess.run([python, "-I", "-c", "import cryptography.hazmat.primitives.asymmetric.ed25519"],
-                              capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+        done = subprocess.run([python, *flags, "-c", IMPORT_PROBE, *MODE_IMPORTS[mode]], capture_output=True,
+                              text=True, timeout=60, env={"LC_ALL": "C.UTF-8"})
     except (OSError, subprocess.TimeoutExpired) as exc:
         out.append(Finding("interpreter", "fail", f"{python} could not be run ({exc})"))
         return
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no error text"])[-1]
-        out.append(Finding("interpreter", "fail", f"{python} -I cannot import cryptography ({last})",
-                           fix="install the cryptography package for that interpreter "
-                               "(Alpine: apk add py3-cryptography; Debian: apt-get install python3-cryptography)"))
+    missing = done.stdout.strip().splitlines()
+    if done.returncode != 0 or missing:
+        what = "; ".join(missing) or (done.stderr.strip().splitlines() or ["no error text"])[-1]
+        fix = ("install the cryptography package for that interpreter (Alpine: apk add py3-cryptography; "
+               "Debian: apt-get install python3-cryptography)")
+        if mode == "proxy":
+            fix = ("install cryptography, grpcio, protobuf and hpack for that interpreter (build/docker's "
+                   "vault-proxy target uses a pinned venv), or rebuild the launcher with --mode exec")
+        out.append(Finding("interpreter", "fail", f"{python} {' '.join(flags)} cannot import what {mode} mode "
+                                                  f"needs: {what}", fix=fix))
         return
-    out.append(Finding("interpreter", "ok", f"{interpreter} imports cryptography"))
+    out.append(Finding("interpreter", "ok", f"{python} {' '.join(flags)} imports what {mode} mode needs "
+                                            f"({', '.join(MODE_IMPORTS[mode])})"))
 
 
-def _memfd_finding(out: list[Finding], proc: str = "/proc/sys/vm/memfd_noexec") -> None:
+def vault_uid(explicit: int | None) -> tuple[int, str]:
+    """The user Vault runs as, whose view the checks must take: ``--vault-uid``; else, when
+    doctor runs as root, the owner of a running ``vault``/``bao`` process; else our own."""
+    if explicit is not None:
+        return explicit, "given with --vault-uid"
+    me = os.geteuid()
+    if me != 0:
+        return me, "this process's uid"
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as fh:
+                comm = fh.read().strip()
+            if comm in ("vault", "bao", "openbao"):
+                return os.stat(f"/proc/{entry}").st_uid, f"the uid of the running {comm} process (pid {entry})"
+        except OSError:
+            continue
+    return 0, "root (no running vault/bao process found; pass --vault-uid to check as the Vault user)"
+
+
+def readable_by(st: os.stat_result, uid: int, gids: set[int]) -> bool:
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return bool(st.st_mode & 0o400)
+    if st.st_gid in gids:
+        return bool(st.st_mode & 0o040)
+    return bool(st.st_mode & 0o004)
+
+
+def _groups_of(uid: int) -> set[int]:
+    import pwd
+    import grp
+
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return set()
+    return {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem}
+
+
+def _check_as_vault_user(policy, uid: int, how: str, out: list[Finding]) -> None:
+    """Ownership and readability as Vault sees them (root can read anything; Vault cannot)."""
+    gids = _groups_of(uid)
+    bad = []
+    for name in [None, *sorted(os.listdir(policy.plugins_dir))]:
+        path = policy.plugins_dir if name is None else os.path.join(policy.plugins_dir, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            continue  # the candidate check reports links
+        if st.st_uid not in (0, uid):
+            bad.append(Finding("plugins-dir", "fail", f"is owned by uid {st.st_uid}: the launcher, running as uid "
+                                                      f"{uid}, refuses files not owned by root or itself",
+                               subject=path, fix=f"chown root (or uid {uid}) {path}"))
+        elif not readable_by(st, uid, gids) or (stat.S_ISDIR(st.st_mode) and uid and not st.st_mode & 0o111):
+            bad.append(Finding("plugins-dir", "fail", f"cannot be read by uid {uid} (mode "
+                                                      f"{stat.S_IMODE(st.st_mode):04o})", subject=path,
+                               fix="chmod 0755 the directory and binaries, 0644 manifests and signatures"))
+    out.extend(bad)
+    out.append(Finding("vault-user", "ok" if not bad else "fail",
+                       f"checked as uid {uid}, {how}", subject=policy.plugins_dir))
+
+
+def _memfd_finding(out: list[Finding], tmpdir: str | None, proc: str = "/proc/sys/vm/memfd_noexec") -> None:
+    from shim.errors import ShimError as _E
+    from shim.launch import memexec
+
     try:
         value = open(proc).read().strip()
     except OSError:
         return
-    if value == "2":
-        out.append(Finding("memfd", "info", "vm.memfd_noexec=2: executing from a memfd is refused; the launcher "
-                                            "falls back to a private copy of the verified binary"))
+    if value != "2":
+        return
+    where = tmpdir or "/tmp"
+    try:
+        memexec.check_temp_parent(where)
+    except _E as exc:
+        out.append(Finding("memfd", "fail", f"vm.memfd_noexec=2 (executing from a memfd is refused) and the "
+                                            f"fallback's temporary directory is unsafe: {exc.reason}",
+                           fix=exc.fix, subject=where))
+        return
+    if memexec.noexec_mount(where):
+        out.append(Finding("memfd", "fail", f"vm.memfd_noexec=2 (executing from a memfd is refused) and {where} "
+                                            "is mounted noexec, so the private-copy fallback cannot run either",
+                           fix="set TMPDIR in the plugin's catalog env to an executable directory the Vault user "
+                               "owns (an emptyDir tmpfs without noexec)", subject=where))
+        return
+    out.append(Finding("memfd", "info", f"vm.memfd_noexec=2: executing from a memfd is refused; the launcher "
+                                        f"falls back to a private copy of the verified binary under {where}"))
 
 
 def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args: Sequence[str] = (),
              plugin_directory: str | None = None, now: float | None = None, soon: float = SOON,
-             check_interpreter: bool = True) -> list[Finding]:
+             check_interpreter: bool = True, uid: int | None = None, tmpdir: str | None = None) -> list[Finding]:
     """All findings, in the order an operator should read them."""
     from shim.launch.build import inspect
     from shim.trust.policy import split_args
@@ -158,7 +249,7 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
         out.append(Finding("next-launch", "fail", "Vault would start a file that is not a working launcher"))
         return out
     if check_interpreter:
-        _check_interpreter(info.interpreter, out)
+        _check_interpreter(info.interpreter, info.flags, info.mode, out)
 
     policy = info.policy
     if policy is None:
@@ -177,25 +268,29 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
         as_run = os.path.join(plugin_directory, os.path.basename(launcher)) if plugin_directory else launcher
         policy = policy.resolved(as_run)
     keys = ", ".join(k.key_id_hex for k in policy.trusted_keys)
-    out.append(Finding("policy", "ok" if policy.mode == "exec" else "fail",
+    if policy.mode != info.mode:
+        out.append(Finding("policy", "fail", f"the policy asks for {policy.mode} mode, the launcher holds only "
+                                             f"{info.mode} mode's code", fix=f"rebuild it with --mode {policy.mode}"))
+    out.append(Finding("policy", "ok",
                        f"{policy.source} policy for {policy.type} plugin {policy.name!r}: plugins dir "
                        f"{policy.plugins_dir}, trusted keys {keys}, minimum version {policy.min_version or 'none'}, "
                        f"mode {policy.mode}",
-                       fix="" if policy.mode == "exec" else "rebuild the launcher with --mode exec"))
+                       fix=""))
 
+    check_uid, how = vault_uid(uid)
     try:
-        with PluginDir(policy):
+        with PluginDir(policy, check_uid):
             pass
     except ShimError as exc:
         out.append(Finding("plugins-dir", "fail", exc.reason, exc.fix, subject=exc.path or policy.plugins_dir))
         out.append(Finding("next-launch", "fail", "the launcher would refuse to start any version "
                                                   "(Vault: `plugin exited before we could connect`)"))
         return out
-    out.append(Finding("plugins-dir", "ok", f"owned and writable as required (checked as uid {os.geteuid()})",
+    out.append(Finding("plugins-dir", "ok", f"owned and writable as required (checked as uid {check_uid})",
                        subject=policy.plugins_dir))
 
     out.append(Finding("clock", "info", f"node clock {_iso(now)}"))
-    selection = report(policy, now)
+    selection = report(policy, now, check_uid)
     candidates, chosen = selection.candidates, selection.chosen
     listed = {c.binary for c in candidates}
     for name in sorted(os.listdir(policy.plugins_dir)):
@@ -218,7 +313,8 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
             if "in the future of this node" in c.error.reason:
                 out.append(Finding("clock", "fail", "a manifest is issued after this node's clock "
                                                     f"(+{CLOCK_SKEW} s allowed)", fix="fix NTP on the node"))
-    _memfd_finding(out)
+    _check_as_vault_user(policy, check_uid, how, out)
+    _memfd_finding(out, tmpdir if tmpdir is not None else os.environ.get("TMPDIR"))
 
     if not checksum_ok:
         verdict = Finding("next-launch", "fail", "Vault would refuse the launcher before running it "
@@ -255,9 +351,15 @@ def exit_code(findings: Sequence[Finding]) -> int:
     return 1 if any(f.status == "fail" for f in findings) else 0
 
 
-def main(ns: argparse.Namespace, *, stdout, stderr) -> int:
-    findings = diagnose(ns.launcher, expected_sha256=ns.sha256, catalog_args=ns.args,
-                        plugin_directory=ns.plugin_directory, check_interpreter=not ns.no_interpreter_check)
+def main(ns: argparse.Namespace, *, stdout=None, stderr=None) -> int:
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+    try:
+        findings = diagnose(ns.launcher, expected_sha256=ns.sha256, catalog_args=ns.args,
+                            plugin_directory=ns.plugin_directory, check_interpreter=not ns.no_interpreter_check,
+                            uid=ns.vault_uid, tmpdir=ns.tmpdir)
+    except ShimError as exc:
+        stderr.write(f"vault-plugin-shim doctor: {exc.diagnostics()}\n")
+        return 1
     if ns.json:
         stdout.write(json.dumps([asdict(f) for f in findings], indent=2) + "\n")
     else:
@@ -265,12 +367,34 @@ def main(ns: argparse.Namespace, *, stdout, stderr) -> int:
     return exit_code(findings)
 
 
+def add_doctor_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "doctor", help="explain what Vault's next launch of the plugin would do on this pod",
+        description="Check the launcher, its interpreter and policy, the plugins directory, each candidate "
+                    "version and the clock, and say what Vault gets on its next launch. Run it in the Vault "
+                    "container. Changes nothing; does not contact Vault.")
+    p.add_argument("--launcher", metavar="PATH", required=True,
+                   help="the launcher file in Vault's plugin_directory")
+    p.add_argument("--sha256", metavar="HEX",
+                   help="the sha256 in the catalog (`vault plugin info TYPE NAME`) to compare with")
+    p.add_argument("--arg", dest="args", action="append", default=[], metavar="ARG",
+                   help="a catalog argument (for launchers whose policy is in --shim-policy=...)")
+    p.add_argument("--plugin-directory", metavar="DIR",
+                   help="Vault's plugin_directory (default: the launcher's directory)")
+    p.add_argument("--vault-uid", type=int, metavar="UID",
+                   help="check ownership and readability as this uid (default: ours; as root, the uid of a "
+                        "running vault/bao process)")
+    p.add_argument("--tmpdir", metavar="DIR",
+                   help="the TMPDIR Vault gives the plugin (for the memfd fallback; default: $TMPDIR or /tmp)")
+    p.add_argument("--no-interpreter-check", action="store_true",
+                   help="do not run the launcher's interpreter to check it imports what its mode needs")
+    p.add_argument("--json", action="store_true", help="findings as JSON")
+    p.set_defaults(func=main)
+    return p
+
+
 def run(argv: Sequence[str]) -> int:
-    """Entry point without the full CLI (used from inside the launcher file at image build)."""
-    import sys
-
-    from shim.ops.cli import add_doctor_parser
-
+    """Entry point without the full CLI (what `L doctor` runs)."""
     parser = argparse.ArgumentParser(prog="vault-plugin-shim")
     add_doctor_parser(parser.add_subparsers(dest="command", required=True))
     ns = parser.parse_args(["doctor", *argv])

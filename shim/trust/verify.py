@@ -99,15 +99,17 @@ def _iso(ts: float) -> str:
     return format_time(ts)
 
 
-def check_file_stat(st: os.stat_result, path: str, *, directory: bool = False) -> None:
+def check_file_stat(st: os.stat_result, path: str, *, directory: bool = False, uid: int | None = None) -> None:
     """A file the launcher trusts must be a regular file (or directory) that only its
-    owner can write, owned by root or by the user Vault runs as."""
+    owner can write, owned by root or by the user Vault runs as (``uid``: this process's
+    effective uid, unless ``doctor`` checks on Vault's behalf)."""
+    uid = os.geteuid() if uid is None else uid
     want = stat.S_ISDIR if directory else stat.S_ISREG
     if not want(st.st_mode):
         kind = "a directory" if directory else "a regular file"
         raise UnsafeFileError(f"is not {kind}", path=path)
-    if st.st_uid not in (0, os.geteuid()):
-        raise UnsafeFileError(f"is owned by uid {st.st_uid}, not by root or the Vault user (uid {os.geteuid()})",
+    if st.st_uid not in (0, uid):
+        raise UnsafeFileError(f"is owned by uid {st.st_uid}, not by root or the Vault user (uid {uid})",
                               path=path)
     if st.st_mode & 0o022:
         raise UnsafeFileError(f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})", path=path)
@@ -136,8 +138,9 @@ class Candidate:
 class PluginDir:
     """The plugins directory, opened once; files are opened relative to it."""
 
-    def __init__(self, policy: Policy):
+    def __init__(self, policy: Policy, uid: int | None = None):
         self.policy = policy
+        self.uid = uid
         self.path = policy.plugins_dir
         try:
             self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -149,7 +152,7 @@ class PluginDir:
             raise NoValidVersionError(f"cannot open the plugins directory ({exc.strerror})", path=self.path,
                                       fix="make it readable by the Vault user") from None
         try:
-            check_file_stat(os.fstat(self.fd), self.path, directory=True)
+            check_file_stat(os.fstat(self.fd), self.path, directory=True, uid=uid)
         except ShimError:
             self.close()
             raise
@@ -185,7 +188,7 @@ class PluginDir:
         fd = self._open(name)
         try:
             st = os.fstat(fd)
-            check_file_stat(st, path)
+            check_file_stat(st, path, uid=self.uid)
             if st.st_size > limit:
                 raise FileTooLargeError(f"is {st.st_size} bytes, more than the {limit}-byte limit", path=path,
                                         fix="this is not a manifest or signature written by vault-plugin-shim")
@@ -201,7 +204,7 @@ class PluginDir:
         fd = self._open(cand.binary)
         try:
             st = os.fstat(fd)
-            check_file_stat(st, cand.path)
+            check_file_stat(st, cand.path, uid=self.uid)
             if st.st_size != cand.manifest.size:
                 raise DigestMismatchError(f"is {st.st_size} bytes, the signed manifest says {cand.manifest.size}",
                                           path=cand.path)
@@ -299,13 +302,14 @@ class Selection:
 
 
 def select(policy: Policy, now: float, accept: Callable[[PluginDir, Candidate], object], *,
-           on_reject: Callable[[Candidate], None] | None = None, exhaustive: bool = False) -> Selection:
+           on_reject: Callable[[Candidate], None] | None = None, exhaustive: bool = False,
+           uid: int | None = None) -> Selection:
     """Which version runs: the one decision that launch, ``verify``, ``doctor`` and the demo
     share. Candidates whose signed manifest passes are tried in launch order
     (:meth:`PluginDir.ranked`); the first whose binary ``accept`` takes (it copies or
     hashes the bytes and calls :func:`check_digest`) is chosen. ``exhaustive`` goes on to
     give every other candidate its verdict too, without changing the choice."""
-    with PluginDir(policy) as pdir:
+    with PluginDir(policy, uid) as pdir:
         good, bad = pdir.ranked(now)
         for cand in bad:
             if on_reject is not None:
@@ -340,7 +344,7 @@ def hash_only(pdir: PluginDir, cand: Candidate) -> str:
         os.close(fd)
 
 
-def report(policy: Policy, now: float) -> Selection:
+def report(policy: Policy, now: float, uid: int | None = None) -> Selection:
     """Every candidate with its full verdict, and the one that would launch: for ``verify``
-    and ``doctor``, by the launcher's own decision."""
-    return select(policy, now, hash_only, exhaustive=True)
+    and ``doctor``, by the launcher's own decision (as Vault's ``uid`` would see it)."""
+    return select(policy, now, hash_only, exhaustive=True, uid=uid)
