@@ -110,16 +110,16 @@ class Waiter(logging.Handler):
 class Vault:
     """A launcher in proxy mode with the test plugin, started by our client as Vault would."""
 
-    def __init__(self, tmp: Path, mode: str = ""):
+    def __init__(self, tmp: Path, mode: str = "", name: str = "myplugin"):
         versions = tmp / "versions"
         versions.mkdir(mode=0o755)
-        plugin = versions / "myplugin-1.0.0"
+        plugin = versions / f"{name}-1.0.0"
         plugin.write_text(f"#!{sys.executable}\n" + PLUGIN)
         plugin.chmod(0o755)
         keys = R.new_keys()
-        R.release(keys, plugin, version="1.0.0")
+        R.release(keys, plugin, name=name, version="1.0.0")
         (tmp / "vault-plugins").mkdir()
-        self.launcher = R.launcher(tmp / "vault-plugins", R.policy(versions, keys).replace(mode="proxy"))
+        self.launcher = R.launcher(tmp / "vault-plugins", R.policy(versions, keys, name=name).replace(mode="proxy"))
         self.tmpdir = Path(tempfile.mkdtemp(prefix="pxf", dir="/tmp"))
         self.marker = gopeer.new_marker("PROXYTEST")
         self.log = Waiter()

@@ -37,7 +37,7 @@ def peer(go_build, go_host, tmp_path_factory):
 class Node:
     """A Vault node: plugin_directory with the launcher, the signed versions, a TMPDIR."""
 
-    def __init__(self, peer, tmp: Path, mode: str, plugin: str = "go"):
+    def __init__(self, peer, tmp: Path, mode: str, plugin: str = "go", name: str = "myplugin"):
         self.peer, self.tmp, self.mode = peer, tmp, mode
         self.versions = tmp / "versions"
         self.versions.mkdir(mode=0o755)
@@ -45,13 +45,14 @@ class Node:
         # TMPDIR for the launcher and the plugin: short, unix socket paths have 107 bytes
         self.sock = Path(tempfile.mkdtemp(prefix="px", dir="/tmp"))
         self.keys = R.new_keys()
-        pol = R.policy(self.versions, self.keys).replace(mode=mode)
+        self.name = name
+        pol = R.policy(self.versions, self.keys, name=name).replace(mode=mode)
         self.launcher = R.launcher(tmp / "vault-plugins", pol, name="myplugin-shim")
         self.sha256 = gopeer.sha256_file(self.launcher)
-        dst = self.versions / "myplugin-1.0.0"
+        self.binary = dst = self.versions / f"{name}-1.0.0"
         shutil.copy(peer[plugin], dst)
         os.chmod(dst, 0o755)
-        R.release(self.keys, dst, version="1.0.0")
+        R.release(self.keys, dst, name=name, version="1.0.0")
         self.env = {"PYPLUGIN_ROOT": str(ROOT), "PYPLUGIN_VERSION": "1.0.0"} if plugin == "py" else {}
 
     def host(self, *action, env=(), **kw):

@@ -121,3 +121,84 @@ def test_plugin_killed_mid_call_ends_cleanly(node):
         assert errors[0]["status"] == "killed by signal SIGKILL"
         assert gopeer.find_marked_processes(marker) == []
         assert node.leftovers() == []
+
+
+# --- what the child is ---------------------------------------------------------------------
+
+LONG_NAME = "a-long-plugin-name"  # comm keeps 15 bytes: "a-long-plugin-n"
+
+
+def fd_links(pid: int) -> dict[int, str]:
+    out = {}
+    for n in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out[int(n)] = os.readlink(f"/proc/{pid}/fd/{n}")
+        except OSError:
+            pass
+    return out
+
+
+def memfds(pid: int) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of the memfds ``pid`` holds."""
+    found = set()
+    for n, link in fd_links(pid).items():
+        if link.startswith("/memfd:"):
+            st = os.stat(f"/proc/{pid}/fd/{n}")
+            found.add((st.st_dev, st.st_ino))
+    return found
+
+
+def comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().rstrip("\n")
+
+
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_child_runs_the_sealed_copy_without_holding_it_and_is_named_after_the_plugin(peer, tmp_path):
+    """The Go plugin behind the launcher: /proc/<child>/exe is the launcher's sealed memfd,
+    yet the child holds no memfd of the launcher's, and its comm is the plugin's name."""
+    n = Node(peer, tmp_path, "proxy", name=LONG_NAME)
+    marker = gopeer.new_marker()
+    try:
+        with gopeer.start_host(peer["host"], n.launcher, "ping", sha256=n.sha256, env=[marker],
+                               host_env={"TMPDIR": str(n.sock)}) as h:
+            launcher = h.wait_holding()
+            [child] = gopeer.find_marked_processes(marker)
+            assert parent(child) == launcher
+            sealed = memfds(launcher)
+            exe = os.stat(f"/proc/{child}/exe")
+            assert (exe.st_dev, exe.st_ino) in sealed, "the child runs the verified, sealed copy"
+            held = fd_links(child)
+            assert not [link for link in held.values() if link.startswith("/memfd:")], held
+            assert comm(child) == LONG_NAME[:15]
+            res = h.release()
+        assert res.ok and res.results == ["version=1.0.0"], res.describe()
+        assert n.leftovers() == []
+    finally:
+        gopeer.kill_marked_processes(marker)
+        n.close()
+
+
+def test_script_child_holds_no_memfd_and_is_named_after_the_plugin(tmp_path):
+    """A #! plugin: its interpreter re-opens the script by path after exec, which works
+    although the child holds no descriptor of it."""
+    from tests.test_proxy_faults import UNARY, Vault
+
+    v = Vault(tmp_path, name=LONG_NAME)
+    try:
+        v.client.connect()
+        launcher = v.client.proc.pid
+        [child] = gopeer.find_marked_processes(v.marker)
+        assert parent(child) == launcher
+        assert v.call(UNARY, b"hello", timeout=10) == b"hello"
+        held = fd_links(child)
+        assert not [link for link in held.values() if link.startswith("/memfd:")], held
+        assert comm(child) == LONG_NAME[:15]
+        # nothing of the way it was started is left on disk
+        assert [p.name for p in v.tmpdir.rglob("exe*")] == []
+        v.client.kill()
+        v.assert_clean()
+    finally:
+        v.close()

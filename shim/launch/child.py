@@ -2,7 +2,17 @@
 
 :class:`Child` is a :class:`~shim.goplugin.client.PluginClient` whose program is the
 sealed memfd, started in its own process group with a parent-death signal (if the
-launcher dies, even by SIGKILL, the kernel SIGKILLs the child). Its stdout and stderr
+launcher dies, even by SIGKILL, the kernel SIGKILLs the child).
+
+How it is executed: through a symlink named after the plugin, in a fresh 0700 directory,
+pointing at ``/proc/<launcher>/fd/<memfd>``. The kernel names the process (``comm``) after
+the path it executes, so the child is called after the plugin, not ``5`` (exec by
+``/proc/self/fd/5``) nor ``memfd:<name>`` (``execveat(AT_EMPTY_PATH)`` on Linux 6.14+);
+and the path resolves through the launcher's descriptor table, so the child holds no
+descriptor of the copy at all (a ``#!`` interpreter re-opens the same path). The link is
+removed once the handshake is read. For a binary, ``/proc/<child>/exe`` must then be the
+sealed memfd itself (same inode), or the child is killed: what runs is what was verified,
+whatever happened to the link meanwhile. Its stdout and stderr
 lines are passed to the launcher's stderr verbatim, so Vault re-logs hclog JSON lines at
 their own level. :func:`child_environment` (pure) decides what the child sees of Vault's
 environment: everything, minus what the launcher owns.
@@ -12,8 +22,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 from typing import Callable, Mapping
 
 from shim.goplugin import handshake as hs
@@ -35,6 +47,18 @@ def child_environment(vault_env: Mapping[str, str], socket_dir: str) -> dict[str
     env[hs.ENV_UNIX_SOCKET_DIR] = socket_dir
     env["TMPDIR"] = socket_dir
     return env
+
+
+COMM_MAX = 15  # TASK_COMM_LEN - 1: the kernel keeps this many bytes of the name
+
+
+def process_name(name: str | None, argv0: str) -> str:
+    """What the child is called: the plugin's name, else the verified file's name. A path
+    component, never empty, ``.`` or ``..``."""
+    for candidate in (name, os.path.basename(argv0)):
+        if candidate and "/" not in candidate and "\0" not in candidate and candidate not in (".", ".."):
+            return candidate
+    return "plugin"
 
 
 def _die_with_parent(parent: int) -> Callable[[], None]:
@@ -86,7 +110,8 @@ class Child(PluginClient):
 
     def __init__(self, fd: int, argv: list[str], vault_env: Mapping[str, str], socket_dir: str, *,
                  start_timeout: float, on_conninfo: Callable | None = None,
-                 on_spawn: Callable[[int], None] | None = None):
+                 on_spawn: Callable[[int], None] | None = None, name: str | None = None,
+                 exe_dir: str | None = None):
         offered = hs.parse_protocol_versions(vault_env.get(hs.ENV_PROTOCOL_VERSIONS)).versions
         cookie_key = next((k for k in ("VAULT_BACKEND_PLUGIN", "VAULT_DATABASE_PLUGIN") if k in vault_env),
                           "VAULT_BACKEND_PLUGIN")
@@ -94,6 +119,9 @@ class Child(PluginClient):
         config = hs.HandshakeConfig(cookie_key, vault_env.get(cookie_key) or "unset",
                                     offered or tuple(range(1, 100)))
         self.fd = fd
+        self.name = process_name(name, argv[0])
+        self.exe_dir = exe_dir or os.path.dirname(socket_dir)  # private (0700), not the child's TMPDIR
+        self._link_dir: str | None = None
         self.spawned_pid: int | None = None
         self.on_spawn = on_spawn
         self.argv = list(argv)
@@ -107,14 +135,29 @@ class Child(PluginClient):
     def _environment(self) -> dict[str, str]:
         return dict(self.child_env)
 
+    def start(self) -> hs.HandshakeLine:
+        try:
+            return super().start()
+        finally:
+            self._drop_link()  # a #! interpreter has re-opened it by now
+
+    def _drop_link(self) -> None:
+        if self._link_dir is not None:
+            shutil.rmtree(self._link_dir, ignore_errors=True)
+            self._link_dir = None
+
     def _launch(self, path: str, fd: int) -> None:
-        # path is /proc/self/fd/N of the sealed memfd; in the child that names the same
-        # descriptor, which stays open there (a #! interpreter reopens it).
+        # Exec a link named after the plugin that resolves through OUR descriptor table:
+        # the child gets no descriptor of the copy (close_fds), the kernel opens the
+        # sealed memfd itself, and comm is the link's name (see the module docstring).
+        self._link_dir = tempfile.mkdtemp(prefix="exe.", dir=self.exe_dir)
+        link = os.path.join(self._link_dir, self.name)
+        os.symlink(f"/proc/{os.getpid()}/fd/{self.fd}", link)
         try:
             self.proc = subprocess.Popen(
-                self.argv, executable=f"/proc/self/fd/{self.fd}", env=self._environment(),
+                self.argv, executable=link, env=self._environment(), close_fds=True,
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                pass_fds=(self.fd,), process_group=0, preexec_fn=_die_with_parent(os.getpid()))
+                process_group=0, preexec_fn=_die_with_parent(os.getpid()))
         except PermissionError as exc:
             raise ExecRefusedError(f"executing the verified copy was refused ({exc.strerror})") from None
         except OSError as exc:
@@ -124,12 +167,28 @@ class Child(PluginClient):
         if self.on_spawn is not None:
             self.on_spawn(self.proc.pid)
         self._spawn(self._read_stderr, "stderr")
+        if os.pread(self.fd, 2, 0) != b"#!":
+            self._check_exe()
+
+    def _check_exe(self) -> None:
+        """Popen returned, so the exec is done: the running image must be our sealed copy."""
+        want = os.fstat(self.fd)
+        try:
+            got = os.stat(f"/proc/{self.proc.pid}/exe")
+        except OSError:
+            return  # exited already: the handshake read reports it
+        if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
+            self._terminate()
+            raise StartError(f"the started process of {self.argv[0]} does not run the verified copy",
+                             fix="another process with the Vault user's rights changed the launcher's "
+                                 "private directory; check the node for intrusion")
 
     def terminate(self) -> None:
         """SIGKILL the child's process group now (no Shutdown call) and reap it."""
         with self._lock:
             self._disconnect()
             self._terminate()
+        self._drop_link()
 
     @property
     def pid(self) -> int | None:

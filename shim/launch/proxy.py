@@ -251,8 +251,9 @@ class Proxy:
     """Everything proxy mode runs, in the order :meth:`run` sets it up and tears it down."""
 
     def __init__(self, fd: int, argv: list[str], vault_env: Mapping[str, str], *,
-                 start_timeout: float = START_TIMEOUT, child_grace: float = CHILD_GRACE):
-        self.fd, self.argv = fd, list(argv)
+                 start_timeout: float = START_TIMEOUT, child_grace: float = CHILD_GRACE,
+                 name: str | None = None):
+        self.fd, self.argv, self.name = fd, list(argv), name
         self.env = dict(vault_env)
         self.start_timeout, self.child_grace = start_timeout, child_grace
         self.janitor: Janitor | None = None
@@ -297,7 +298,8 @@ class Proxy:
         self.bridge = BrokerBridge(identity, vault_der, private=self.base, public=public_dir,
                                    on_public_socket=self._public_socket, tmp_base=self.base)
         self.child = child = Child(self.fd, self.argv, self.env, child_dir, start_timeout=self.start_timeout,
-                                   on_spawn=lambda pid: self.janitor.add("pgid", pid))
+                                   on_spawn=lambda pid: self.janitor.add("pgid", pid), name=self.name,
+                                   exe_dir=self.base)
         child_line = child.start()
         self.child_address = (child_line.network, child_line.address)
         self._check_child(grpcutil.grpc_target(child_line.network, child_line.address))
@@ -471,14 +473,16 @@ class Proxy:
 
 
 def run(fd: int, argv: list[str], vault_env: Mapping[str, str], *, start_timeout: float = START_TIMEOUT,
-        plugin: str = "plugin", signals: bool = True) -> int:
-    """Proxy mode's main: returns the launcher's exit code."""
+        plugin: str = "plugin", signals: bool = True, name: str | None = None) -> int:
+    """Proxy mode's main: returns the launcher's exit code. ``plugin`` names the plugin in
+    messages; ``name`` is what its process is called (``comm``), by default the file name
+    of ``argv[0]``."""
     root = logging.getLogger()
     if not root.handlers:
         handler = HclogHandler()
         handler.setLevel(logging.WARNING)
         root.addHandler(handler)
-    proxy = Proxy(fd, argv, vault_env, start_timeout=start_timeout)
+    proxy = Proxy(fd, argv, vault_env, start_timeout=start_timeout, name=name)
     if signals and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host's group gets Ctrl-C too; it stops us itself
         signal.signal(signal.SIGTERM, lambda *_: proxy.request_stop())
