@@ -353,3 +353,23 @@ def test_token_file_and_namespace(bao_dev, release, tmp_path):
     in_ns = json.loads(bao_dev.bao("secrets", "list", "-format=json",
                                    env=bao_dev.env(BAO_NAMESPACE="team-a", VAULT_NAMESPACE="team-a")).stdout)
     assert f"{release.name}/" in in_ns and f"{release.name}/" not in mounts(bao_dev)
+
+
+def test_the_recipes_policy_is_enough_on_a_real_server(bao_dev, release):
+    """build/k8s/register-policy.hcl, loaded into OpenBao as it stands (the plugin name put
+    in), gives a token that can register, pin and mount, and nothing here needs root."""
+    from pathlib import Path
+
+    recipe = (Path(__file__).resolve().parent.parent / "build" / "k8s" / "register-policy.hcl").read_text()
+    policy_file = release.root / "register-policy.hcl"
+    policy_file.write_text(recipe.replace("myplugin", release.name))
+    bao_dev.bao("policy", "write", f"register-{release.name}", str(policy_file))
+    token = bao_dev.bao("token", "create", f"-policy=register-{release.name}", "-ttl=15m",
+                        "-field=token").stdout.strip()
+    env = openbao.cli_env(bao_dev, VAULT_TOKEN=token, BAO_TOKEN=token)
+    done = release.register("--mount", release.name, env=env)
+    assert done.returncode == 0, done.stderr
+    done = release.register("--mount", release.name, "--pin", env=env)  # again, with --pin: tunes
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(bao_dev.bao("read", "-format=json", f"{release.name}/version").stdout)["data"]
+    assert answer["version"] == "v1.0.0"

@@ -2,12 +2,16 @@
 # `vault-plugin-shim register`). Grant it to a short-lived token, run the Job, revoke the token.
 #   vault policy write vault-plugin-shim-register build/k8s/register-policy.hcl
 #   vault token create -policy=vault-plugin-shim-register -ttl=15m -use-limit=10 -field=token
-# Checked with: tests/test_ops_recipes.py (it grants every path `register` calls); not loaded
-# into a Vault server here (none on the machine that wrote it).
+# Checked with: tests/test_ops_recipes.py (it grants every path `register` calls), and loaded
+# into a real OpenBao 2.7.2 whose token then registers, pins and mounts
+# (tests/test_openbao_ops_register.py::test_the_recipes_policy_is_enough_on_a_real_server).
+# HashiCorp Vault itself cannot be installed here: on Vault, --pin uses sys/plugins/pins.
 
-# Register the launcher (the catalog requires sudo).
+# Register the launcher (the catalog requires sudo). read: compare with the entry already
+# there (another launcher's entry is not replaced without --force); delete: remove the
+# probe entry register writes first to learn the plugin's version.
 path "sys/plugins/catalog/secret/myplugin" {
-  capabilities = ["create", "update", "sudo"]
+  capabilities = ["create", "read", "update", "delete", "sudo"]
 }
 
 # Read back which version Vault recorded for the launcher.
@@ -18,6 +22,11 @@ path "sys/plugins/catalog" {
 # --pin (Vault 1.16+).
 path "sys/plugins/pins/secret/myplugin" {
   capabilities = ["create", "update", "sudo"]
+}
+
+# --pin on OpenBao (no pins there): move each mount of the plugin with secrets tune.
+path "sys/mounts/+/tune" {
+  capabilities = ["read", "update"]
 }
 
 # --mount: see what is enabled, enable the plugin if it is missing.
