@@ -75,34 +75,6 @@ def test_usage_errors_are_clear(tmp_path):
     assert p.returncode == 1 and "not a vault-plugin-shim launcher" in p.stderr
 
 
-def test_transit_keygen_and_sign_end_to_end(tmp_path):
-    """`keygen --from-transit` + `sign --transit-key` against the Vault API fake (real hvac),
-    then the launcher's verification and the minisign CLI accept the result."""
-    import os
-
-    from tests.support.fakevault import ROOT_TOKEN, FakeVault
-
-    with FakeVault() as vault:
-        vault.create_transit_key("release")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-        env.update(VAULT_ADDR=vault.url, VAULT_TOKEN=ROOT_TOKEN, HOME=str(tmp_path))
-        run = lambda *a: subprocess.run([sys.executable, "-m", "shim.cli", *map(str, a)], capture_output=True,
-                                        text=True, cwd=ROOT, env=env, timeout=60)
-        pub = tmp_path / "transit.pub"
-        k = run("keygen", "--from-transit", "release", "--public-key", pub)
-        assert k.returncode == 0, k.stderr
-        d = tmp_path / "plugins"
-        d.mkdir(mode=0o755)
-        plugin = R.script_plugin(d / "kv-3.0.0", "v3")
-        s = run("sign", "--transit-key", "release", "--name", "kv", "--type", "secret", "--version", "3.0.0", plugin)
-        assert s.returncode == 0, s.stderr
-    v = cli("verify", "--trusted-key", pub, "--name", "kv", d)
-    assert v.returncode == 0 and "[LAUNCH] kv-3.0.0" in v.stdout, v.stdout + v.stderr
-    m = subprocess.run(["minisign", "-V", "-p", pub, "-m", f"{plugin}.manifest.json"], capture_output=True,
-                       text=True, timeout=30)
-    assert m.returncode == 0 and "name=kv type=secret version=3.0.0" in m.stdout
-
-
 def _sign(tmp_path, *extra, env=None):
     import os
 
