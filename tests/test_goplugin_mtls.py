@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import os
 import ssl
-import stat
 
 import pytest
 from cryptography import x509
@@ -118,26 +117,47 @@ def test_client_checks_server_name(host, plugin):
                    server_hostname="unused")
 
 
-def test_key_files_live_in_a_private_dir_and_are_removed(tmp_path, monkeypatch, host, plugin):
+def test_keys_are_loaded_from_memory_never_from_a_file(tmp_path, monkeypatch, host, plugin):
+    """ssl loads by path: the paths handed to it are in-memory files (/proc/self/fd/N of a
+    memfd), not files in any directory; nothing is created in TMPDIR or the cwd."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
     seen = []
     original = ssl.SSLContext.load_cert_chain
 
-    def spy(self, certfile, *args, **kwargs):
-        d = os.path.dirname(certfile)
-        seen.append((stat.S_IMODE(os.stat(d).st_mode), stat.S_IMODE(os.stat(certfile).st_mode),
-                     os.path.commonpath([d, str(tmp_path)]) == str(tmp_path)))
-        return original(self, certfile, *args, **kwargs)
+    def spy(self, certfile, keyfile=None, *args, **kwargs):
+        for path in (certfile, keyfile):
+            assert path is not None and path.startswith("/proc/self/fd/"), path
+            target = os.readlink(path)
+            seen.append(target)
+            assert target.startswith(("/memfd:", "pipe:")), target  # on no file system
+        return original(self, certfile, keyfile, *args, **kwargs)
 
     monkeypatch.setattr(ssl.SSLContext, "load_cert_chain", spy)
-    mtls.server_context(plugin, host.cert_der, tmp_base=str(tmp_path))
-    mtls.client_context(host, plugin.cert_der, tmp_base=str(tmp_path))
-    assert seen == [(0o700, 0o600, True)] * 2
+    before = set(os.listdir("/proc/self/fd"))
+    mtls.server_context(plugin, host.cert_der)
+    mtls.client_context(host, plugin.cert_der)
+    assert len(seen) == 4
     assert os.listdir(tmp_path) == []
+    assert set(os.listdir("/proc/self/fd")) == before, "the in-memory files are closed again"
 
 
-def test_key_dir_removed_even_when_loading_fails(tmp_path, host):
+def test_keys_load_from_a_pipe_where_memfd_create_is_refused(monkeypatch, host, plugin):
+    def refuse(*a, **k):
+        raise PermissionError(1, "memfd_create blocked by seccomp")
+
+    monkeypatch.setattr(os, "memfd_create", refuse)
+    server, client = _handshake(mtls.server_context(plugin, host.cert_der),
+                                mtls.client_context(host, plugin.cert_der))
+    mtls.check_peer(server, host.cert_der)
+    mtls.check_peer(client, plugin.cert_der)
+
+
+def test_a_broken_key_is_a_named_error_and_leaves_nothing_open(host):
     broken = mtls.Identity(host.cert_pem, b"-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
                            host.cert_der)
-    with pytest.raises(TLSSetupError, match="could not load"):
-        mtls.server_context(broken, host.cert_der, tmp_base=str(tmp_path))
-    assert os.listdir(tmp_path) == []
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(TLSSetupError, match="could not load") as ei:
+        mtls.server_context(broken, host.cert_der)
+    assert ei.value.cause.startswith("SSLError")
+    assert set(os.listdir("/proc/self/fd")) == before

@@ -10,7 +10,7 @@ stub's fixed environment and the janitor with an empty one).
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import signal
 import stat
 import tempfile
@@ -202,3 +202,98 @@ def test_script_child_holds_no_memfd_and_is_named_after_the_plugin(tmp_path):
         v.assert_clean()
     finally:
         v.close()
+
+
+# --- no key on disk ------------------------------------------------------------------------
+
+class Creations:
+    """Everything created under ``root`` (recursively) while it runs, with its type when
+    it could still be seen: inotify on each directory as soon as it appears, plus a listing
+    of the new directory right after its watch is added (for what came before)."""
+
+    IN_CREATE, IN_MOVED_TO, IN_ISDIR, IN_NONBLOCK, IN_CLOEXEC = 0x100, 0x80, 0x40000000, 0o4000, 0o2000000
+
+    def __init__(self, root: Path):
+        import ctypes
+        import struct
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._struct = struct.Struct("iIII")
+        self.fd = self._libc.inotify_init1(self.IN_NONBLOCK | self.IN_CLOEXEC)
+        assert self.fd >= 0, "inotify_init1 failed"
+        self.dirs: dict[int, str] = {}
+        self.seen: dict[str, str] = {}   # path -> "dir", "sock", "link", "file" or "gone"
+        self._stop = threading.Event()
+        self._watch(str(root))
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _watch(self, path: str) -> None:
+        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), self.IN_CREATE | self.IN_MOVED_TO)
+        if wd < 0:
+            return  # gone already
+        self.dirs[wd] = path
+        try:
+            names = os.listdir(path)
+        except OSError:
+            return
+        for name in names:
+            self._saw(os.path.join(path, name))
+
+    def _saw(self, path: str) -> None:
+        if path in self.seen:
+            return
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            self.seen[path] = "gone"
+            return
+        kind = ("dir" if stat.S_ISDIR(mode) else "sock" if stat.S_ISSOCK(mode)
+                else "link" if stat.S_ISLNK(mode) else "file")
+        self.seen[path] = kind
+        if kind == "dir":
+            self._watch(path)
+
+    def _run(self) -> None:
+        import select
+
+        while not self._stop.is_set():
+            select.select([self.fd], [], [], 0.05)
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                continue
+            offset = 0
+            while offset < len(data):
+                wd, _mask, _cookie, size = self._struct.unpack_from(data, offset)
+                name = data[offset + 16:offset + 16 + size].rstrip(b"\0")
+                offset += 16 + size
+                if wd in self.dirs and name:
+                    self._saw(os.path.join(self.dirs[wd], os.fsdecode(name)))
+
+    def stop(self) -> dict[str, str]:
+        self._stop.set()
+        self._thread.join(5)
+        os.close(self.fd)
+        return self.seen
+
+
+def test_no_key_file_ever_exists_during_a_proxy_run(node):
+    """The launcher loads its AutoMTLS key (several ssl contexts: Vault's socket, broker ids
+    both ways) while TMPDIR is watched: nothing but directories, sockets and the child's
+    exec link is ever created there, and the run works."""
+    watch = Creations(node.sock)
+    try:
+        res = node.host("broker", "host-dials", "plugin-dials")
+    finally:
+        seen = watch.stop()
+    assert res.ok, res.describe()
+    assert any(kind == "sock" for kind in seen.values()), seen  # the watch did see the run
+    # go-plugin's own trick (host and plugin): ioutil.TempFile("", "plugin"), removed, then a
+    # unix socket bound at that path. Anything else that is a regular file is ours.
+    files = {path: kind for path, kind in seen.items()
+             if kind == "file" and not re.fullmatch(r"plugin\d+", os.path.basename(path))}
+    assert files == {}, "files created during a proxy run (keys must stay in memory)"
+    keyish = [p for p in seen if re.search(r"tls|\.pem$|key", os.path.basename(p))]
+    assert keyish == [], seen
+    assert node.leftovers() == []

@@ -16,9 +16,7 @@ from __future__ import annotations
 import datetime
 import os
 import secrets
-import shutil
 import ssl
-import tempfile
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -109,24 +107,51 @@ def cert_pem_from_der(der: bytes, *, source: str = "handshake line") -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _load_identity(ctx: ssl.SSLContext, identity: Identity, tmp_base: str | None) -> None:
-    """ssl reads keys only from files: write them to a private dir, load, delete at once."""
-    tmp = tempfile.mkdtemp(prefix="goplugin-tls.", dir=tmp_base)
+def _anonymous_file(data: bytes) -> int:
+    """A readable descriptor holding ``data`` that no file system has: a memfd, or where
+    memfd_create is refused (seccomp), a pipe (``data`` must fit its 64 KiB buffer)."""
     try:
-        os.chmod(tmp, 0o700)
-        path = os.path.join(tmp, "identity.pem")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(identity.key_pem + identity.cert_pem)
-        ctx.load_cert_chain(path)
+        fd = os.memfd_create("goplugin-tls", os.MFD_CLOEXEC)
+    except OSError:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            _write_all(w, data)
+        finally:
+            os.close(w)
+        return r
+    try:
+        _write_all(fd, data)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _load_identity(ctx: ssl.SSLContext, identity: Identity) -> None:
+    """``ssl`` loads keys only by path: give it ``/proc/self/fd/N`` of in-memory files, so
+    the private key is never written to any disk or directory. Certificate and key come
+    from separate descriptors (OpenSSL opens the path once for each)."""
+    fds: list[int] = []
+    try:
+        fds.append(_anonymous_file(identity.cert_pem))
+        fds.append(_anonymous_file(identity.key_pem))
+        ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
     except (OSError, ssl.SSLError) as exc:
-        raise TLSSetupError(f"could not load our AutoMTLS certificate: {exc}",
-                            fix="make sure the temp directory is writable") from None
+        raise TLSSetupError("could not load our AutoMTLS certificate",
+                            fix="mount /proc: the key is loaded from an in-memory file through "
+                                "its /proc/self/fd path") from exc
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for fd in fds:
+            os.close(fd)
 
 
-def _context(purpose: int, identity: Identity, peer_der: bytes, tmp_base: str | None) -> ssl.SSLContext:
+def _context(purpose: int, identity: Identity, peer_der: bytes) -> ssl.SSLContext:
     ctx = ssl.SSLContext(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -134,19 +159,19 @@ def _context(purpose: int, identity: Identity, peer_der: bytes, tmp_base: str | 
         ctx.load_verify_locations(cadata=peer_der)
     except ssl.SSLError as exc:
         raise TLSSetupError(f"the peer's AutoMTLS certificate cannot be used as a trust anchor: {exc}") from None
-    _load_identity(ctx, identity, tmp_base)
+    _load_identity(ctx, identity)
     ctx.set_alpn_protocols(ALPN)
     return ctx
 
 
-def server_context(identity: Identity, peer_der: bytes, *, tmp_base: str | None = None) -> ssl.SSLContext:
+def server_context(identity: Identity, peer_der: bytes) -> ssl.SSLContext:
     """For accepting: present ``identity``, require a client cert issued by ``peer_der``."""
-    return _context(ssl.PROTOCOL_TLS_SERVER, identity, peer_der, tmp_base)
+    return _context(ssl.PROTOCOL_TLS_SERVER, identity, peer_der)
 
 
-def client_context(identity: Identity, peer_der: bytes, *, tmp_base: str | None = None) -> ssl.SSLContext:
+def client_context(identity: Identity, peer_der: bytes) -> ssl.SSLContext:
     """For dialing: present ``identity``, verify the server against ``peer_der`` as localhost."""
-    ctx = _context(ssl.PROTOCOL_TLS_CLIENT, identity, peer_der, tmp_base)
+    ctx = _context(ssl.PROTOCOL_TLS_CLIENT, identity, peer_der)
     ctx.check_hostname = True
     return ctx
 

@@ -69,12 +69,12 @@ class BrokerBridge:
     """
 
     def __init__(self, identity: mtls.Identity, vault_der: bytes, *, private: str, public: str,
-                 on_public_socket: Callable[[str], None], tmp_base: str):
+                 on_public_socket: Callable[[str], None]):
         self.vault_der = vault_der
         self.private, self.public = private, public
         self.on_public_socket = on_public_socket
-        self.server_ctx = mtls.server_context(identity, vault_der, tmp_base=tmp_base)
-        self.client_ctx = mtls.client_context(identity, vault_der, tmp_base=tmp_base)
+        self.server_ctx = mtls.server_context(identity, vault_der)
+        self.client_ctx = mtls.client_context(identity, vault_der)
         self._fronts: list = []
         self._lock = threading.Lock()
         self._closed = False
@@ -296,7 +296,7 @@ class Proxy:
         identity = mtls.generate_identity()
         public_dir = self.env.get(hs.ENV_UNIX_SOCKET_DIR) or self.base
         self.bridge = BrokerBridge(identity, vault_der, private=self.base, public=public_dir,
-                                   on_public_socket=self._public_socket, tmp_base=self.base)
+                                   on_public_socket=self._public_socket)
         self.child = child = Child(self.fd, self.argv, self.env, child_dir, start_timeout=self.start_timeout,
                                    on_spawn=lambda pid: self.janitor.add("pgid", pid), name=self.name,
                                    exe_dir=self.base)
