@@ -11,6 +11,7 @@ API:
     read(server, path, token=None)      -> the response's "data" (dict), or None on 404
     write(server, path, **data)         -> the whole JSON response (dict, {} if none)
     sha256_file(path)                   -> hex
+    cli(*args, env, check=True)         -> run `vault-plugin-shim ARGS` (fails the test on error)
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,18 @@ def read(server: bao.Server, path: str, token: str | None = None) -> dict | None
 def write(server: bao.Server, path: str, **data: str) -> dict:
     res = server.bao("write", "-format=json", path, *[f"{k}={v}" for k, v in data.items()])
     return json.loads(res.stdout) if res.stdout.strip() else {}
+
+
+_VENV_CLI = Path(sys.executable).with_name("vault-plugin-shim")
+
+
+def cli(*args, env: dict[str, str], check: bool = True,
+        timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """Run the project's CLI (the installed console script) as an operator would."""
+    argv = [str(_VENV_CLI)] if _VENV_CLI.exists() else [sys.executable, "-m", "shim.cli"]
+    done = subprocess.run([*argv, *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    if check and done.returncode != 0:
+        raise AssertionError(f"vault-plugin-shim {' '.join(map(str, args))} failed "
+                             f"({done.returncode}):\n{done.stdout}{done.stderr}")
+    return done

@@ -125,8 +125,11 @@ func (b *backend) HandleRequest(ctx context.Context, args *pb.HandleRequestArgs)
 	}
 	op, path := req.Operation, req.Path
 	b.log.Debug("request", "operation", op, "path", path)
-	if op == "resolve-path" {
-		return &pb.HandleRequestReply{}, nil // OpenBao asks this for quotas; no roles here
+	switch op {
+	case "resolve-path", "rollback":
+		// OpenBao asks these for quotas and of its rollback manager (every minute and
+		// at mount); this backend has no roles and keeps no write-ahead log.
+		return &pb.HandleRequestReply{}, nil
 	}
 	switch {
 	case path == "version":
