@@ -1,0 +1,216 @@
+"""When a hot-swapping launcher looks at its plugins directory again.
+
+Three things ask for a rescan: the directory changed (``watchdog``'s inotify observer), an
+operator sent SIGHUP, or the fixed interval passed (a safety net for file systems without
+inotify events, and for manifests that expire while nothing changes). A release is three
+files written in any order, often through a temporary name and a rename, so a rescan waits
+until the directory has been quiet for ``settle`` seconds. :class:`Debounce` is that
+decision, pure (clock in, time out); :class:`Watcher` is its thread, fed through a
+self-pipe, so a signal handler or watchdog's own thread can poke it safely.
+
+Rescans never overlap, and never come closer than ``min_gap`` to each other: a directory
+whose files flap cannot turn into a storm of rescans. A directory that never settles is
+rescanned ``max_defer`` seconds after its first change anyway. watchdog (about 60 ms of
+imports) is imported on the watcher's thread, after the launcher has answered Vault.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import threading
+import time
+from typing import Callable
+
+from shim.goplugin import hclog
+
+log = logging.getLogger(__name__)
+
+SETTLE = 1.0        # quiet seconds before a changed directory is rescanned
+MIN_GAP = 2.0       # at least this long between two rescans
+MAX_DEFER = 10.0    # a directory that keeps changing is rescanned after this long anyway
+INTERVAL = 60.0     # and every INTERVAL seconds regardless
+
+# Events our own reading causes (opening a manifest, closing it unchanged): not changes.
+_IGNORED_EVENTS = frozenset({"opened", "closed_no_write"})
+
+FILES, SIGNAL, TIMER, START = "files changed", "SIGHUP", "interval", "start"
+
+
+class Debounce:
+    """When the next rescan is due, and why. Times are from one monotonic clock."""
+
+    def __init__(self, now: float, *, settle: float = SETTLE, min_gap: float = MIN_GAP,
+                 max_defer: float = MAX_DEFER, interval: float = INTERVAL):
+        self.settle, self.min_gap, self.max_defer, self.interval = settle, min_gap, max_defer, interval
+        self.last_rescan = now
+        self.first_change: float | None = None
+        self.last_change: float | None = None
+        self.asked: float | None = None      # SIGHUP (or start) waiting
+        self.asked_reason = SIGNAL
+
+    def changed(self, now: float) -> None:
+        if self.first_change is None:
+            self.first_change = now
+        self.last_change = now
+
+    def ask(self, now: float, reason: str = SIGNAL) -> None:
+        if self.asked is None:
+            self.asked, self.asked_reason = now, reason
+
+    def due(self) -> float:
+        wanted = self.last_rescan + self.interval
+        if self.first_change is not None:
+            wanted = min(wanted, self.last_change + self.settle, self.first_change + self.max_defer)
+        if self.asked is not None:
+            wanted = min(wanted, self.asked)
+        return max(wanted, self.last_rescan + self.min_gap)
+
+    def take(self, now: float) -> str | None:
+        """The reason for a rescan that is due now (and forget what it covers), else None."""
+        if now < self.due():
+            return None
+        reasons = []
+        if self.asked is not None:
+            reasons.append(self.asked_reason)
+        if self.first_change is not None:
+            reasons.append(FILES)
+        self.first_change = self.last_change = self.asked = None
+        return ", ".join(reasons) or TIMER
+
+    def done(self, now: float) -> None:
+        """A rescan ended at ``now``: the gap and the interval count from here."""
+        self.last_rescan = now
+
+
+class Watcher:
+    """Calls ``rescan(reason)`` on its own thread, one at a time, as :class:`Debounce`
+    decides. ``trigger()`` may be called from a signal handler."""
+
+    def __init__(self, directory: str, rescan: Callable[[str], None], *, settle: float = SETTLE,
+                 min_gap: float = MIN_GAP, max_defer: float = MAX_DEFER, interval: float = INTERVAL,
+                 clock: Callable[[], float] = time.monotonic, use_inotify: bool = True,
+                 rescan_at_start: bool = True):
+        self.directory = directory
+        self.rescan = rescan
+        self.clock = clock
+        self.debounce = Debounce(clock(), settle=settle, min_gap=min_gap, max_defer=max_defer,
+                                 interval=interval)
+        if rescan_at_start:
+            self.debounce.ask(clock(), START)
+        self.use_inotify = use_inotify
+        self.mode = "starting"          # "inotify", or "interval and SIGHUP" without it
+        self.rescans = 0
+        self._r, self._w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread: threading.Thread | None = None
+        self._observer = None
+        self._stopping = False
+
+    # poking (any thread, or a signal handler)
+
+    def _poke(self, code: bytes) -> None:
+        try:
+            os.write(self._w, code)
+        except (BlockingIOError, OSError):
+            pass  # a full pipe already holds a poke; a closed one means we stopped
+
+    def trigger(self) -> None:
+        """SIGHUP: rescan now (no sooner than ``min_gap`` after the last one)."""
+        self._poke(b"h")
+
+    def changed(self) -> None:
+        self._poke(b"e")
+
+    # the thread
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="vps-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop watching; waits for a rescan in progress to end (the caller makes it end)."""
+        self._stopping = True
+        self._poke(b"q")
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self._stop_observer()
+        for fd in (self._r, self._w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._r = self._w = -1
+
+    def _start_observer(self) -> None:
+        if not self.use_inotify:
+            self.mode = "interval and SIGHUP"
+            return
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+
+            watcher = self
+
+            class Handler(FileSystemEventHandler):
+                def on_any_event(self, event):
+                    if event.event_type not in _IGNORED_EVENTS:
+                        watcher.changed()
+
+            observer = Observer()
+            observer.schedule(Handler(), self.directory, recursive=False)
+            observer.start()
+        except Exception as exc:  # no inotify, the watch limit, a missing module: degrade, say so
+            self.mode = "interval and SIGHUP"
+            hclog.warn("vault-plugin-shim: cannot watch the plugins directory for new versions; rescanning "
+                       f"every {self.debounce.interval:g} s and on SIGHUP only", file=self.directory,
+                       reason=f"{type(exc).__name__}: {exc}",
+                       fix="raise fs.inotify.max_user_watches, or send SIGHUP to the launcher after a copy")
+            return
+        self._observer = observer
+        self.mode = "inotify"
+
+    def _stop_observer(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            try:
+                observer.stop()
+                observer.join(5.0)
+            except Exception as exc:
+                log.debug("stopping the directory observer: %s", exc)
+
+    def _run(self) -> None:
+        self._start_observer()
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._r, selectors.EVENT_READ)
+            while not self._stopping:
+                wait = max(0.0, self.debounce.due() - self.clock())
+                if sel.select(wait):
+                    if self._read_pokes():
+                        return
+                reason = self.debounce.take(self.clock())
+                if reason is None:
+                    continue
+                self.rescans += 1
+                try:
+                    self.rescan(reason)
+                except Exception as exc:  # a bug must not stop the watching, nor print a traceback
+                    hclog.error("vault-plugin-shim: a rescan of the plugins directory failed unexpectedly",
+                                file=self.directory, reason=f"{type(exc).__name__}: {exc}",
+                                fix="report this as a vault-plugin-shim bug; the running version keeps serving")
+                self.debounce.done(self.clock())
+
+    def _read_pokes(self) -> bool:
+        """Apply what was poked; True when asked to quit."""
+        try:
+            data = os.read(self._r, 4096)
+        except BlockingIOError:
+            return False
+        now = self.clock()
+        if b"q" in data or self._stopping:
+            return True
+        if b"e" in data:
+            self.debounce.changed(now)
+        if b"h" in data:
+            self.debounce.ask(now, SIGNAL)
+        return False

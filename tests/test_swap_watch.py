@@ -1,0 +1,236 @@
+"""When a hot-swapping launcher rescans its plugins directory (shim.launch.watch).
+
+The debounce decision is pure and tested on a fake clock. The watcher is tested on a real
+directory with watchdog's inotify observer: releases written in any order and through
+temporary names settle into one rescan, our own reads cause none, SIGHUP and the interval
+work, and flapping files cannot make a storm of rescans.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from shim.launch import watch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- the decision ------------------------------------------------------------------------
+
+def test_a_change_waits_for_the_directory_to_settle():
+    d = watch.Debounce(0.0, settle=1.0, min_gap=2.0, max_defer=10.0, interval=60.0)
+    d.changed(5.0)
+    assert d.due() == 6.0
+    d.changed(5.8)           # the next file of the release
+    assert d.due() == 6.8
+    assert d.take(6.7) is None
+    assert d.take(6.8) == watch.FILES
+    d.done(7.0)
+    assert d.due() == 67.0    # nothing pending: the interval
+
+
+def test_a_directory_that_never_settles_is_rescanned_after_max_defer():
+    d = watch.Debounce(0.0, settle=1.0, min_gap=2.0, max_defer=10.0, interval=60.0)
+    t = 3.0
+    while t < 20.0:
+        d.changed(t)
+        if d.take(t) is not None:
+            break
+        t += 0.5
+    assert t == 13.0          # first change at 3.0, max_defer 10
+
+
+def test_rescans_keep_the_minimum_gap():
+    d = watch.Debounce(0.0, settle=0.1, min_gap=2.0, max_defer=10.0, interval=60.0)
+    d.done(10.0)
+    d.changed(10.1)
+    d.ask(10.2)
+    assert d.due() == 12.0
+    assert d.take(12.0) == f"{watch.SIGNAL}, {watch.FILES}"
+
+
+def test_sighup_is_due_at_once_and_the_interval_counts_from_the_last_rescan():
+    d = watch.Debounce(0.0, settle=1.0, min_gap=2.0, max_defer=10.0, interval=30.0)
+    d.done(100.0)
+    d.ask(150.0)
+    assert d.take(150.0) == watch.SIGNAL
+    d.done(150.5)
+    assert d.take(180.4) is None and d.take(180.5) == watch.TIMER
+
+
+# --- the watcher on a real directory ---------------------------------------------------
+
+class Recorder:
+    def __init__(self, directory: Path | None = None, fail: bool = False):
+        self.reasons: list[str] = []
+        self.directory, self.fail = directory, fail
+        self.lock = threading.Lock()
+
+    def __call__(self, reason: str) -> None:
+        if self.directory is not None:  # read every file, as a selection does
+            for name in os.listdir(self.directory):
+                with open(self.directory / name, "rb") as f:
+                    f.read()
+        with self.lock:
+            self.reasons.append(reason)
+        if self.fail:
+            raise RuntimeError("a bug in the rescan")
+
+    @property
+    def count(self) -> int:
+        with self.lock:
+            return len(self.reasons)
+
+
+def wait_for(cond, what: str, deadline: float = 20.0):
+    end = time.monotonic() + deadline
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {deadline:.0f} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def stays(cond, window: float) -> bool:
+    """``cond`` holds for the whole ``window`` (what must *not* happen needs a window)."""
+    end = time.monotonic() + window
+    while time.monotonic() < end:
+        if not cond():
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.fixture
+def started():
+    made = []
+
+    def start(directory, rescan, **kw):
+        kw.setdefault("settle", 0.3)
+        kw.setdefault("min_gap", 0.3)
+        kw.setdefault("max_defer", 5.0)
+        kw.setdefault("interval", 3600.0)
+        kw.setdefault("rescan_at_start", False)
+        w = watch.Watcher(str(directory), rescan, **kw)
+        w.start()
+        made.append(w)
+        wait_for(lambda: w.mode != "starting", "the watcher to start")
+        return w
+
+    yield start
+    for w in made:
+        w.stop()
+
+
+def write_release(d: Path, name: str, order: tuple[str, ...], via_temp: bool) -> None:
+    for part in order:
+        target = d / (name + part)
+        if via_temp:
+            tmp = d / f".{name}{part}.tmp"
+            tmp.write_bytes(b"x" * 1000)
+            os.replace(tmp, target)
+        else:
+            target.write_bytes(b"x" * 1000)
+        time.sleep(0.05)  # a writer's pace: the files land one after another
+
+
+@pytest.mark.parametrize("order, via_temp", [
+    (("", ".manifest.json", ".manifest.json.minisig"), False),
+    ((".manifest.json.minisig", ".manifest.json", ""), True),
+    ((".manifest.json", "", ".manifest.json.minisig"), True),
+])
+def test_a_release_written_in_any_order_gives_one_rescan(tmp_path, started, order, via_temp):
+    rec = Recorder(tmp_path)
+    w = started(tmp_path, rec)
+    assert w.mode == "inotify"
+    write_release(tmp_path, "plugin-2.0.0", order, via_temp)
+    wait_for(lambda: rec.count >= 1, "a rescan after the release landed")
+    assert rec.reasons == [watch.FILES]
+    assert stays(lambda: rec.count == 1, 1.5), f"more rescans: {rec.reasons}"
+
+
+def test_our_own_reads_cause_no_rescan(tmp_path, started):
+    for name in ("a", "b", "c"):
+        (tmp_path / name).write_bytes(b"data")
+    rec = Recorder(tmp_path)
+    w = started(tmp_path, rec, rescan_at_start=True)
+    wait_for(lambda: rec.count == 1, "the start rescan")
+    assert rec.reasons == [watch.START] and w.mode == "inotify"
+    assert stays(lambda: rec.count == 1, 1.5), f"rescans from our own reads: {rec.reasons}"
+
+
+def test_removal_and_chmod_are_changes(tmp_path, started):
+    f = tmp_path / "plugin-1.0.0"
+    f.write_bytes(b"x")
+    rec = Recorder()
+    started(tmp_path, rec)
+    f.chmod(0o600)
+    wait_for(lambda: rec.count == 1, "a rescan after a chmod")
+    f.unlink()
+    wait_for(lambda: rec.count == 2, "a rescan after a removal")
+
+
+def test_sighup_rescans_now(tmp_path, started):
+    rec = Recorder()
+    w = started(tmp_path, rec)
+    w.trigger()
+    wait_for(lambda: rec.count == 1, "a rescan after SIGHUP", deadline=5)
+    assert rec.reasons == [watch.SIGNAL]
+
+
+def test_without_inotify_the_interval_and_sighup_still_rescan(tmp_path, started):
+    rec = Recorder()
+    w = started(tmp_path, rec, use_inotify=False, interval=0.5)
+    assert w.mode == "interval and SIGHUP"
+    (tmp_path / "new").write_bytes(b"x")     # unseen without inotify
+    wait_for(lambda: rec.count >= 2, "two interval rescans")
+    assert set(rec.reasons) == {watch.TIMER}
+
+
+def test_flapping_files_cannot_make_a_storm(tmp_path, started):
+    rec = Recorder()
+    started(tmp_path, rec, settle=0.3, min_gap=1.0, max_defer=1.0)
+    f = tmp_path / "plugin-9.9.9"
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 4.0:
+        f.write_bytes(b"x")
+        f.unlink()
+        time.sleep(0.02)
+    storm = time.monotonic() - t0
+    assert 2 <= rec.count <= storm / 1.0 + 1, rec.reasons  # max_defer forces some, min_gap caps them
+
+
+def test_a_failing_rescan_logs_one_line_and_watching_goes_on(tmp_path, started, capfd):
+    rec = Recorder(fail=True)
+    w = started(tmp_path, rec)
+    w.trigger()
+    wait_for(lambda: rec.count == 1, "the failing rescan")
+    (tmp_path / "x").write_bytes(b"x")
+    wait_for(lambda: rec.count == 2, "a rescan after the failure")
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if "rescan of the plugins directory failed" in line]
+    assert len(lines) == 2 and '"@level":"error"' in lines[0] and "RuntimeError: a bug in the rescan" in lines[0]
+    assert "Traceback" not in err
+
+
+def test_stop_ends_the_thread_and_the_observer(tmp_path):
+    rec = Recorder()
+    w = watch.Watcher(str(tmp_path), rec, rescan_at_start=False)
+    before = {t.ident for t in threading.enumerate()}
+    w.start()
+    wait_for(lambda: w.mode == "inotify", "inotify")
+    w.stop()
+    assert {t.ident for t in threading.enumerate() if t.is_alive()} <= before
+
+
+def test_importing_the_watcher_does_not_import_watchdog():
+    code = ("import sys; import shim.launch.watch; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'watchdog'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
