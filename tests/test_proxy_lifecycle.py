@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import stat
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,8 +33,15 @@ VAULT_GONE_BOUND = 5.0
 
 
 @pytest.fixture(scope="module")
-def peer(go_build, go_host):
-    return {"host": go_host, "go": go_build.plugin("1.0.0", 2)}
+def peer(go_build, go_host, tmp_path_factory):
+    import sys
+
+    from tests.test_goplugin_e2e import PLUGIN_SOURCE
+
+    py = tmp_path_factory.mktemp("pyplugin") / "py-plugin"
+    py.write_text(f"#!{sys.executable}\n" + PLUGIN_SOURCE)
+    py.chmod(0o755)
+    return {"host": go_host, "go": go_build.plugin("1.0.0", 2), "py": py}
 
 
 @pytest.fixture
@@ -297,3 +303,61 @@ def test_no_key_file_ever_exists_during_a_proxy_run(node):
     keyish = [p for p in seen if re.search(r"tls|\.pem$|key", os.path.basename(p))]
     assert keyish == [], seen
     assert node.leftovers() == []
+
+
+# --- the host itself is SIGKILLed ------------------------------------------------------------
+
+def ours(launcher: int) -> set[int]:
+    """The launcher and everything it started (janitor, plugin, the plugin's children)."""
+    return {p for p in {launcher, *descendants(launcher)} if alive(p)}
+
+
+def wait_gone(pids: set[int], deadline: float) -> float:
+    """Seconds until none of ``pids`` is alive; fails naming the survivors at ``deadline``."""
+    started = time.monotonic()
+    while any(alive(p) for p in pids):
+        if time.monotonic() - started > deadline:
+            left = {p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:120]
+                    for p in pids if alive(p)}
+            for p in left:
+                os.kill(p, signal.SIGKILL)
+            raise AssertionError(f"still alive {deadline:.0f} s after the host's SIGKILL: {left}")
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("plugin", ["go", "py-ignoring-shutdown"])
+def test_host_sigkill_leaves_no_process_or_socket(peer, tmp_path, plugin):
+    """The go-plugin host (Vault's role) is SIGKILLed while the plugin serves: the launcher
+    notices (a pidfd on its parent), stops the plugin as Vault's Kill would and removes its
+    sockets, within VAULT_GONE_BOUND. The Go plugin exits on Shutdown; the Python plugin
+    ignores it (and has a child and a janitor of its own), so it shows the worst case:
+    CHILD_GRACE, then SIGKILL of its group. Three trials each."""
+    node = Node(peer, tmp_path, "proxy", plugin="go" if plugin == "go" else "py")
+    env = [f"{k}={v}" for k, v in node.env.items()]
+    if plugin != "go":
+        env.append("PYPLUGIN_IGNORE_SHUTDOWN=1")
+    action = ("broker", "host-dials") if plugin == "go" else ("printkv", "spawn", "GRANDCHILD")
+    took = []
+    try:
+        for trial in range(3):
+            marker = gopeer.new_marker()
+            try:
+                with gopeer.start_host(node.peer["host"], node.launcher, *action, sha256=node.sha256,
+                                       env=[*env, marker], host_env={"TMPDIR": str(node.sock)}) as h:
+                    launcher = h.wait_holding()
+                    pids = ours(launcher)
+                    assert len(pids) >= (3 if plugin == "go" else 5), pids  # + the plugin's child and janitor
+                    assert node.leftovers(), "the launcher's socket directory exists while it runs"
+                    os.kill(h.proc.pid, signal.SIGKILL)
+                    h.proc.wait(10)
+                    took.append(wait_gone(pids, deadline=max(20.0, 4 * VAULT_GONE_BOUND)))
+                    assert gopeer.find_marked_processes(marker) == []
+                    wait_until(lambda: node.leftovers() == [], "the socket directories to be removed", 5)
+            finally:
+                gopeer.kill_marked_processes(marker)
+    finally:
+        node.close()
+    print(f"{plugin}: host SIGKILL -> nothing left after at most {max(took):.2f} s "
+          f"(trials: {', '.join(f'{t:.2f}' for t in took)})")
+    assert max(took) < VAULT_GONE_BOUND, took

@@ -16,7 +16,10 @@ private socket), one child connection per Vault connection. In order:
    the child's listeners get an mTLS front for Vault, Vault's get a plaintext front;
 5. Vault's GRPCController/Shutdown reaches the child and marks our stop as requested;
    the child's death ends every open call with UNAVAILABLE naming its exit status, and
-   makes us exit 1 at once, so Vault's reload path takes over.
+   makes us exit 1 at once, so Vault's reload path takes over;
+6. Vault's own death (even SIGKILL, which leaves no one to stop us) is seen through a
+   pidfd of our parent taken at start: we stop the child as Vault's Kill would (Shutdown,
+   then SIGKILL of its group after CHILD_GRACE) and remove everything, then exit.
 
 Profile (benchmarks/proxy.py, 2 vCPU): the grpc.aio relay this replaced cost ~0.8 ms per
 call (p50 ~11x direct, 8-caller throughput ~6% of direct); with frame routing proxy p50 is
@@ -41,6 +44,7 @@ from shim.goplugin.broker import ConnInfo
 from shim.goplugin.errors import GoPluginError, TLSSetupError
 from shim.goplugin.h2route import H2RouteError, Router
 from shim.goplugin.janitor import Janitor
+from shim.goplugin.procgroup import signal_group
 from shim.goplugin.server import HclogHandler, apply_socket_group
 from shim.goplugin.tlsfront import ClientFront, ServerFront, private_dir, run_in_loop, spawn
 from shim.launch.child import Child, ExecRefusedError
@@ -52,6 +56,13 @@ CHILD_GRACE = 1.0        # Vault SIGKILLs us 2 s after Shutdown; leave room for 
 CLOSE_GRACE = 0.5        # flushing the last frames to Vault when we stop
 EXIT_WAIT = 0.2          # how long a broken child connection waits to learn whether the plugin died
 MAX_SOCKET_PATH = 107    # sun_path is 108 bytes with the terminating NUL
+
+
+class VaultGoneError(GoPluginError):
+    """The process that started us (Vault) has exited."""
+
+    default_fix = ("nothing to do here: Vault starts the plugin again when it comes back; this "
+                   "launcher stopped its plugin and removed its sockets")
 
 
 # --- broker bridging ------------------------------------------------------------------
@@ -270,6 +281,10 @@ class Proxy:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping = False
         self._vault_shutdown = False
+        self.vault_gone = False
+        self._vault_pid: int | None = None
+        self._parent_pidfd: int | None = None  # Vault, watched on the loop thread
+        self._group_pidfd: int | None = None   # the child's group, for a stop from the loop thread
         self._exit_note: str | None = None  # the child's exit, noted before we reap it
 
     # set-up ------------------------------------------------------------------------
@@ -282,6 +297,7 @@ class Proxy:
                                 "is not set", fix="run Vault with AutoMTLS (the default since Vault 1.12), "
                                                   "or build the launcher with --mode exec")
         vault_der = mtls.cert_der_from_pem(client_pem)
+        self._watch_vault()
         self.janitor = Janitor()
         self.base = private_dir("vps.", self.env.get("TMPDIR") or None)
         self.janitor.add("dir", self.base)
@@ -297,10 +313,11 @@ class Proxy:
         public_dir = self.env.get(hs.ENV_UNIX_SOCKET_DIR) or self.base
         self.bridge = BrokerBridge(identity, vault_der, private=self.base, public=public_dir,
                                    on_public_socket=self._public_socket)
+        self._check_vault()
         self.child = child = Child(self.fd, self.argv, self.env, child_dir, start_timeout=self.start_timeout,
-                                   on_spawn=lambda pid: self.janitor.add("pgid", pid), name=self.name,
-                                   exe_dir=self.base)
+                                   on_spawn=self._spawned, name=self.name, exe_dir=self.base)
         child_line = child.start()
+        self._check_vault()
         self.child_address = (child_line.network, child_line.address)
         self._check_child(grpcutil.grpc_target(child_line.network, child_line.address))
         run_in_loop(self._watch_child(), timeout=10)
@@ -310,9 +327,61 @@ class Proxy:
         self.front = ServerFront(public, None, self.bridge.server_ctx, vault_der, route=self._route)
         apply_socket_group(public, self.env.get(hs.ENV_UNIX_SOCKET_GROUP))
         self.janitor.check()
+        self._check_vault()
         self.line = hs.HandshakeLine(app_version=child_line.app_version, network="unix", address=public,
                                      protocol="grpc", server_cert=identity.cert_der)
         return self.line
+
+    def _watch_vault(self) -> None:
+        """A pidfd of our parent (Vault: the stub execs the interpreter in the process
+        Vault started), read on the loop thread. If Vault died before we took it, we have
+        been reparented already: getppid() tells, after the pidfd is open. (Had it died
+        before our first getppid(), our handshake line meets a closed pipe instead.)"""
+        ppid = os.getppid()
+        try:
+            pidfd = os.pidfd_open(ppid)
+        except OSError:
+            pidfd = None
+        if pidfd is None or os.getppid() != ppid:
+            if pidfd is not None:
+                os.close(pidfd)
+            self.vault_gone = True
+            raise VaultGoneError(f"the process that started this launcher (pid {ppid}) has exited")
+        self._vault_pid, self._parent_pidfd = ppid, pidfd
+
+        async def watch():
+            asyncio.get_running_loop().add_reader(pidfd, self._vault_exited)
+
+        run_in_loop(watch(), timeout=10)
+
+    def _vault_exited(self) -> None:
+        """Loop thread: Vault is gone, so nobody will ever stop us. Stop as its Kill would."""
+        asyncio.get_running_loop().remove_reader(self._parent_pidfd)
+        self.vault_gone = True
+        hclog.warn("vault-plugin-shim: Vault (the process that started this launcher) has exited; "
+                   "stopping the plugin and removing its sockets", vault_pid=self._vault_pid)
+        if self.line is None and self._group_pidfd is not None:
+            self._kill_starting_child()  # still starting: do not wait for its handshake
+        self.request_stop()
+
+    def _spawned(self, pid: int) -> None:
+        self.janitor.add("pgid", pid)
+        self._group_pidfd = os.pidfd_open(pid)  # our unreaped child: it names its group
+        if self.vault_gone:  # Vault went while we were spawning: the callback may have missed it
+            self._kill_starting_child()
+
+    def _kill_starting_child(self) -> None:
+        try:
+            signal_group(self._group_pidfd)
+        except OSError:  # kernels before 6.9: the child itself (the group goes in close())
+            try:
+                signal.pidfd_send_signal(self._group_pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _check_vault(self) -> None:
+        if self.vault_gone:
+            raise VaultGoneError(f"Vault (pid {self._vault_pid}) exited while the plugin was starting")
 
     def _check_child(self, target: str) -> None:
         """go-plugin's Ping on our own channel, kept for a graceful Shutdown on SIGTERM."""
@@ -379,8 +448,12 @@ class Proxy:
 
     def announce(self) -> None:
         data = (self.line.format() + "\n").encode("ascii")
-        while data:
-            data = data[os.write(1, data):]
+        try:
+            while data:
+                data = data[os.write(1, data):]
+        except BrokenPipeError as exc:  # nobody reads our stdout: Vault is gone
+            self.vault_gone = True
+            raise VaultGoneError("Vault closed the plugin's stdout before the handshake line") from exc
 
     def request_stop(self) -> None:
         """Vault's Shutdown (or SIGTERM): stop the child gracefully, then exit 0."""
@@ -398,6 +471,8 @@ class Proxy:
             while not sel.select():
                 pass
         self._note_exit()
+        if self.vault_gone:
+            return 1
         if self._stopping:
             return 0
         hclog.error("vault-plugin-shim: the plugin process exited unexpectedly; stopping, so that Vault "
@@ -439,7 +514,7 @@ class Proxy:
             self._stop_child()
         if self._channel is not None:
             self._channel.close()
-        if self.routed or self._loop_pidfd is not None:
+        if self.routed or self._loop_pidfd is not None or self._parent_pidfd is not None:
             try:
                 run_in_loop(self._finish(), timeout=10)
             except Exception as exc:  # never let a stuck connection keep sockets around
@@ -453,11 +528,16 @@ class Proxy:
             if self.child is not None and self.child.pid is not None:
                 self.janitor.remove("pgid", self.child.pid)
             self.janitor.close()
-        for fd in (self._wake_r, self._wake_w):
-            os.close(fd)
+        for fd in (self._wake_r, self._wake_w, self._group_pidfd):
+            if fd is not None:
+                os.close(fd)
 
     async def _finish(self) -> None:
         """End Vault's open calls with a reason and flush, before the front aborts the rest."""
+        if self._parent_pidfd is not None:
+            asyncio.get_running_loop().remove_reader(self._parent_pidfd)
+            os.close(self._parent_pidfd)
+            self._parent_pidfd = None
         if self._loop_pidfd is not None:
             loop = asyncio.get_running_loop()
             loop.remove_reader(self._loop_pidfd)
@@ -492,11 +572,17 @@ def run(fd: int, argv: list[str], vault_env: Mapping[str, str], *, start_timeout
         except ExecRefusedError:
             raise  # the memfd cannot be executed here: the caller retries with a private copy
         except (GoPluginError, OSError) as exc:
+            if proxy.vault_gone:  # whatever broke, it broke because Vault went away
+                hclog.warn(f"vault-plugin-shim: {plugin} not started: Vault has exited")
+                return 1
             fields = exc.fields() if isinstance(exc, GoPluginError) else {"reason": str(exc)}
             hclog.error(f"vault-plugin-shim: cannot start {plugin} in proxy mode: "
                         f"{getattr(exc, 'reason', None) or exc}", **fields)
             return 1
-        proxy.announce()
+        try:
+            proxy.announce()
+        except VaultGoneError:
+            return 1
         return proxy.wait()
     finally:
         proxy.close()
