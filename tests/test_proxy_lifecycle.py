@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+import select
+import shutil
 import signal
 import stat
 import threading
@@ -361,3 +363,35 @@ def test_host_sigkill_leaves_no_process_or_socket(peer, tmp_path, plugin):
     print(f"{plugin}: host SIGKILL -> nothing left after at most {max(took):.2f} s "
           f"(trials: {', '.join(f'{t:.2f}' for t in took)})")
     assert max(took) < VAULT_GONE_BOUND, took
+
+
+def test_exec_mode_plugin_outlives_a_sigkilled_host_like_a_plugin_run_directly(peer, tmp_path):
+    """The documented exec-mode decision (README "Exec details"): after exec the launcher
+    IS the plugin and adds nothing, so a SIGKILLed host orphans it exactly as it orphans a
+    go-plugin plugin it ran directly. (No PR_SET_PDEATHSIG: it follows the host thread that
+    forked, and Go may end that thread while Vault runs on, killing a healthy plugin.)"""
+    node = Node(peer, tmp_path, "exec")
+    direct = tmp_path / "direct-plugin"
+    shutil.copy(peer["go"], direct)
+    orphans = []
+    try:
+        for path, sha256 in ((node.launcher, node.sha256), (direct, None)):
+            with gopeer.start_host(peer["host"], path, "ping", sha256=sha256,
+                                   host_env={"TMPDIR": str(node.sock)}) as h:
+                pid = h.wait_holding()
+                pidfd = os.pidfd_open(pid)
+                orphans.append(pidfd)
+                os.kill(h.proc.pid, signal.SIGKILL)
+                h.proc.wait(10)
+                # a deadline, not a synchronisation: the plugin must NOT exit within it
+                assert select.select([pidfd], [], [], 3.0)[0] == [], f"{path.name} exited with its host"
+                assert alive(pid) and parent(pid) != h.proc.pid
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    finally:
+        for pidfd in orphans:
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.close(pidfd)
+        node.close()
