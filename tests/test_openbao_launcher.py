@@ -86,8 +86,9 @@ def _cmdline(pid: int) -> str:
 
 
 class Release:
-    """One plugin name as an operator sets it up: a release key (and a stranger's), a versions
-    directory, and a launcher in the server's plugin_directory, all made with the CLI."""
+    """One plugin name as an operator sets it up: a release key, a versions directory and a
+    launcher in the server's plugin_directory, all made with the CLI (keygen("stranger") adds
+    a key the launcher does not trust)."""
 
     def __init__(self, server, root: Path, name: str, kind: str, mode: str):
         self.server, self.name, self.kind, self.mode = server, name, kind, mode
@@ -95,16 +96,19 @@ class Release:
         self.root = root
         self.versions = root / "versions"
         self.versions.mkdir(mode=0o755)
-        self.key_ids = {}
-        for who in ("release", "stranger"):
-            out = bp.cli("keygen", "--secret-key", root / f"{who}.sk", "--public-key",
-                         root / f"{who}.pub", "--unencrypted", env=self.env).stdout
-            self.key_ids[who] = out.split("key id ", 1)[1].split()[0]
+        self.key_ids: dict[str, str] = {}
+        self.keygen("release")
         self.launcher = server.plugin_dir / f"{name}-launcher"
         bp.cli("launcher", "build", "--trusted-key", root / "release.pub", "--name", name,
                "--type", kind, "--plugins-dir", self.versions, "--min-version", "1.0.0",
                "--mode", mode, "--output", self.launcher, env=self.env)
         self.sha256 = bp.sha256_file(self.launcher)
+
+    def keygen(self, who: str) -> str:
+        out = bp.cli("keygen", "--secret-key", self.root / f"{who}.sk", "--public-key",
+                     self.root / f"{who}.pub", "--unencrypted", env=self.env).stdout
+        self.key_ids[who] = out.split("key id ", 1)[1].split()[0]
+        return self.key_ids[who]
 
     def add(self, binary: Path, version: str, *, key: str = "release", expires: str | None = None,
             issued_at: int | None = None) -> Path:
@@ -363,6 +367,7 @@ def test_refused_versions_show_in_openbao_log_and_the_mount_keeps_working(bao_ra
         raw = bytearray(tampered.read_bytes())
         raw[-1] ^= 0xFF  # same size, other bytes: only the hash can tell
         tampered.write_bytes(bytes(raw))
+        rel.keygen("stranger")
         untrusted = rel.add(v2, "4.0.0", key="stranger")
         expired = rel.add(v2, "5.0.0", expires="1h", issued_at=int(time.time()) - 7200)
         below = rel.add(plugins[(kind, "1.0.0")], "0.9.0")
