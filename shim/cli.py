@@ -318,39 +318,9 @@ def cmd_launcher_inspect(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from shim.demo import render, schedule
-    from shim.demo.run import run_demo
+    from shim.demo import cli as demo_cli
 
-    try:
-        settings = schedule.Settings(
-            nodes=args.nodes, election=args.election, seed=args.seed, restart=args.restart_seconds,
-            crash_interval=args.crash_interval,
-            order=tuple(int(x) for x in args.order.split(",")) if args.order else None)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if args.rate <= 0 or args.rate > 500:
-        raise UsageError("--rate must be within (0, 500] requests per second")
-    color = sys.stdout.isatty()
-    print("vault-plugin-shim demo: a StatefulSet rolling upgrade of a custom plugin, replayed twice.")
-    print("baseline: plugin registered directly, init containers re-register its sha256;")
-    print("shim:     launcher registered once, each pod runs the signed version in its image.\n")
-    print("\n".join(schedule.describe(schedule.build(settings))) + "\n")
-    runs = run_demo(settings, rate=args.rate, start_delay=args.start_delay,
-                    runs=("baseline", "shim") if args.only is None else (args.only,),
-                    log=lambda m: print(m, flush=True))
-    for run in runs:
-        print()
-        print(render.terminal(run, color=color))
-    print("\n" + render.LEGEND + "\n")
-    print(render.summary(runs))
-    if args.report:
-        Path(args.report).write_text(render.html_report(runs))
-        print(f"\nreport written to {args.report}")
-    shim_runs = [r for r in runs if r.name == "shim"]
-    if any(r.failures for r in shim_runs):
-        print("\nFAIL: the shim run had plugin failures", file=sys.stderr)
-        return 1
-    return 0
+    return demo_cli.main(args)
 
 
 # --- parser ----------------------------------------------------------------------------
@@ -432,18 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_launcher_inspect)
 
-    p = sub.add_parser("demo", help="replay a StatefulSet rolling upgrade, with and without the shim")
-    p.add_argument("--nodes", type=int, default=3)
-    p.add_argument("--order", help="restart order, e.g. 2,1,0 (default: highest ordinal first)")
-    p.add_argument("--election", default="worst", choices=("worst", "random"))
-    p.add_argument("--seed", type=int, default=1, help="seed for random elections and crashes")
-    p.add_argument("--rate", type=float, default=40.0, help="requests per second to the leader")
-    p.add_argument("--start-delay", type=float, default=0.0, help="seconds each plugin sleeps before its handshake")
-    p.add_argument("--restart-seconds", type=float, default=2.0, help="pod terminated -> Ready")
-    p.add_argument("--crash-interval", type=float, default=0.0,
-                   help="mean seconds between crashes of the active plugin (0: none)")
-    p.add_argument("--only", choices=("baseline", "shim"), help="run just one of the two")
-    p.add_argument("--report", metavar="FILE", help="also write a self-contained HTML report")
+    p = sub.add_parser("demo", help="replay a StatefulSet rolling upgrade on a real OpenBao cluster, "
+                                    "with and without the shim")
+    from shim.demo.cli import add_arguments as _demo_arguments
+    _demo_arguments(p)
     p.set_defaults(func=cmd_demo)
 
     from shim.ops.cli import add_register_parser

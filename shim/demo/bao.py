@@ -324,10 +324,11 @@ class RaftNode(Server):
 
     def __init__(self, root: Path, plugin_dir: Path | None = None, node_id: str = "node1",
                  peers: Sequence["RaftNode | str"] = (), log_level: str = "debug",
-                 seal_key: Path | None = None):
+                 seal_key: Path | None = None, raft_options: dict[str, str] | None = None):
         super().__init__(root, plugin_dir, log_level)
         self.node_id = node_id
         self.peers = list(peers)
+        self.raft_options = dict(raft_options or {})  # more `storage "raft"` settings (strings)
         self.data_dir = self.root / "data"
         self.data_dir.mkdir(exist_ok=True)
         self.seal_key = Path(seal_key) if seal_key else self.root / "seal.key"
@@ -369,7 +370,8 @@ class RaftNode(Server):
                 f"  path = {_hcl(str(self.data_dir))}\n"
                 f"  node_id = {_hcl(self.node_id)}\n"
                 f"  performance_multiplier = 1\n"
-                f"{joins}"
+                + "".join(f"  {k} = {_hcl(v)}\n" for k, v in self.raft_options.items())
+                + f"{joins}"
                 f"}}\n"
                 f"seal \"static\" {{\n"
                 f"  current_key_id = \"k1\"\n"

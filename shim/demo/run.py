@@ -1,4 +1,7 @@
-"""``vault-plugin-shim demo``: replay a StatefulSet rolling upgrade twice, and measure.
+"""``vault-plugin-shim demo --model``: the rolling upgrade replayed on a model of Vault, twice.
+
+The model, for machines without OpenBao (``vault-plugin-shim demo`` replays it on a real
+cluster: :mod:`shim.demo.replay`).
 
 * **baseline**: the plugin is registered directly (sha256 of the plugin file), and every
   new pod's init container re-registers the checksum when its image's plugin differs;
@@ -106,22 +109,18 @@ class Workspace:
     """Two images (old, new) for each run, with the plugin, the launcher and signatures."""
 
     def __init__(self, root: Path, start_delay: float):
-        from shim.launch.build import write_launcher
-        from shim.trust import minisign
-        from shim.trust.manifest import Manifest, Version
-        from shim.trust.policy import Policy
-        from shim.trust.verify import host_platform
+        from shim.demo.replay import _cli  # the project's own CLI, as an operator runs it
 
         self.root = root
         # Unix socket paths are limited to 107 bytes: keep the plugins' TMPDIR short.
         base = None if len(tempfile.gettempdir()) < 40 else "/tmp"
         self.sockets = tempfile.mkdtemp(prefix="vps-demo-", dir=base)
-        key = minisign.SecretKey.generate()
-        self.launcher = root / "launcher.pyz"
-        policy = Policy(name=PLUGIN, type="secret", plugins_dir=f"versions/{PLUGIN}",
-                        trusted_keys=(key.public_key(),), min_version=Version.parse(OLD))
-        write_launcher(policy, os.path.abspath(sys.executable), str(self.launcher))
-        goos, goarch = host_platform()
+        keys = root / "keys"
+        keys.mkdir()
+        _cli("keygen", "--unencrypted", "--secret-key", str(keys / "k.key"), "--public-key", str(keys / "k.pub"))
+        self.launcher = root / "launcher"
+        _cli("launcher", "build", "--trusted-key", str(keys / "k.pub"), "--name", PLUGIN, "--type", "secret",
+             "--plugins-dir", f"versions/{PLUGIN}", "--min-version", OLD, "--output", str(self.launcher))
         self.images = {}
         for version in (OLD, NEW):
             image = root / "images" / version
@@ -130,15 +129,10 @@ class Workspace:
             plugin.write_text(PLUGIN_SOURCE.format(python=os.path.abspath(sys.executable), plugin=PLUGIN,
                                                    version=version, start_delay=start_delay))
             plugin.chmod(0o755)
-            data = plugin.read_bytes()
             versioned = image / "versions" / PLUGIN / f"{PLUGIN}-{version}"
             shutil.copy(plugin, versioned)
-            m = Manifest(PLUGIN, "secret", Version.parse(version), hashlib.sha256(data).hexdigest(), len(data),
-                         goos, goarch, int(time.time()) - 60)
-            manifest = m.to_bytes()
-            Path(f"{versioned}.manifest.json").write_bytes(manifest)
-            Path(f"{versioned}.manifest.json.minisig").write_bytes(
-                minisign.sign_detached(manifest, key.key_id, key.sign, trusted_comment=m.trusted_comment()))
+            _cli("sign", "--secret-key", str(keys / "k.key"), "--name", PLUGIN, "--type", "secret",
+                 "--version", version, "--expires", "30d", str(versioned))
             shutil.copy(self.launcher, image / f"{PLUGIN}-shim")
             self.images[version] = image
 
@@ -368,3 +362,53 @@ def run_demo(settings: sched.Settings, *, rate: float = 40.0, start_delay: float
             return results
         finally:
             shutil.rmtree(ws.sockets, ignore_errors=True)
+
+
+# --- presenting a model run ------------------------------------------------------------------
+
+def timeline(run: RunResult):
+    """The model run as a :class:`shim.demo.render.Timeline`."""
+    from shim.demo import render as R
+
+    n = run.settings.nodes
+    up, new, leader = [True] * n, [False] * n, -1
+    states = [[] for _ in range(n)]
+
+    def snapshot(t: float) -> None:
+        for i in range(n):
+            s = R.DOWN if not up[i] else R.LEADER if i == leader else R.STANDBY_NEW if new[i] else R.STANDBY_OLD
+            if not states[i] or states[i][-1][1] != s:
+                states[i].append((t, s))
+
+    snapshot(0.0)
+    for e in sorted(run.events, key=lambda e: e.t):
+        if e.kind == "stop":
+            up[e.node] = False
+        elif e.kind == "start":
+            up[e.node], new[e.node] = True, True
+        elif e.kind == "leader":
+            leader = e.node
+        snapshot(e.t)
+    requests = [(r.t, r.node, R.FAILED if r.category == "plugin-failure" else
+                 (R.SERVED_NEW if r.version == NEW else R.SERVED_OLD))
+                for r in run.requests if r.node >= 0 and r.category in ("ok", "plugin-failure")]
+    marks = [(t, node, "catalog", f"catalog re-registered by {run.node_names[node]}")
+             for t, node, _sha in run.registrations]
+    leaders = [(e.t, e.node) for e in sorted(run.events, key=lambda e: e.t) if e.kind == "leader"]
+    return R.Timeline(run.name, run.duration, run.node_names, states, requests, run.failure_windows(), marks,
+                      leaders)
+
+
+SUMMARY_HEAD = ("run", "requests", "failed", "plugin downtime s", "versions served", "catalog writes", "no leader*")
+FOOTNOTE = ("* requests sent while no node was active (election) or whose node was restarting: "
+            "Vault's own unavailability, the same in both runs, not counted as plugin failures.")
+
+
+def summary_rows(runs: list[RunResult]) -> list[tuple]:
+    rows = []
+    for r in runs:
+        total = sum(1 for q in r.requests if q.category in ("ok", "plugin-failure"))
+        no_leader = sum(1 for q in r.requests if q.category in ("no-leader", "interrupted"))
+        rows.append((r.name, total, len(r.failures), f"{r.downtime:.2f}", ", ".join(r.versions_served) or "-",
+                     len(r.registrations), no_leader))
+    return rows

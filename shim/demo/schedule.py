@@ -148,3 +148,69 @@ def describe(events: list[Event], names: list[str] | None = None) -> list[str]:
         else:
             out.append(f"{e.t:6.2f}s  " + text[e.kind].format(n=name(e.node) if e.node >= 0 else ""))
     return out
+
+
+# --- the plan the real cluster replays ----------------------------------------------------
+
+@dataclass(frozen=True)
+class Step:
+    node: int                    # the pod restarted at this step
+    leader_after: int | None     # who must lead if this node is active when it stops (None: any)
+
+
+@dataclass(frozen=True)
+class Plan:
+    nodes: int
+    initial: int                 # the active node when the rollout starts
+    steps: tuple[Step, ...]
+    election: str = "worst"
+    seed: int = 1
+
+    def describe(self, names: list[str] | None = None) -> list[str]:
+        name = (lambda n: names[n]) if names else (lambda n: f"vault-{n}")
+        out = [f"{name(self.initial)} is active; restart order "
+               + ", ".join(name(s.node) for s in self.steps) + f" ({self.election} elections"
+               + (f", seed {self.seed})" if self.election == "random" else ")")]
+        leader = self.initial
+        for s in self.steps:
+            line = f"restart {name(s.node)} on the new image"
+            if s.node == leader:
+                leader = s.leader_after if s.leader_after is not None else -1
+                line += f"; {name(leader)} takes over" if leader >= 0 else "; any node takes over"
+            out.append(line)
+        return out
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Pauses of the real replay (seconds); everything else is the cluster's own time."""
+    lead_in: float = 2.0          # steady state before the first pod restarts
+    settle: float = 1.0           # a restarted pod is Ready -> the next one is terminated
+    tail: float = 2.0             # after the last pod is Ready
+
+    def __post_init__(self):
+        for name in ("lead_in", "settle", "tail"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+
+def plan(s: Settings) -> Plan:
+    """The restarts and, for each, who leads next: the same choices :func:`build` makes for
+    the model (worst case: an old-image node that restarts soonest; random: seeded)."""
+    rng = random.Random(s.seed)
+    order = list(s.restart_order)
+    st = _State(up=set(range(s.nodes)))
+    st.leader = order[0] if s.election == "worst" else rng.choice(sorted(st.up))
+    initial = st.leader
+    steps = []
+    for i, node in enumerate(order):
+        remaining = order[i + 1:]
+        st.up.discard(node)
+        wanted = None
+        if st.leader == node:
+            wanted = _elect(s, st, order, remaining, rng)
+            st.leader = wanted
+        steps.append(Step(node, wanted if wanted is not None and wanted >= 0 else None))
+        st.up.add(node)
+        st.upgraded.add(node)
+    return Plan(s.nodes, initial, tuple(steps), s.election, s.seed)
