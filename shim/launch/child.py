@@ -4,13 +4,16 @@
 sealed memfd, started in its own process group with a parent-death signal (if the
 launcher dies, even by SIGKILL, the kernel SIGKILLs the child).
 
-How it is executed: through a symlink named after the plugin, in a fresh 0700 directory,
-pointing at ``/proc/<launcher>/fd/<memfd>``. The kernel names the process (``comm``) after
-the path it executes, so the child is called after the plugin, not ``5`` (exec by
-``/proc/self/fd/5``) nor ``memfd:<name>`` (``execveat(AT_EMPTY_PATH)`` on Linux 6.14+);
-and the path resolves through the launcher's descriptor table, so the child holds no
-descriptor of the copy at all (a ``#!`` interpreter re-opens the same path). The link is
-removed once the handshake is read. For a binary, ``/proc/<child>/exe`` must then be the
+How it is executed: through a symlink named after the plugin, in a fresh 0700 directory.
+The kernel names the process (``comm``) after the path it executes, so the child is called
+after the plugin, not ``5`` (exec by ``/proc/self/fd/5``) nor ``memfd:<name>``
+(``execveat(AT_EMPTY_PATH)`` on Linux 6.14+). For a binary the link points at
+``/proc/self/fd/<memfd>``, a descriptor the child keeps only up to the exec (close-on-exec,
+set after fork): the exec opens the copy through it, then the kernel closes it. A ``#!``
+interpreter re-opens its script by path after the exec, so for scripts the link points at
+``/proc/<launcher>/fd/<memfd>`` and resolves through the launcher's descriptor table. Either
+way the child holds no descriptor of the copy. The link is removed once the handshake is
+read. For a binary, ``/proc/<child>/exe`` must then be the
 sealed memfd itself (same inode), or the child is killed: what runs is what was verified,
 whatever happened to the link meanwhile. Its stdout and stderr
 lines are passed to the launcher's stderr verbatim, so Vault re-logs hclog JSON lines at
@@ -61,8 +64,10 @@ def process_name(name: str | None, argv0: str) -> str:
     return "plugin"
 
 
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    """preexec_fn: SIGKILL this child when the launcher's main thread dies."""
+def _child_setup(parent: int, close_on_exec: int | None) -> Callable[[], None]:
+    """preexec_fn: SIGKILL this child when the launcher's main thread dies; mark
+    ``close_on_exec`` (kept open by pass_fds, so that the exec can resolve it) to close
+    the moment the exec has opened it."""
     libc = ctypes.CDLL(None, use_errno=True)
     prctl = libc.prctl
 
@@ -71,6 +76,8 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
             os._exit(126)
         if os.getppid() != parent:  # the launcher died before prctl took effect
             os._exit(126)
+        if close_on_exec is not None:
+            os.set_inheritable(close_on_exec, False)
 
     return setup
 
@@ -147,17 +154,19 @@ class Child(PluginClient):
             self._link_dir = None
 
     def _launch(self, path: str, fd: int) -> None:
-        # Exec a link named after the plugin that resolves through OUR descriptor table:
-        # the child gets no descriptor of the copy (close_fds), the kernel opens the
-        # sealed memfd itself, and comm is the link's name (see the module docstring).
+        # Exec a link named after the plugin (comm is its name) that resolves to the sealed
+        # memfd without leaving the child a descriptor of it (see the module docstring).
+        script = os.pread(self.fd, 2, 0) == b"#!"
         self._link_dir = tempfile.mkdtemp(prefix="exe.", dir=self.exe_dir)
         link = os.path.join(self._link_dir, self.name)
-        os.symlink(f"/proc/{os.getpid()}/fd/{self.fd}", link)
+        owner = os.getpid() if script else "self"
+        os.symlink(f"/proc/{owner}/fd/{self.fd}", link)
         try:
             self.proc = subprocess.Popen(
                 self.argv, executable=link, env=self._environment(), close_fds=True,
+                pass_fds=() if script else (self.fd,),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                process_group=0, preexec_fn=_die_with_parent(os.getpid()))
+                process_group=0, preexec_fn=_child_setup(os.getpid(), None if script else self.fd))
         except PermissionError as exc:
             raise ExecRefusedError(f"executing the verified copy was refused ({exc.strerror})") from None
         except OSError as exc:
@@ -167,7 +176,7 @@ class Child(PluginClient):
         if self.on_spawn is not None:
             self.on_spawn(self.proc.pid)
         self._spawn(self._read_stderr, "stderr")
-        if os.pread(self.fd, 2, 0) != b"#!":
+        if not script:
             self._check_exe()
 
     def _check_exe(self) -> None:
