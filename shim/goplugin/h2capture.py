@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 SETUP = "/pb.Backend/Setup"
 INITIALIZE = "/pb.Backend/Initialize"
@@ -325,8 +326,9 @@ class SetupCapture:
     """Every routed connection's set-up calls, shared (the loop thread writes, the swap
     thread takes snapshots)."""
 
-    def __init__(self, plugin_type: str):
+    def __init__(self, plugin_type: str, on_change: Callable[[], None] | None = None):
         self.plugin_type = plugin_type
+        self.on_change = on_change   # after each set-up call ends (outside the lock)
         self._lock = threading.Lock()
         self._calls: dict[tuple[str, str], Call] = {}
         self._seq = 0
@@ -345,21 +347,26 @@ class SetupCapture:
 
     def _finished(self, st: _Open, complete: bool) -> None:
         with self._lock:
-            if st.path in STATEFUL:
-                self.in_flight -= 1
-            if not complete:
-                return
-            self._seq += 1
-            if st.path in TEARDOWN:
-                for path in TEARDOWN[st.path]:
-                    self._calls.pop((path, st.key), None)
-                return
-            problem = st.request.problem or st.reply.problem
-            request = st.request.single()
-            if request is None and not problem:
-                problem = "not exactly one request message"
-            self._calls[(st.path, st.key)] = Call(st.path, st.key, st.metadata, request, st.reply.single(),
-                                                  self._seq, problem)
+            self._record(st, complete)
+        if st.path in STATEFUL and self.on_change is not None:
+            self.on_change()
+
+    def _record(self, st: _Open, complete: bool) -> None:
+        if st.path in STATEFUL:
+            self.in_flight -= 1
+        if not complete:
+            return
+        self._seq += 1
+        if st.path in TEARDOWN:
+            for path in TEARDOWN[st.path]:
+                self._calls.pop((path, st.key), None)
+            return
+        problem = st.request.problem or st.reply.problem
+        request = st.request.single()
+        if request is None and not problem:
+            problem = "not exactly one request message"
+        self._calls[(st.path, st.key)] = Call(st.path, st.key, st.metadata, request, st.reply.single(),
+                                              self._seq, problem)
 
     def calls(self) -> dict[tuple[str, str], Call]:
         with self._lock:

@@ -35,7 +35,7 @@ INTERVAL = 60.0     # and every INTERVAL seconds regardless
 # Events our own reading causes (opening a manifest, closing it unchanged): not changes.
 _IGNORED_EVENTS = frozenset({"opened", "closed_no_write"})
 
-FILES, SIGNAL, TIMER, START = "files changed", "SIGHUP", "interval", "start"
+FILES, SIGNAL, TIMER, START, RETRY = "files changed", "SIGHUP", "interval", "start", "retry"
 
 
 class Debounce:
@@ -121,6 +121,10 @@ class Watcher:
 
     def changed(self) -> None:
         self._poke(b"e")
+
+    def retry(self) -> None:
+        """What held a swap back went away (Vault set the plugin up): rescan again."""
+        self._poke(b"r")
 
     # the thread
 
@@ -213,4 +217,6 @@ class Watcher:
             self.debounce.changed(now)
         if b"h" in data:
             self.debounce.ask(now, SIGNAL)
+        if b"r" in data:
+            self.debounce.ask(now, RETRY)
         return False

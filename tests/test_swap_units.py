@@ -1,0 +1,190 @@
+"""Hot swap's own decisions and its replay (shim.launch.swap), without Vault.
+
+The replay runs against real go-plugin 1.0.1 processes (tests/swapplugin, a secrets engine
+built with a fault on purpose), started by our PluginClient as a host would start them; the
+set-up calls replayed are those a real OpenBao made (tests/data/h2rec).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from shim.goplugin import grpcutil, h2capture as cap, handshake as hs
+from shim.goplugin.broker import ConnInfo
+from shim.goplugin.client import PluginClient
+from shim.launch import swap
+from tests.support import swap as S
+from tests.test_h2capture import plans, recording
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rel(version="2.0.0", sha="ab" * 32, issued=100.0, file="/p/plugin-2.0.0"):
+    return swap.Release(version, sha, issued, file, "0123456789ABCDEF")
+
+
+# --- decisions -------------------------------------------------------------------------
+
+def test_the_same_signed_bytes_under_another_name_is_no_swap():
+    running = rel(file="/p/plugin-2.0.0")
+    memory = swap.Memory()
+    assert swap.decide(running, rel(file="/p/copy-of-2.0.0"), memory) == swap.KEEP
+    assert swap.decide(running, rel(issued=101.0), memory) == swap.SWAP      # re-signed: a new release
+    assert swap.decide(running, rel(version="3.0.0", sha="cd" * 32), memory) == swap.SWAP
+
+
+def test_a_failed_release_is_not_tried_again_until_it_changes():
+    running, bad = rel(), rel(version="3.0.0", sha="cd" * 32)
+    memory = swap.Memory()
+    memory.remember(bad, "exited during Setup", "error", 5.0)
+    assert swap.decide(running, bad, memory) == swap.REMEMBERED
+    assert swap.decide(running, rel(version="3.0.0", sha="ef" * 32), memory) == swap.SWAP  # a new build
+    assert swap.decide(running, rel(version="3.0.0", sha="cd" * 32, issued=7.0), memory) == swap.SWAP
+    assert memory.entries()[0]["reason"] == "exited during Setup"
+
+
+# --- the status doctor reads --------------------------------------------------------------
+
+def test_the_status_is_found_through_proc_and_replaced_whole():
+    board = swap.StatusBoard("statustest-plugin")
+    try:
+        board.update(running=rel().brief(), watching="inotify", refused=[])
+        found = swap.find_status("statustest-plugin")
+        assert [s["pid"] for s in found] == [os.getpid()]
+        assert found[0]["running"]["version"] == "2.0.0"
+        fd = board.fd
+        board.update(pending={**rel(version="3.0.0").brief(), "state": "starting"},
+                     refused=[{"version": "2.5.0", "file": "/p/x", "reason": "SpecialPaths differ", "level": "warn"}])
+        assert board.fd == fd  # the same descriptor number, new contents
+        state = swap.find_status("statustest-plugin")[0]
+        assert state["pending"]["state"] == "starting"
+        lines = swap.describe_status(state)
+        assert ("info", "swap pending to 3.0.0 (/p/plugin-2.0.0): starting") in lines
+        assert any(level == "warn" and "SpecialPaths differ" in text for level, text in lines)
+        assert swap.find_status("another-plugin") == []
+    finally:
+        board.close()
+    assert swap.find_status("statustest-plugin") == []
+
+
+def test_the_status_memfd_is_sealed_and_not_inherited():
+    board = swap.StatusBoard("sealtest")
+    try:
+        board.update(watching="inotify")
+        import fcntl
+        seals = fcntl.fcntl(board.fd, fcntl.F_GET_SEALS)
+        assert seals & fcntl.F_SEAL_WRITE and seals & fcntl.F_SEAL_SEAL
+        assert not os.get_inheritable(board.fd)
+        with pytest.raises(OSError):
+            os.write(board.fd, b"x")
+    finally:
+        board.close()
+
+
+def test_doctor_can_read_the_status_without_grpc():
+    code = ("import sys, shim.launch.swap as s; s.find_status('x'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'watchdog')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --- replay against real plugin processes --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory):
+    from tests.support import baoplugins as bp
+
+    cache = bp.cache_dir(tmp_path_factory)
+    out = tmp_path_factory.mktemp("faults")
+    return {f: S.fault_plugin(cache, out, f, "3.0.0") for f in ("none", "exit-in-setup", "hang-in-setup",
+                                                               "setup-error", "special-paths", "type")}
+
+
+@pytest.fixture(scope="module")
+def mount_plan():
+    """What a real OpenBao mount of the demo secrets engine leaves to replay."""
+    seen = plans(recording("openbao-secret-mount.jsonl"), cap.SetupCapture("secret"))
+    plan = [p for p in seen if p.replay and not p.in_flight][-1]
+    assert [c.path for c in plan.replay] == [cap.SETUP, cap.INITIALIZE]
+    return plan
+
+
+@pytest.fixture
+def host_side(tmp_path):
+    """A listener standing where Vault's broker id serves Storage (the plugin only dials it)."""
+    sock_dir = Path(tempfile.mkdtemp(prefix="swapu", dir="/tmp"))
+    server = grpcutil.new_server(2)
+    path = str(sock_dir / "storage.sock")
+    grpcutil.bind_unix(server, path)
+    server.start()
+    yield path
+    server.stop(0)
+    for p in sock_dir.iterdir():
+        p.unlink()
+    sock_dir.rmdir()
+
+
+@pytest.fixture
+def start(tmp_path):
+    clients = []
+
+    def run(binary: Path) -> PluginClient:
+        client = PluginClient([str(binary)], hs.HandshakeConfig(hs.VAULT_BACKEND.cookie_key,
+                                                                hs.VAULT_BACKEND.cookie_value, (5,)),
+                              auto_mtls=False, env={"TMPDIR": str(tmp_path)}, start_timeout=30)
+        clients.append(client)
+        client.connect()
+        return client
+
+    yield run
+    for c in clients:
+        c.kill(0.5)
+
+
+def exit_detail(client: PluginClient):
+    def detail():
+        if not client.exited():
+            return None
+        info = os.waitid(os.P_PID, client.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return f"exit status {info.si_status}" if info else "exited"
+    return detail
+
+
+def run_replay(client, plan, listener, timeout=5.0):
+    return swap.replay(client.channel, plan, timeout=timeout, exit_detail=exit_detail(client),
+                       announce=lambda bid: client.broker.announce(ConnInfo(bid, "unix", listener)))
+
+
+def test_a_good_version_takes_the_replay_and_answers_as_vault_cached(faults, mount_plan, host_side, start):
+    client = start(faults["none"])
+    assert run_replay(client, mount_plan, host_side) == 2
+
+
+@pytest.mark.parametrize("fault, error, text", [
+    ("setup-error", swap.SwapError, "Setup answered an error: fault: this version refuses its configuration"),
+    ("exit-in-setup", swap.SwapError, "exited during /pb.Backend/Setup (exit status 3)"),
+    ("hang-in-setup", swap.SwapError, "did not answer /pb.Backend/Setup within 2 s"),
+    ("special-paths", swap.NeedsReload, "SpecialPaths with unauthenticated=['open/*'], but Vault cached "
+                                        "no special paths"),
+    ("type", swap.NeedsReload, "Type with type 2, but Vault cached type 1"),
+])
+def test_a_bad_version_is_refused_with_the_reason(faults, mount_plan, host_side, start, fault, error, text):
+    client = start(faults[fault])
+    with pytest.raises(error) as info:
+        run_replay(client, mount_plan, host_side, timeout=2.0)
+    assert text in info.value.reason
+    if error is swap.NeedsReload:
+        assert "plugin reload" in info.value.fix
+
+
+def test_an_unbridged_broker_id_fails_setup_with_the_plugins_own_words(faults, mount_plan, start):
+    client = start(faults["none"])
+    with pytest.raises(swap.SwapError, match="dial broker id 1: timeout"):
+        swap.replay(client.channel, mount_plan, timeout=10.0, announce=lambda bid: None)
