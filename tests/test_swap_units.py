@@ -52,44 +52,44 @@ def test_a_failed_release_is_not_tried_again_until_it_changes():
 
 # --- the status doctor reads --------------------------------------------------------------
 
-def test_the_status_is_found_through_proc_and_replaced_whole():
-    board = swap.StatusBoard("statustest-plugin")
-    try:
-        board.update(running=rel().brief(), watching="inotify", refused=[])
-        found = swap.find_status("statustest-plugin")
-        assert [s["pid"] for s in found] == [os.getpid()]
-        assert found[0]["running"]["version"] == "2.0.0"
-        fd = board.fd
-        board.update(pending={**rel(version="3.0.0").brief(), "state": "starting"},
-                     refused=[{"version": "2.5.0", "file": "/p/x", "reason": "SpecialPaths differ", "level": "warn"}])
-        assert board.fd == fd  # the same descriptor number, new contents
-        state = swap.find_status("statustest-plugin")[0]
-        assert state["pending"]["state"] == "starting"
-        lines = swap.describe_status(state)
-        assert ("info", "swap pending to 3.0.0 (/p/plugin-2.0.0): starting") in lines
-        assert any(level == "warn" and "SpecialPaths differ" in text for level, text in lines)
-        assert swap.find_status("another-plugin") == []
-    finally:
-        board.close()
-    assert swap.find_status("statustest-plugin") == []
+def test_the_status_is_found_under_tmpdir_and_replaced_whole(tmp_path):
+    base = tmp_path / "vps.abc123"
+    base.mkdir(mode=0o700)
+    board = swap.StatusBoard("statustest-plugin", str(base))
+    board.update(running=rel().brief(), watching="inotify", refused=[])
+    found = swap.find_status("statustest-plugin", str(tmp_path))
+    assert [s["pid"] for s in found] == [os.getpid()]
+    assert found[0]["running"]["version"] == "2.0.0"
+    board.update(pending={**rel(version="3.0.0").brief(), "state": "starting"},
+                 refused=[{"version": "2.5.0", "file": "/p/x", "reason": "SpecialPaths differ", "level": "warn"}])
+    state = swap.find_status("statustest-plugin", str(tmp_path))[0]
+    assert state["pending"]["state"] == "starting"
+    assert sorted(os.listdir(base)) == [swap.STATUS_FILE]   # no temporary file left
+    assert (base / swap.STATUS_FILE).stat().st_mode & 0o077 == 0
+    lines = swap.describe_status(state)
+    assert ("info", "swap pending to 3.0.0 (/p/plugin-2.0.0): starting") in lines
+    assert any(level == "warn" and "SpecialPaths differ" in text for level, text in lines)
+    assert swap.find_status("another-plugin", str(tmp_path)) == []
+    board.close()
+    assert swap.find_status("statustest-plugin", str(tmp_path)) == [] and os.listdir(base) == []
 
 
-def test_the_status_memfd_is_sealed_and_not_inherited():
-    board = swap.StatusBoard("sealtest")
-    try:
-        board.update(watching="inotify")
-        import fcntl
-        seals = fcntl.fcntl(board.fd, fcntl.F_GET_SEALS)
-        assert seals & fcntl.F_SEAL_WRITE and seals & fcntl.F_SEAL_SEAL
-        assert not os.get_inheritable(board.fd)
-        with pytest.raises(OSError):
-            os.write(board.fd, b"x")
-    finally:
-        board.close()
+def test_a_status_left_by_a_dead_launcher_or_a_symlink_is_ignored(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    base = tmp_path / "vps.dead"
+    base.mkdir()
+    (base / swap.STATUS_FILE).write_text(json.dumps({"plugin": "p", "pid": int(dead.stdout)}))
+    link = tmp_path / "vps.link"
+    link.mkdir()
+    target = tmp_path / "elsewhere.json"
+    target.write_text(json.dumps({"plugin": "p", "pid": os.getpid()}))
+    (link / swap.STATUS_FILE).symlink_to(target)
+    assert swap.find_status("p", str(tmp_path)) == []
 
 
 def test_doctor_can_read_the_status_without_grpc():
-    code = ("import sys, shim.launch.swap as s; s.find_status('x'); "
+    code = ("import sys, shim.launch.swap as s; s.find_status('x', '/nonexistent'); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'watchdog')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
