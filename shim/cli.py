@@ -297,6 +297,7 @@ def cmd_launcher_inspect(args) -> int:
     if args.json:
         print(json.dumps({"path": info.path, "sha256": info.sha256, "interpreter": info.interpreter,
                           "flags": info.flags, "mode": info.mode, "files": info.files, "size": info.size,
+                          "compiled": info.compiled,
                           "policy": None if info.policy is None else json.loads(info.policy.to_json())},
                          indent=2))
         return 0
@@ -304,7 +305,8 @@ def cmd_launcher_inspect(args) -> int:
     print(f"sha256:      {info.sha256}")
     print(f"interpreter: {info.interpreter} {' '.join(info.flags)}")
     print(f"mode:        {info.mode}")
-    print(f"size:        {info.size} bytes, {info.files} files of code")
+    print(f"size:        {info.size} bytes, {info.files} source files"
+          + (f", bytecode for {info.compiled} of them" if info.compiled else ", no bytecode (compiled at each start)"))
     if info.policy is None:
         print("policy:      none embedded (taken from the catalog's --shim-policy= arg)")
     else:

@@ -312,3 +312,62 @@ def test_private_copy_on_a_noexec_tmpdir_says_so(setup):
     final = R.hclog_lines(proc.stderr)[-1]
     assert final["@level"] == "error" and "cannot execute the verified copy" in final["reason"]
     assert "mounted noexec" in final["fix"] and "TMPDIR" in final["fix"] and "architecture" not in final["fix"]
+
+
+def test_the_archive_carries_bytecode_for_its_interpreter(setup):
+    """Compiled at build time by the target interpreter (unchecked-hash .pyc), so a launch
+    does not compile the launch path's sources again."""
+    import importlib.util
+    import io
+    import zipfile
+
+    from shim.launch.build import launcher_code
+
+    tmp, d, keys, pol, path = setup
+    launcher = R.launcher(tmp, pol)
+    with zipfile.ZipFile(io.BytesIO(launcher_code(launcher.read_bytes()))) as zf:
+        names = set(zf.namelist())
+        for rel in MODULES["exec"]:
+            assert rel + "c" in names, rel
+            pyc = zf.read(rel + "c")
+            assert pyc[:4] == importlib.util.MAGIC_NUMBER and int.from_bytes(pyc[4:8], "little") == 0b01
+    info = inspect(str(launcher))
+    assert info.compiled == len(MODULES["exec"]) and info.files == 1 + len(MODULES["exec"])
+    assert R.run(launcher).stdout == b"ran good \n"
+
+
+def test_bytecode_for_another_interpreter_version_falls_back_to_the_source(setup):
+    """An image whose interpreter is another version than the build's: zipimport ignores a
+    .pyc with another magic number and compiles the source beside it."""
+    import io
+    import zipfile
+
+    from shim.launch import stubs
+    from shim.launch.build import launcher_code
+
+    tmp, d, keys, pol, path = setup
+    data = R.launcher(tmp, pol).read_bytes()
+    prefix, _, stub_len = stubs.unpack(data)
+    zin = zipfile.ZipFile(io.BytesIO(launcher_code(data)))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            body = zin.read(info)
+            if info.filename.endswith(".pyc"):
+                body = b"\x00\x0d\x0d\x0a" + body[4:]  # a magic no interpreter here has
+            zout.writestr(info, body)
+    foreign = tmp / "foreign-launcher"
+    foreign.write_bytes(stubs.pack(data[:stub_len], prefix, buf.getvalue()))
+    foreign.chmod(0o755)
+    proc = R.run(foreign)
+    assert proc.stdout == b"ran good \n", proc.stderr
+
+
+def test_an_interpreter_only_the_image_has_gets_sources_only(setup):
+    from shim.launch.build import build_bytes as bb
+
+    tmp, d, keys, pol, path = setup
+    out = tmp / "image-only"
+    out.write_bytes(bb(pol, "/opt/only-in-the-image/bin/python3"))
+    info = inspect(str(out))
+    assert info.compiled == 0 and info.files == 1 + len(MODULES["exec"])
