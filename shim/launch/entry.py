@@ -312,13 +312,13 @@ def launch_proxy(policy: Policy, plugin_args: list[str], env: dict, now: float) 
     plugin = f"{policy.type} plugin {policy.name}"
     try:
         try:
-            return proxy.run(fd, argv, env, plugin=plugin)
+            return proxy.run(fd, argv, env, plugin=plugin, name=policy.name)
         except proxy.ExecRefusedError as exc:
             if how != "memfd":
                 raise _cannot_execute(cand, exc.reason, tmpdir, how) from exc
             fd, how = _private_copy(cand, fd, tmpdir, exc.reason), "private-file"
         try:
-            return proxy.run(fd, argv, env, plugin=plugin)
+            return proxy.run(fd, argv, env, plugin=plugin, name=policy.name)
         except proxy.ExecRefusedError as exc:
             raise _cannot_execute(cand, exc.reason, tmpdir, how) from exc
     finally:
