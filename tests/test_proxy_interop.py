@@ -125,16 +125,30 @@ def test_broker_host_dials_an_id_the_plugin_serves(node):
 
 def test_broker_plugin_dials_an_id_the_host_serves(node):
     """Proxy mode talks plaintext to its child, so 1.0.1's plugin-side dial works through
-    it; in exec mode the Go plugin dials Vault's mTLS listener itself and hits the bug."""
+    it; in exec mode the Go plugin dials Vault's mTLS listener itself and hits go-plugin
+    1.0.1's bug (no ServerName under AutoMTLS), exactly as it does when run directly."""
     res = node.host("broker", "plugin-dials")
     if node.mode == "exec":
         assert not res.ok and gopeer.BROKER_BUG_101 in res.error, res.describe()
-        pytest.skip(f"go-plugin 1.0.1 broker bug blocks plugin-dials in exec mode: {gopeer.BROKER_BUG_101!r} "
-                    "(plugin side dials without ServerName under AutoMTLS; fixed in go-plugin 1.4.4)")
+        return
     assert res.ok, res.describe()
     msg = res.results[0]["msg"]
     assert msg.startswith("relayed host nonce=") and msg.endswith(" via version=1.0.0")
     assert node.leftovers() == []
+
+
+def test_broker_plugin_dials_in_exec_mode_with_go_plugin_1_4_4s_fix(go_build, peer, tmp_path):
+    """The same plugin built with go-plugin 1.4.4's broker fix (applied to a private copy of
+    1.0.1): in exec mode its own dial of Vault's mTLS listener now works through the launcher."""
+    fixed = gopeer.build_plugin(tmp_path / "bin", "1.0.0", 2, broker_fix=True)
+    (tmp_path / "node").mkdir()
+    n = Node({**peer, "go": fixed}, tmp_path / "node", "exec")
+    try:
+        res = n.host("broker", "plugin-dials")
+        assert res.ok, res.describe()
+        assert res.results[0]["msg"].endswith(" via version=1.0.0")
+    finally:
+        n.close()
 
 
 @pytest.mark.parametrize("kill", ["graceful", "hard"])

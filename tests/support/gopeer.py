@@ -71,10 +71,12 @@ def require_go(go: str | None = None, gocode_src: Path | str | None = None) -> N
 # ---------------------------------------------------------------- building
 
 def _build(kind: str, src: Path, ldflags: str, dest_dir: Path | str, name: str,
-           cache_dir: Path | str | None) -> Path:
-    # Plain Debian go-plugin 1.0.1 (no broker fix): the tests rely on BROKER_BUG_101.
-    return gobuild.go_build(kind, src, ldflags=ldflags, dest_dir=dest_dir, name=name,
-                            cache_dir=cache_dir, what="go-plugin interop peer")
+           cache_dir: Path | str | None, broker_fix: bool = False) -> Path:
+    # Plain Debian go-plugin 1.0.1 by default (the tests show BROKER_BUG_101 with it);
+    # broker_fix applies go-plugin 1.4.4's fix to a private copy, as the OpenBao plugins do.
+    return gobuild.go_build(kind + ("-fixed" if broker_fix else ""), src, ldflags=ldflags, dest_dir=dest_dir,
+                            name=name, cache_dir=cache_dir, what="go-plugin interop peer",
+                            patch_go_plugin=broker_fix)
 
 
 def build_host(dest_dir: Path | str, cache_dir: Path | str | None = None) -> Path:
@@ -83,7 +85,7 @@ def build_host(dest_dir: Path | str, cache_dir: Path | str | None = None) -> Pat
 
 
 def build_plugin(dest_dir: Path | str, version: str, multiplier: int, name: str | None = None,
-                 cache_dir: Path | str | None = None) -> Path:
+                 cache_dir: Path | str | None = None, *, broker_fix: bool = False) -> Path:
     """Build the Go plugin with main.version/main.multiplier set at link time."""
     if not isinstance(multiplier, int):
         raise TypeError("multiplier must be an int")
@@ -91,7 +93,8 @@ def build_plugin(dest_dir: Path | str, version: str, multiplier: int, name: str 
         if ch in version:
             raise ValueError(f"version must not contain {ch!r}")
     ldflags = f"-X main.version={version} -X main.multiplier={multiplier}"
-    return _build("plugin", PLUGIN_SRC, ldflags, dest_dir, name or f"gopeer-plugin-{version}", cache_dir)
+    return _build("plugin", PLUGIN_SRC, ldflags, dest_dir,
+                  name or f"gopeer-plugin-{version}{'-fixed' if broker_fix else ''}", cache_dir, broker_fix)
 
 
 def sha256_file(path: Path | str) -> str:
