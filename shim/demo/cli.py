@@ -29,6 +29,8 @@ def add_arguments(p) -> None:
                    help="run the two clusters one after the other instead of at the same time")
     p.add_argument("--report", metavar="FILE", help="also write a self-contained HTML report")
     p.add_argument("--events", action="store_true", help="also print every event of each run")
+    p.add_argument("--prepare", action="store_true",
+                   help="only build and cache the demo's plugin (the first build compiles gRPC from source)")
     model = p.add_argument_group("model only (--model)")
     model.add_argument("--start-delay", type=float, default=0.0,
                        help="seconds each plugin sleeps before its handshake")
@@ -83,6 +85,11 @@ def _real(args, settings, rate: float) -> int:
         gobuild.require_go(what="the demo's plugin")
     except gobuild.GoUnavailable as exc:
         return _missing(str(exc))
+    if args.prepare:
+        started = time.monotonic()
+        cache = replay.prepare()
+        print(f"vault-plugin-shim demo: plugin built and cached in {cache} ({time.monotonic() - started:.0f} s)")
+        return 0
     plan = schedule.plan(settings)
     names = [f"vault-{i}" for i in range(settings.nodes)]
     color = sys.stdout.isatty()

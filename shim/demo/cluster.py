@@ -178,21 +178,27 @@ class Cluster:
         return api(self.nodes[index].server.addr, method, path, body, self.token, timeout)
 
     # --- life cycle ----------------------------------------------------------------------
-    def install_image(self, index: int, image: str) -> None:
-        """Put ``image`` in the node's plugin_directory (the node must be stopped)."""
+    def install_image(self, index: int, image: str, first: bool = False) -> None:
+        """Put ``image`` in the node's plugin_directory. The node must be stopped, unless
+        ``first``: the first image may arrive while a node runs, as long as no plugin has been
+        registered yet (OpenBao does not look into plugin_directory before that)."""
         node = self.nodes[index]
-        if node.up:
+        if node.up and not first:
             raise ClusterError(f"{node.name} must be stopped before its image changes")
         shutil.rmtree(node.plugin_dir, ignore_errors=True)
         shutil.copytree(self.images[image], node.plugin_dir, symlinks=False)
         node.image = image
         self.record("image", index, image)
 
-    def start(self, image: str) -> "Cluster":
+    def start(self, image: str | None) -> "Cluster":
         """Bring every node up on ``image``: the bootstrap node initialises the cluster, the
-        others join it (concurrently); returns once all are healthy voters."""
+        others join it (concurrently); returns once all are healthy voters. ``image=None``:
+        with empty plugin directories (install the first image later, ``first=True``)."""
         for n in self.nodes:
-            self.install_image(n.index, image)
+            if image is None:
+                n.plugin_dir.mkdir(parents=True, exist_ok=True)
+            else:
+                self.install_image(n.index, image)
         boot = self.nodes[self.bootstrap]
         boot.server.peers = []
         self._start_server(boot)

@@ -214,8 +214,10 @@ class Images:
 
         self.root = Path(root)
         bins = self.root / "bin"
-        self.plugins = {v: gobuild.build_bao_plugin("secret", v, bins, cache_dir=cache_dir,
-                                                     name=f"{PLUGIN}-{v}") for v in (OLD, NEW)}
+        with ThreadPoolExecutor(max_workers=2) as pool:  # two go builds at once
+            futures = {v: pool.submit(gobuild.build_bao_plugin, "secret", v, bins, cache_dir=cache_dir,
+                                      name=f"{PLUGIN}-{v}") for v in (OLD, NEW)}
+            self.plugins = {v: f.result() for v, f in futures.items()}
         keys = self.root / "keys"
         keys.mkdir()
         _cli("keygen", "--unencrypted", "--secret-key", str(keys / "release.key"),
@@ -367,14 +369,15 @@ APP_POLICY = f'path "{MOUNT}/*" {{ capabilities = ["create", "read", "update", "
 
 
 class Replay:
-    def __init__(self, name: str, images: Images, plan: sched.Plan, root: Path, rate: float,
+    def __init__(self, name: str, images: Callable[[], Images], plan: sched.Plan, root: Path, rate: float,
                  progress: Callable[[str, str], None] = lambda run, msg: None,
                  slow_stop: dict[int, float] | None = None, timing: sched.Timing | None = None):
-        self.name, self.images, self.plan, self.rate = name, images, plan, rate
+        """``images`` returns the built images (it may wait for a build that runs meanwhile)."""
+        self.name, self.get_images, self.plan, self.rate = name, images, plan, rate
+        self.images: Images | None = None
         self.timing = timing or sched.Timing()
         self.progress = progress
-        self.c = cl.Cluster(root, {"old": images.dirs[name][OLD], "new": images.dirs[name][NEW]},
-                            size=plan.nodes, bootstrap=plan.initial, slow_stop=slow_stop,
+        self.c = cl.Cluster(root, {}, size=plan.nodes, bootstrap=plan.initial, slow_stop=slow_stop,
                             on_event=self._on_event)
         self.t_run = None
         self.catalog_writes: list[CatalogWrite] = []
@@ -449,7 +452,11 @@ class Replay:
         tm = self.timing
         with self.c:
             self.progress(self.name, f"starting {self.plan.nodes} OpenBao nodes")
-            self.c.start("old")
+            self.c.start(None)  # the images are being built meanwhile
+            self.images = self.get_images()
+            self.c.images = {"old": self.images.dirs[self.name][OLD], "new": self.images.dirs[self.name][NEW]}
+            for n in self.c.nodes:
+                self.c.install_image(n.index, "old", first=True)
             self.progress(self.name, "registering the plugin, mounting demo/")
             token = self._setup()
             load = Load(self.c, token, self.rate, self.clock)
@@ -524,8 +531,25 @@ def run_demo(settings: sched.Settings, *, rate: float = 50.0, runs=("baseline", 
     base = None if len(tempfile.gettempdir()) < 40 else "/tmp"  # unix socket paths are short
     root = Path(tempfile.mkdtemp(prefix="vps-demo-", dir=workdir or base))
     try:
-        progress("", "building the plugin (2 versions) and the launcher")
-        images = Images(root / "images", cache_dir=cache_dir or _default_cache())
+        progress("", "building the plugin (2 versions) and the launcher, while the nodes start")
+        built: list = []
+        done = threading.Event()
+
+        def build() -> None:
+            try:
+                built.append(Images(root / "images", cache_dir=cache_dir or _default_cache()))
+            except BaseException as exc:  # handed to whoever waits for the images
+                built.append(exc)
+            finally:
+                done.set()
+
+        def images() -> Images:
+            done.wait()
+            if isinstance(built[0], BaseException):
+                raise built[0]
+            return built[0]
+
+        threading.Thread(target=build, daemon=True, name="build-images").start()
         replays = [Replay(name, images, plan, root / name, rate, progress, slow_stop, timing) for name in runs]
         if not parallel or len(replays) == 1:
             return [r.execute() for r in replays]
@@ -557,9 +581,25 @@ def run_demo(settings: sched.Settings, *, rate: float = 50.0, runs=("baseline", 
             shutil.rmtree(root, ignore_errors=True)
 
 
+CACHE_ENV = "VAULT_PLUGIN_SHIM_DEMO_CACHE"
+
+
 def _default_cache() -> Path:
+    """Where the demo keeps its built plugin binaries: $VAULT_PLUGIN_SHIM_DEMO_CACHE, else
+    ~/.cache/vault-plugin-shim/demo-go (Go's own build cache is separate: ``go env GOCACHE``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "vault-plugin-shim" / "demo-go"
+
+
+def prepare(cache_dir: Path | None = None) -> Path:
+    """Build and cache the demo's plugin binaries (a first build compiles gRPC and friends
+    from source: minutes on 2 cores, once)."""
+    cache = cache_dir or _default_cache()
+    with tempfile.TemporaryDirectory(prefix="vps-demo-prepare-") as tmp:
+        Images(Path(tmp) / "images", cache_dir=cache)
+    return cache
 
 
 

@@ -1,0 +1,152 @@
+"""`vault-plugin-shim demo` on real OpenBao clusters: the user-facing command on the report's
+worst case, its HTML report in a real browser, and a shorter replay with a node that is slow
+to stop, after which no process, port or directory is left."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import openbao
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _referencing(path: Path) -> list[str]:
+    """Processes whose command line or environment mention ``path``."""
+    needle = str(path).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            data = (entry / "cmdline").read_bytes() + b"\0" + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in data:
+            found.append(f"{entry.name}: {(entry / 'cmdline').read_bytes()[:200]!r}")
+    return found
+
+
+def _gone(path: Path, timeout: float = 30.0) -> list[str]:
+    end = time.monotonic() + timeout
+    left = _referencing(path)
+    while left and time.monotonic() < end:
+        time.sleep(0.2)
+        left = _referencing(path)
+    return left
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """`vault-plugin-shim demo --report FILE` with no other flag, in a TMPDIR of its own."""
+    openbao.require_bao()
+    tmp = Path(tempfile.mkdtemp(prefix="vd-", dir="/tmp"))  # short: unix socket paths
+    report = tmp_path_factory.mktemp("report") / "demo.html"
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "shim.cli", "demo", "--report", str(report)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(tmp),
+                               "VAULT_PLUGIN_SHIM_DEMO_CACHE": str(tmp_path_factory.getbasetemp() / "demo-go")})
+    took = time.monotonic() - started
+    try:
+        yield proc, report, took, tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rows(stdout: str) -> dict[tuple[str, str], list[str]]:
+    out = {}
+    for line in stdout.splitlines():
+        m = re.match(r"(baseline|shim)\s+(active|any)\s+(.*)$", line)
+        if m:
+            out[(m.group(1), m.group(2))] = re.split(r"\s{2,}", m.group(3).strip())
+    return out
+
+
+def test_worst_case_baseline_fails_and_shim_does_not(cli_run):
+    proc, report, took, tmp = cli_run
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = _rows(proc.stdout)
+    assert set(rows) == {("baseline", "active"), ("baseline", "any"), ("shim", "active"), ("shim", "any")}
+    # columns: requests ok plugin-failures longest-window no-active other versions
+    for view in ("active", "any"):
+        assert int(rows[("baseline", view)][2]) > 0, rows
+        assert int(rows[("shim", view)][2]) == 0, rows
+        assert float(rows[("shim", view)][3]) == 0.0
+        assert rows[("shim", view)][6] == "v1.0.0, v2.0.0", "both versions served during the rollout"
+        assert int(rows[("shim", view)][0]) > 100
+    runs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(baseline|shim)\s+(\d+)\s+\d+\s+\d+", proc.stdout, re.M)}
+    assert runs == {"baseline": 1, "shim": 0}, "catalog writes: the baseline's init container, none for the shim"
+    failures = proc.stdout[proc.stdout.index("baseline: ") :]
+    assert "checksums did not match" in failures and "mount set-up failed" in failures
+    assert "shim: no plugin failures" in proc.stdout
+    assert "starting 3 OpenBao nodes" in proc.stderr, "progress goes to stderr"
+    assert took < 150, f"the demo took {took:.0f} s"
+    assert list(tmp.iterdir()) == [], "the demo's directories are removed"
+    assert _gone(tmp) == [], "no process of the demo is left"
+
+
+def test_report_renders_in_headless_chromium(cli_run, tmp_path):
+    """Open the real run's HTML report in a real browser (Debian's chromium) and look at the
+    pixels; it is self-contained (no script, no external resource)."""
+    _proc, report, _took, _tmp = cli_run
+    text = report.read_text()
+    assert text.startswith("<!DOCTYPE html>") and text.count("<svg") == 2
+    assert "<script" not in text and "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "checksums did not match" in text
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is missing: apt-get install -y chromium (build/install.sh installs it)")
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1000,1100",
+         report.as_uri()], capture_output=True, timeout=120)
+    assert shot.exists(), proc.stderr.decode()[-2000:]
+    from tests.support.png import pixels
+
+    width, height, px = pixels(shot.read_bytes())
+    assert (width, height) == (1000, 1100)
+    colours = set(px)
+    assert (0xd0, 0x02, 0x1b) in colours, "plugin failures are drawn in red"
+    assert (0xf0, 0xa0, 0x30) in colours, "answers by v1 are drawn in orange"
+    assert (0x2e, 0x9e, 0x44) in colours, "answers by v2 are drawn in green"
+
+
+def test_short_replay_with_a_slow_stop_leaves_nothing_behind(tmp_path_factory):
+    """The shim run alone with short pauses, vault-1 frozen for 4 s when it is told to stop:
+    the replay waits for it, still has no plugin failure, serves both versions; afterwards no
+    process, listening port or directory of it is left."""
+    from shim.demo import replay, schedule
+
+    openbao.require_bao()
+    work = Path(tempfile.mkdtemp(prefix="vs-", dir="/tmp"))
+    try:
+        (run,) = replay.run_demo(schedule.Settings(), rate=30, runs=("shim",),
+                                 timing=schedule.Timing(lead_in=0.5, settle=0.3, tail=0.5), slow_stop={1: 4.0},
+                                 workdir=work, cache_dir=tmp_path_factory.getbasetemp() / "demo-go")
+        assert run.failures == [], run.error_texts()
+        assert run.versions_served == ["v1.0.0", "v2.0.0"]
+        assert run.catalog_writes == [] and [k for _, _, k in run.init_checks] == ["unchanged"] * 3
+        stops = {e.node: e.data["seconds"] for e in run.events if e.kind == "stopped"}
+        assert stops[1] >= 4.0 and stops[0] < 4.0 and stops[2] < 4.0, stops
+        assert len(run.ports) == 6
+        assert list(work.iterdir()) == [], "the replay's directory is removed"
+        assert _gone(work) == [], "no process of the replay is left"
+        for port in run.ports:
+            with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+                s.settimeout(2)
+                s.connect(("127.0.0.1", port))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
