@@ -1,6 +1,6 @@
 """Run every benchmark and print one Markdown table of ratios against each baseline.
 
-    python -m benchmarks.run [--quick]
+    python -m benchmarks.run [--quick] [--only NAME,...]
 
 Each row compares the shim with its direct baseline *measured in the same run*, so the
 ratio is what to read: machines are noisy, ratios much less so.
@@ -21,6 +21,10 @@ BENCHMARKS = [
     ("benchmarks.launch", {"size_mb": 50, "rounds": 5, "iterations": 6}, {"rounds": 2, "iterations": 3}),
     ("benchmarks.verify", {"size_mb": 200, "repeat": 5}, {"size_mb": 50, "repeat": 2}),
     ("benchmarks.demo", {}, {}),
+    # on a real OpenBao (2.7.2): direct, exec launcher and proxy launcher in one run each
+    ("benchmarks.bao_launch", {"rounds": 7, "reads": 400}, {"quick": True}),
+    ("benchmarks.bao_takeover", {"rounds": 3, "mounts": 10}, {"quick": True}),
+    ("benchmarks.bao_memory", {"rounds": 2, "mounts": 10}, {"quick": True}),
 ]
 OPTIONAL = [("benchmarks.proxy", {}, {"quick": True})]
 
@@ -28,6 +32,8 @@ OPTIONAL = [("benchmarks.proxy", {}, {"quick": True})]
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run, noisier)")
+    ap.add_argument("--only", metavar="NAME,...",
+                    help="run only these benchmarks (module names without 'benchmarks.', e.g. bao_launch)")
     a = ap.parse_args(argv)
     table = []
     todo = list(BENCHMARKS)
@@ -37,6 +43,12 @@ def main(argv=None) -> int:
             todo.append((name, full, quick))
         except ImportError:
             pass
+    if a.only:
+        wanted = {f"benchmarks.{n.strip()}" for n in a.only.split(",") if n.strip()}
+        unknown = wanted - {name for name, _, _ in todo}
+        if unknown:
+            ap.error(f"unknown benchmark(s): {', '.join(sorted(n.split('.', 1)[1] for n in unknown))}")
+        todo = [t for t in todo if t[0] in wanted]
     for name, full, quick in todo:
         mod = importlib.import_module(name)
         t = time.monotonic()
