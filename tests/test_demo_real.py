@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -150,3 +151,31 @@ def test_short_replay_with_a_slow_stop_leaves_nothing_behind(tmp_path_factory):
                 s.connect(("127.0.0.1", port))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_ctrl_c_stops_every_node_and_removes_the_demo_directory(tmp_path_factory):
+    """Ctrl-C while the cluster runs: exit 130, nothing left behind (SIGTERM takes the same
+    path: the demo turns it into the same interruption)."""
+    openbao.require_bao()
+    tmp = Path(tempfile.mkdtemp(prefix="vi-", dir="/tmp"))
+    proc = subprocess.Popen([sys.executable, "-m", "shim.cli", "demo", "--only", "shim"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(tmp),
+                                 "VAULT_PLUGIN_SHIM_DEMO_CACHE": str(tmp_path_factory.getbasetemp() / "demo-go")})
+    try:
+        seen = []
+        for line in proc.stderr:  # the progress lines: interrupt once the load runs
+            seen.append(line)
+            if "stop vault-2" in line:
+                break
+        assert any("stop vault-2" in ln for ln in seen), "".join(seen)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(120) == 130, rest
+        assert "interrupted; every node was stopped" in rest
+        assert _gone(tmp) == [], "no process of the demo is left"
+        assert list(tmp.iterdir()) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -232,6 +232,8 @@ class Cluster:
 
     def _start_server(self, node: Node) -> None:
         with node.lock:
+            if self._stop_monitor.is_set():
+                raise ClusterError(f"the cluster is closed: {node.name} is not started again")
             node.wanted_up = True
             self.record("start", node.index, node.image)
             node.server.start()
@@ -292,17 +294,27 @@ class Cluster:
             pid = n.server.pid
             if pid:
                 _signal_quietly(pid, signal.SIGCONT)  # a frozen node must be able to stop
-        threads = [threading.Thread(target=n.server.stop, kwargs={"grace": 15}, daemon=True)
-                   for n in self.nodes]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        self._stop_all()
+        end = time.monotonic() + bao.START_DEADLINE + 10
+        while any(n.restarting for n in self.nodes) and time.monotonic() < end:
+            time.sleep(POLL)  # a kubelet restart under way: let it finish, then stop it too
+        self._stop_all()
         for n in self.nodes:
             for pid in _wait_gone(n.server, 10.0):
                 _signal_quietly(pid, signal.SIGKILL)
         if not self.keep:
             shutil.rmtree(self.root, ignore_errors=True)
+
+    def _stop_all(self) -> None:
+        def stop(n: Node) -> None:
+            with n.lock:
+                n.server.stop(grace=15)
+
+        threads = [threading.Thread(target=stop, args=(n,), daemon=True) for n in self.nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
 
     def leftovers(self) -> list[int]:
         return sorted({p for n in self.nodes for p in n.server.leftover_processes()})
@@ -469,7 +481,7 @@ class Cluster:
                         self.record("start", n.index, f"{n.image} (restarted by the kubelet after a crash)")
                         try:
                             n.server.start()
-                        except bao.BaoError as exc:
+                        except (bao.BaoError, OSError) as exc:
                             self.record("note", n.index, f"restart failed: {str(exc).splitlines()[0]}")
             finally:
                 n.restarting = False
