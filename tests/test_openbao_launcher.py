@@ -22,11 +22,15 @@ import pytest
 
 from shim.demo.bao import descendants
 from tests.support import baoplugins as bp
-from tests.support import gopeer, openbao
+from tests.support import gopeer, openbao, wait
 
 MODES = ("exec", "proxy")
 CASES = [(kind, mode) for kind in bp.KINDS for mode in MODES]
 DEADLINE = 60.0
+
+
+def wait_until(condition, what: str, deadline: float = DEADLINE):
+    return wait.wait_until(condition, what, deadline=deadline)
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +57,6 @@ def tree(marker: str) -> set[int]:
     return {p for p in found if alive(p)}
 
 
-def wait_until(condition, what: str, deadline: float = DEADLINE):
-    end = time.monotonic() + deadline
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline:.0f} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def assert_gone(pids: set[int], server, tmp_before: set[str], what: str) -> None:

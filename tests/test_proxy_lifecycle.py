@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from shim.demo.bao import descendants
+from tests.support.wait import wait_until
 from tests.support import gopeer
 from tests.test_proxy_interop import Node
 
@@ -79,15 +80,6 @@ def launcher_lines(res, level: str) -> list[dict]:
             or str(line.get("@message", "")).startswith("vault-plugin-shim")]
 
 
-def wait_until(condition, what: str, deadline: float = 30.0):
-    end = time.monotonic() + deadline
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline:.0f} s waiting for {what}")
-        time.sleep(0.02)
 
 
 # --- ending ------------------------------------------------------------------------------

@@ -16,16 +16,16 @@ API:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from shim.demo import bao, gobuild
+from tests.support import openbao
+from tests.support.gopeer import sha256_file
 
 KINDS = gobuild.BAO_PLUGIN_KINDS
 VERSIONS = ("1.0.0", "2.0.0")
@@ -45,14 +45,6 @@ def build(tmp_path_factory, kinds=KINDS, versions=VERSIONS, broker_fix: bool = T
     return {(k, v): gobuild.build_bao_plugin(k, v, out, cache_dir=cache_dir(tmp_path_factory),
                                              broker_fix=broker_fix)
             for k in kinds for v in versions}
-
-
-def sha256_file(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def install(server: bao.Server, binary: Path, command: str) -> Path:
@@ -107,16 +99,7 @@ def write(server: bao.Server, path: str, **data: str) -> dict:
     return json.loads(res.stdout) if res.stdout.strip() else {}
 
 
-_VENV_CLI = Path(sys.executable).with_name("vault-plugin-shim")
-
-
 def cli(*args, env: dict[str, str], check: bool = True,
         timeout: float = 120.0) -> subprocess.CompletedProcess:
-    """Run the project's CLI (the installed console script) as an operator would."""
-    argv = [str(_VENV_CLI)] if _VENV_CLI.exists() else [sys.executable, "-m", "shim.cli"]
-    done = subprocess.run([*argv, *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-    if check and done.returncode != 0:
-        raise AssertionError(f"vault-plugin-shim {' '.join(map(str, args))} failed "
-                             f"({done.returncode}):\n{done.stdout}{done.stderr}")
-    return done
+    """Run the project's CLI as an operator would (tests.support.openbao.shim; checked by default)."""
+    return openbao.shim(*args, env=env, check=check, timeout=timeout)
