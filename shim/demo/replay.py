@@ -95,6 +95,11 @@ class Request:
     category: str = "pending"
     t_done: float = 0.0
 
+    @property
+    def answered_by(self) -> int:
+        """The node that answered: where it was sent, or where that node redirected it."""
+        return self.redirected if self.redirected >= 0 else self.node
+
 
 @dataclass
 class CatalogWrite:
@@ -151,8 +156,8 @@ class RunResult:
         from its own plugin process, active or standby)."""
         out: dict[str, set] = {n: set() for n in self.node_names}
         for r in self.requests:
-            if r.category == "ok" and r.op == "read" and r.version and r.node >= 0:
-                out[self.node_names[r.node]].add(r.version)
+            if r.category == "ok" and r.op == "read" and r.version and r.answered_by >= 0:
+                out[self.node_names[r.answered_by]].add(r.version)
         return {k: sorted(v) for k, v in out.items()}
 
     @property
@@ -627,9 +632,12 @@ def timeline(run: RunResult):
         changes = sorted(raw[i])
         before = [s for t, s in changes if t <= 0]
         states.append([(0.0, before[-1] if before else R.DOWN)] + [(t, s) for t, s in changes if t > 0])
-    requests = [(r.t, r.node, R.FAILED if r.category == "plugin" else
-                 (R.SERVED_OLD if r.version == ENTRY_VERSION else R.SERVED_NEW))
-                for r in run.requests if r.category in ("ok", "plugin")]
+    # a node's row: the version that answered the reads it served itself (standbys too), and
+    # every request sent to it that met a plugin failure (writes included: a standby runs them
+    # through its own plugin, then forwards them to the active node)
+    requests = [(r.t, r.answered_by, R.FAILED) for r in run.requests if r.category == "plugin"]
+    requests += [(r.t, r.answered_by, R.SERVED_OLD if r.version == ENTRY_VERSION else R.SERVED_NEW)
+                 for r in run.requests if r.category == "ok" and r.op == "read"]
     marks = [(w.t, w.node, "catalog", f"catalog written by {run.node_names[w.node]}'s init container "
                                       f"({w.detail})") for w in run.catalog_writes]
     marks += [(e.t, e.node, e.kind, f"{run.node_names[e.node]}: {e.kind} {e.detail}".strip())
