@@ -18,13 +18,13 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from shim.demo import cluster as cl
 from tests.support import baoplugins, openbao
+from tests.support.wait import wait_until
 
 ENTRY = "v1.0.0"
 POLICY = 'path "+/*" { capabilities = ["create", "read", "update", "delete", "list"] }'
@@ -53,11 +53,9 @@ class Stage:
                    {"sha256": self.old_sha, "command": "demo-kv", "version": ENTRY})
         self.admin("POST", f"sys/mounts/{name}", {"type": name, "config": {"plugin_version": ENTRY}})
         self.admin("PUT", f"{name}/kv/k", {"n": 0})
-        end = time.monotonic() + 60
         for i in range(len(self.c.nodes)):
-            while self.req(i, "GET", f"{name}/kv/k")[0] != 200:
-                assert time.monotonic() < end, f"{self.c.nodes[i].name} does not serve {name}/"
-                time.sleep(0.1)
+            wait_until(lambda: self.req(i, "GET", f"{name}/kv/k")[0] == 200,
+                       f"{self.c.nodes[i].name} to serve {name}/", deadline=60)
         return name
 
     def rewrite(self, name: str) -> None:
@@ -81,14 +79,17 @@ class Stage:
         offset = server.log_size()
         os.kill(self.pid(node, name), signal.SIGKILL)
         openbao.wait_for_log(server, "plugin process exited", offset=offset, timeout=30)
-        transient, end = [], time.monotonic() + 15
-        while time.monotonic() < end:
-            status, doc = self.req(node, "GET", f"{name}/kv/k")
-            if "code = Unavailable" not in _error(doc):
-                return transient
-            transient.append(_error(doc))
-            time.sleep(0.05)
-        raise AssertionError(f"the host never noticed the crash: {transient[-3:]}")
+        transient = []
+
+        def noticed() -> bool:
+            error = _error(self.req(node, "GET", f"{name}/kv/k")[1])
+            if "code = Unavailable" in error:
+                transient.append(error)
+                return False
+            return True
+
+        wait_until(noticed, "the host to notice its plugin's crash", deadline=15)
+        return transient
 
     def active(self) -> int:
         return self.c.wait_active(60)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import openbao
+from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,12 +40,12 @@ def _referencing(path: Path) -> list[str]:
 
 
 def _gone(path: Path, timeout: float = 30.0) -> list[str]:
-    end = time.monotonic() + timeout
-    left = _referencing(path)
-    while left and time.monotonic() < end:
-        time.sleep(0.2)
-        left = _referencing(path)
-    return left
+    """The processes still mentioning ``path`` once they had ``timeout`` seconds to exit."""
+    try:
+        wait_until(lambda: not _referencing(path), f"processes of {path} to exit", deadline=timeout, poll=0.2)
+    except AssertionError:
+        pass
+    return _referencing(path)
 
 
 @pytest.fixture(scope="module")
