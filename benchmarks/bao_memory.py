@@ -144,14 +144,31 @@ def _status(pid: int) -> dict[str, int]:
     return out
 
 
+def _role(pid: int) -> str:
+    """launcher (the Python the stub started), janitor (its cleanup helper), plugin (Go)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "gone"
+    if b"shim.goplugin.janitor" in cmd:
+        return "janitor"
+    if b"--vault-plugin-shim-context-fd=" in cmd:
+        return "launcher"
+    return "plugin"
+
+
 def proc_view(server) -> dict[str, float]:
-    """Per plugin (one child of the server and its tree): mean bytes of each field."""
+    """Per plugin (one child of the server and its tree): mean bytes of each field, and
+    ``RssAnon`` of each role in the tree (``anon:<role>``)."""
     kids = [p for p in descendants(server.pid) if _parent(p) == server.pid]
     totals: dict[str, float] = {}
     for kid in kids:
         for pid in [kid, *descendants(kid)]:
-            for k, v in _status(pid).items():
+            status = _status(pid)
+            for k, v in status.items():
                 totals[k] = totals.get(k, 0) + v
+            role = f"anon:{_role(pid)}"
+            totals[role] = totals.get(role, 0) + status.get("RssAnon", 0)
     n = max(1, len(kids))
     view = {k: v / n for k, v in totals.items()}
     view["anon+memfd"] = view.get("RssAnon", 0) + view.get("memfd", 0)
@@ -236,7 +253,8 @@ def measure(rounds: int = 2, mounts: int = 10, quick: bool = False) -> dict:
                 out[f"{t}_one_{key}_mb"] = S.median([(s["one"][key] - s["base"][key]) / MB for s in samples[t]])
                 out[f"{t}_many_{key}_mb"] = S.median([(s["many"][key] - s["base"][key]) / MB / mounts
                                                       for s in samples[t]])
-        for key in ("anon+memfd", "RssAnon", "memfd", "RssFile", "Pss"):
+        for key in ("anon+memfd", "RssAnon", "memfd", "RssFile", "Pss", "anon:launcher", "anon:janitor",
+                    "anon:plugin"):
             out[f"{t}_proc_one_{key}_mb"] = S.median([s["proc_one"].get(key, 0) / MB for s in samples[t]])
             out[f"{t}_proc_many_{key}_mb"] = S.median([s["proc_many"].get(key, 0) / MB for s in samples[t]])
     return out

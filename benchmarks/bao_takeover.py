@@ -56,9 +56,22 @@ def server_children(server) -> list[int]:
 
 def wait_running(cluster, count: int) -> None:
     for n in cluster.nodes:
-        if n.up:
+        if not n.up:
+            continue
+        try:
             S.wait_until(lambda: len(server_children(n.server)) == count,
                          f"{n.name} to run {count} plugin processes", DEADLINE, poll=0.05)
+        except S.StageError as exc:
+            kids = {p: _cmdline(p) for p in server_children(n.server)}
+            raise S.StageError(f"{exc}; it runs {len(kids)}: {kids}; node states: "
+                               f"{[cluster.health(m.index) for m in cluster.nodes]}") from None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+    except OSError:
+        return "?"
 
 
 def restart_stopped(cluster) -> None:

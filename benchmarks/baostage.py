@@ -95,9 +95,12 @@ class Image:
         built = gobuild.build_bao_plugin("secret", VERSION, work / "bin", cache_dir=work / "cache")
         binary = versions / f"{PLUGIN_NAME}-{VERSION}"
         shutil.copyfile(built, binary)
-        if pad_mb:
-            with open(binary, "ab") as f:  # a bigger plugin: appended bytes, still a valid ELF
-                f.truncate(max(os.path.getsize(binary), pad_mb * 1024 * 1024))
+        if pad_mb:  # a bigger plugin: random bytes appended (as benchmarks.launch), still a valid ELF
+            with open(binary, "ab") as f:
+                left = pad_mb * 1024 * 1024 - os.path.getsize(binary)
+                while left > 0:
+                    f.write(os.urandom(min(left, 1 << 20)))
+                    left -= 1 << 20
         binary.chmod(0o755)
         shutil.copyfile(binary, self.dir / COMMANDS["direct"])
         (self.dir / COMMANDS["direct"]).chmod(0o755)
