@@ -285,3 +285,15 @@ def test_equal_precedence_is_decided_by_issue_time_or_refused(tmp_path):
     ties = [ln for ln in R.hclog_lines(proc.stderr) if ln.get("error") == "AmbiguousVersionError"]
     assert {t["candidate"] for t in ties} == {"myplugin-2.0.0-zzz", "myplugin-2.0.0-aaa"}
     assert all(t["@level"] == "error" and "cannot tell which is newer" in t["reason"] for t in ties)
+
+
+def test_a_bad_manifest_is_named_not_its_binary(setup):
+    """The rejection line names the file that is wrong: here the manifest, a FIFO."""
+    tmp, d, keys, pol, path = setup
+    bad = R.script_plugin(d / "myplugin-2.0.0", "two")
+    os.mkfifo(str(bad) + ".manifest.json")
+    proc = R.run(R.launcher(tmp, pol))
+    assert proc.stdout == b"ran good \n", proc.stderr
+    (line,) = [ln for ln in R.hclog_lines(proc.stderr) if "rejected candidate" in ln["@message"]]
+    assert line["@message"].startswith(f"vault-plugin-shim: rejected candidate {bad}.manifest.json: ")
+    assert line["file"] == f"{bad}.manifest.json" and "not a regular file" in line["reason"]

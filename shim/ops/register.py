@@ -37,7 +37,6 @@ what ``--dry-run`` prints; :func:`apply` sends it through hvac.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shlex
@@ -45,6 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shim.errors import ShimError
+from shim.goplugin.vault import PLUGIN_TYPES
+from shim.trust.manifest import NAME_RE, SEMVER_RE, SHA256_RE
+from shim.trust.verify import digest_file
 from shim.ops.vaultenv import (
     ServerInfo,
     VaultEnv,
@@ -55,10 +57,7 @@ from shim.ops.vaultenv import (
     detect_server,
 )
 
-PLUGIN_TYPES = ("secret", "auth", "database")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_SEMVER = re.compile(r"^v?\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_KEY = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z", re.ASCII)
 RECORDED = "<reported version>"
 # Requested in the probe write; no plugin reports it, so a working launcher gets a mismatch.
 PROBE_VERSION = "v0.0.0-vault-plugin-shim.probe"
@@ -125,15 +124,15 @@ class Registration:
         if self.plugin_type not in PLUGIN_TYPES:
             raise RegistrationError(f"unknown plugin type {self.plugin_type!r}",
                                     fix="use one of: " + ", ".join(PLUGIN_TYPES))
-        if not _NAME.match(self.name) or ".." in self.name:
+        if not NAME_RE.match(self.name) or ".." in self.name:
             raise RegistrationError(f"plugin name {self.name!r} is not a valid catalog name",
                                     fix="use letters, digits, '.', '_' and '-' only")
-        if not _NAME.match(self.command) or ".." in self.command:
+        if not NAME_RE.match(self.command) or ".." in self.command:
             raise RegistrationError(
                 f"command {self.command!r} must be a bare file name",
                 fix="Vault resolves the command inside its plugin_directory and splits it on "
                     "spaces: give the launcher's file name there (arguments go in --arg)")
-        if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+        if not SHA256_RE.match(self.sha256):
             raise RegistrationError(f"sha256 {self.sha256!r} is not 64 lower-case hex digits",
                                     fix="pass the launcher file (--launcher) or its hex SHA-256 (--sha256)")
         for item in self.env:
@@ -141,7 +140,7 @@ class Registration:
             if not sep or not _ENV_KEY.match(key):
                 raise RegistrationError(f"environment entry {item!r} is not KEY=VALUE",
                                         fix="write each --env as NAME=value")
-        if self.version and not _SEMVER.match(self.version):
+        if self.version and not SEMVER_RE.match(self.version.removeprefix("v")):
             raise RegistrationError(f"version {self.version!r} is not a semantic version",
                                     fix="use the form v1.2.3 (or leave --version out)")
         if self.version and not self.version.startswith("v"):
@@ -192,18 +191,14 @@ class Registration:
 
 def sha256_file(path: str | Path) -> str:
     """Hex SHA-256 of the file, as go-plugin's SecureConfig computes it before each launch."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+        return digest_file(str(path))[0]
     except FileNotFoundError:
         raise LauncherFileError("the launcher file does not exist", path=str(path)) from None
     except IsADirectoryError:
         raise LauncherFileError("the launcher path is a directory, not a file", path=str(path)) from None
     except OSError as exc:
-        raise LauncherFileError(f"cannot read the launcher: {exc.strerror}", path=str(path)) from None
-    return digest.hexdigest()
+        raise LauncherFileError(f"cannot read the launcher: {exc.strerror}", path=str(path)) from exc
 
 
 # --- the plan (pure) -----------------------------------------------------------------

@@ -264,8 +264,12 @@ def digest_file(path: str) -> tuple[str, int]:
     SecureConfig compares before each launch."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        size = os.fstat(fd).st_size
-        return digest_of(fd, size), size
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(21, "Is a directory", path)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(22, "Not a regular file", path)
+        return digest_of(fd, st.st_size), st.st_size
     finally:
         os.close(fd)
 
