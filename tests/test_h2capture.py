@@ -18,58 +18,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from shim.goplugin import h2capture as cap
-from shim.goplugin.h2route import (CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS, PREFACE, RST_STREAM,
-                                   FrameReader, frame, unpadded_payload)
+from shim.goplugin.h2route import DATA, END_HEADERS, END_STREAM, HEADERS, PREFACE, RST_STREAM, Router, frame
 
 REC = Path(__file__).resolve().parent / "data" / "h2rec"
-
-
-class Router:
-    """Stand-in with the tap semantics the router gets (until it has the hook)."""
-
-    def __init__(self, tap):
-        self.tap = tap
-        self.vin, self.cin = FrameReader(preface=True), FrameReader()
-        self.dec = hpack.Decoder()
-        self.block = None
-        self.watched = set()
-        self.seen = 0
-
-    def receive_vault(self, data):
-        for f in self.vin.feed(data):
-            if f.type in (HEADERS, CONTINUATION):
-                frag = unpadded_payload(HEADERS, f.flags, f.payload)[0] if f.type == HEADERS else f.payload
-                self.block = (self.block or b"") + frag
-                if f.flags & END_HEADERS:
-                    headers, self.block = self.dec.decode(self.block, raw=True), None
-                    if f.stream_id > self.seen:
-                        self.seen = f.stream_id
-                        if self.tap.opened(f.stream_id, headers):
-                            self.watched.add(f.stream_id)
-            elif f.type == DATA and f.stream_id in self.watched:
-                self.tap.data(f.stream_id, True, unpadded_payload(DATA, f.flags, f.payload)[0])
-            elif f.type == RST_STREAM and f.stream_id in self.watched:
-                self.watched.discard(f.stream_id)
-                self.tap.reset(f.stream_id)
-
-    def receive_child(self, data):
-        for f in self.cin.feed(data):
-            if f.stream_id not in self.watched:
-                continue
-            if f.type == DATA:
-                self.tap.data(f.stream_id, False, unpadded_payload(DATA, f.flags, f.payload)[0])
-            if f.type in (DATA, HEADERS) and f.flags & END_STREAM:
-                self.watched.discard(f.stream_id)
-                self.tap.ended(f.stream_id)
-            elif f.type == RST_STREAM:
-                self.watched.discard(f.stream_id)
-                self.tap.reset(f.stream_id)
-
-    def data_to_child(self):
-        return b""
-
-    def data_to_vault(self):
-        return b""
 
 
 def recording(name: str) -> list[tuple[bool, bytes]]:

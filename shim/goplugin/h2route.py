@@ -11,7 +11,10 @@ connection to the plugin child. Almost every frame passes byte for byte; the
   length, HTTP/2 flow control is compensated (:class:`Withheld`);
 * ``/plugin.GRPCController/Shutdown`` from Vault is reported (the call itself passes);
 * :meth:`Router.fail_streams` ends every stream still open toward Vault with a gRPC
-  UNAVAILABLE status (for a plugin that died), then GOAWAY.
+  UNAVAILABLE status (for a plugin that died), then GOAWAY;
+* for a hot swap, :meth:`Router.goaway` asks Vault to move to a new connection (a graceful
+  GOAWAY: nothing is refused), :meth:`Router.open_calls` tells when the calls left have
+  drained, and a tap (:mod:`shim.goplugin.h2capture`) sees the set-up calls' messages.
 
 Nothing here touches a socket: bytes go in with :meth:`Router.receive_vault` /
 :meth:`Router.receive_child`, bytes come out with :meth:`Router.data_to_child` /
@@ -43,7 +46,9 @@ NO_ERROR, CANCEL = 0x0, 0x8
 MAX_FRAME_OUT = 16384            # every peer accepts frames this large (SETTINGS_MAX_FRAME_SIZE floor)
 MAX_BROKER_MESSAGE = 64 << 10    # larger is no ConnInfo: pass it unread rather than hold it
 BROKER_PATH = b"/plugin.GRPCBroker/StartStream"
+STDIO_PATH = b"/plugin.GRPCStdio/StreamStdio"
 SHUTDOWN_PATH = b"/plugin.GRPCController/Shutdown"
+LAST_STREAM_ID = 0x7FFFFFFF
 GRPC_UNAVAILABLE = 14
 
 _FIXED_LENGTH = {PRIORITY: 5, RST_STREAM: 4, PING: 8, WINDOW_UPDATE: 4}
@@ -280,11 +285,13 @@ def rewrite_conninfo(message: bytes, rewrite: Callable) -> bytes:
 # --- the router -------------------------------------------------------------------------
 
 class _Stream:
-    __slots__ = ("headers_out", "broker")
+    __slots__ = ("headers_out", "broker", "tapped", "long_lived")
 
     def __init__(self):
         self.headers_out = False        # response headers went to Vault
         self.broker: tuple[MessageSplitter, MessageSplitter] | None = None  # (from Vault, from child)
+        self.tapped = False             # the tap watches this call
+        self.long_lived = False         # broker or stdio stream: lives as long as the plugin client
 
 
 class Router:
@@ -292,14 +299,20 @@ class Router:
 
     ``from_vault`` / ``from_child`` rewrite ConnInfo announcements seen on the broker
     stream (return None to drop one); ``on_shutdown`` is called when Vault calls
-    GRPCController/Shutdown. Stream state is kept for streams still open toward Vault.
+    GRPCController/Shutdown. ``tap`` (an :class:`~shim.goplugin.h2capture.Tap`) is shown
+    each request header block and, for the calls it wants, their DATA and their end. Stream
+    state is kept for streams still open toward Vault.
     """
 
     def __init__(self, *, from_vault: Callable | None = None, from_child: Callable | None = None,
-                 on_shutdown: Callable[[], None] | None = None):
+                 on_shutdown: Callable[[], None] | None = None, tap=None):
         self.rewrite_from_vault = from_vault or (lambda info: info)
         self.rewrite_from_child = from_child or (lambda info: info)
         self.on_shutdown = on_shutdown
+        self.tap = tap                      # an h2capture.Tap, or None
+        self.calls_done = 0                 # call streams (not broker/stdio) that ended
+        self.going_away = False
+        self._goaway_held = False           # a GOAWAY waits for the child's header block to end
         self._vault_in = FrameReader(preface=True)
         self._child_in = FrameReader()
         self._to_child: list[bytes] = []
@@ -339,10 +352,13 @@ class Router:
                 raise H2RouteError("HTTP/2 header block from Vault interrupted by another frame")
             if t == DATA:
                 st = self.streams.get(f.stream_id)
-                if st is not None and st.broker is not None:
-                    self._broker_data(f, st.broker[0], self.rewrite_from_vault, out, self._to_vault,
-                                      self.owed_to_vault)
-                    continue
+                if st is not None:
+                    if st.broker is not None:
+                        self._broker_data(f, st.broker[0], self.rewrite_from_vault, out, self._to_vault,
+                                          self.owed_to_vault)
+                        continue
+                    if st.tapped:
+                        self.tap.data(f.stream_id, True, unpadded_payload(DATA, f.flags, f.payload)[0])
             elif t == HEADERS:
                 sid = f.stream_id
                 fragment, _ = unpadded_payload(HEADERS, f.flags, f.payload)
@@ -368,7 +384,7 @@ class Router:
                         out.append(frame(WINDOW_UPDATE, 0, f.stream_id, inc.to_bytes(4, "big")))
                     continue
             elif t == RST_STREAM:
-                self._forget(f.stream_id)
+                self._forget(f.stream_id, reset=True)
             out.append(f.raw)
 
     def _header_block(self, sid: int, block: bytes) -> None:
@@ -377,15 +393,20 @@ class Router:
         except hpack.exceptions.HPACKError as exc:
             raise H2RouteError(f"cannot decode a header block from Vault: {exc}") from None
         st = self.streams.get(sid)
-        if st is None or st.broker is not None:
+        if st is None or st.broker is not None or st.tapped:
             return
         for name, value in headers:
             if name == b":path":
                 if value == BROKER_PATH:
                     st.broker = (MessageSplitter(), MessageSplitter())
+                    st.long_lived = True
+                elif value == STDIO_PATH:
+                    st.long_lived = True
                 elif value == SHUTDOWN_PATH and self.on_shutdown is not None:
                     self.on_shutdown()
                 break
+        if self.tap is not None and not st.long_lived:
+            st.tapped = self.tap.opened(sid, headers)
 
     # child -> Vault
 
@@ -404,6 +425,8 @@ class Router:
                         if f.flags & END_STREAM:
                             self._forget(f.stream_id)
                         continue
+                    if st.tapped:
+                        self.tap.data(f.stream_id, False, unpadded_payload(DATA, f.flags, f.payload)[0])
                     if f.flags & END_STREAM:
                         self._forget(f.stream_id)
             elif t == HEADERS:
@@ -414,8 +437,16 @@ class Router:
                     else:
                         st.headers_out = True
                 self._child_in_block = not f.flags & END_HEADERS
+                if self._goaway_held and not self._child_in_block:
+                    out.append(f.raw)
+                    self._send_goaway()
+                    continue
             elif t == CONTINUATION:
                 self._child_in_block = not f.flags & END_HEADERS
+                if self._goaway_held and not self._child_in_block:
+                    out.append(f.raw)
+                    self._send_goaway()
+                    continue
             elif t == WINDOW_UPDATE:
                 if self.owed_to_vault.owed:
                     inc = self.owed_to_vault.filter(f.stream_id, int.from_bytes(f.raw[9:13], "big") & 0x7FFFFFFF)
@@ -423,7 +454,7 @@ class Router:
                         out.append(frame(WINDOW_UPDATE, 0, f.stream_id, inc.to_bytes(4, "big")))
                     continue
             elif t == RST_STREAM:
-                self._forget(f.stream_id)
+                self._forget(f.stream_id, reset=True)
             elif t == SETTINGS and not f.flags & ACK:
                 payload = f.payload
                 for i in range(0, len(payload), 6):
@@ -433,10 +464,42 @@ class Router:
 
     # shared
 
-    def _forget(self, sid: int) -> None:
-        if self.streams.pop(sid, None) is not None:
+    def _forget(self, sid: int, reset: bool = False) -> None:
+        st = self.streams.pop(sid, None)
+        if st is not None:
             self.owed_to_vault.forget(sid)
             self.owed_to_child.forget(sid)
+            if not st.long_lived:
+                self.calls_done += 1
+            if st.tapped:
+                if reset:
+                    self.tap.reset(sid)
+                else:
+                    self.tap.ended(sid)
+
+    # hot swap
+
+    def open_calls(self) -> int:
+        """Calls still open toward Vault, not counting the broker and stdio streams (they
+        last as long as Vault's plugin client)."""
+        return sum(1 for st in self.streams.values() if not st.long_lived)
+
+    def goaway(self) -> None:
+        """Ask Vault to open no new stream here (GOAWAY, NO_ERROR, last stream 2^31-1): gRPC
+        clients move their next calls to a new connection; every stream Vault opened, even
+        one crossing this frame, is still served here. Held back while the child is in the
+        middle of a header block (a frame there would break it)."""
+        if self.going_away or self.finished:
+            return
+        self.going_away = True
+        if self._child_in_block:
+            self._goaway_held = True
+        else:
+            self._send_goaway()
+
+    def _send_goaway(self) -> None:
+        self._goaway_held = False
+        self._to_vault.append(frame(GOAWAY, 0, 0, LAST_STREAM_ID.to_bytes(4, "big") + NO_ERROR.to_bytes(4, "big")))
 
     @staticmethod
     def _broker_data(f: Frame, splitter: MessageSplitter, rewrite: Callable, out: list[bytes],
@@ -482,6 +545,8 @@ class Router:
         if self.finished:
             return
         self.finished = True
+        if self.tap is not None:
+            self.tap.close()
         if self._child_in_block:  # a frame now would break Vault's header block: just close
             self.streams.clear()
             return

@@ -42,9 +42,9 @@ MAIN_TEMPLATE = '''\
 # Vault's catalog pins.
 POLICY = {policy!r}
 MODE = {mode!r}
-if __name__ == "__main__":
+{swap}if __name__ == "__main__":
     from shim.launch.entry import main_from_stub
-    raise SystemExit(main_from_stub(POLICY, MODE))
+    raise SystemExit(main_from_stub(POLICY, MODE{swap_arg}))
 '''
 
 
@@ -92,6 +92,14 @@ PROXY_MODULES = EXEC_MODULES + (
     "shim/launch/child.py",
     "shim/launch/proxy.py",
 )
+# Proxy mode with hot swap (README "Hot swap") also runs these; watchdog, from site-packages,
+# is imported on the watcher's thread only.
+HOT_SWAP_MODULES = (
+    "shim/goplugin/_proto/grpc_broker_pb2_grpc.py",   # the launcher is the new child's broker host
+    "shim/goplugin/h2capture.py",
+    "shim/launch/swap.py",
+    "shim/launch/watch.py",
+)
 MODULES = {"exec": EXEC_MODULES, "proxy": PROXY_MODULES}
 # What each mode's launch imports from the interpreter's own site-packages (not carried in
 # the launcher: compiled code cannot run from a zip).
@@ -107,10 +115,18 @@ IMPORT_PROBE = ("import importlib, sys\n"
                 "        print(f'{m} ({type(exc).__name__}: {exc})')\n")
 
 
-def package_files(mode: str) -> list[tuple[str, bytes]]:
+def launch_modules(mode: str, hot_swap: bool = False) -> tuple[str, ...]:
+    """The modules a launch of ``mode`` (with or without hot swap) imports."""
+    if hot_swap and mode != "proxy":
+        raise PolicyError("hot swap needs proxy mode (an exec-mode launcher becomes the plugin)",
+                          fix="build with --mode proxy, or without hot swap")
+    return MODULES[mode] + (HOT_SWAP_MODULES if hot_swap else ())
+
+
+def package_files(mode: str, hot_swap: bool = False) -> list[tuple[str, bytes]]:
     """(archive name, bytes) of the modules a launcher of ``mode`` runs."""
     root = Path(__file__).resolve().parent.parent.parent
-    return [(rel, (root / rel).read_bytes()) for rel in sorted(MODULES[mode])]
+    return [(rel, (root / rel).read_bytes()) for rel in sorted(launch_modules(mode, hot_swap))]
 
 
 # Run by the *target* interpreter at build time: unchecked-hash .pyc files for the sources
@@ -148,12 +164,14 @@ def compiled(python: str, sources: list[tuple[str, bytes]]) -> list[tuple[str, b
         return []
 
 
-def code_archive(policy: Policy | None, mode: str, python: str | None = None) -> bytes:
+def code_archive(policy: Policy | None, mode: str, python: str | None = None, hot_swap: bool = False) -> bytes:
     """The zip the interpreter runs: ``__main__.py`` with the policy, the launch path's
     sources, and their bytecode for ``python`` when that interpreter runs here (about 40%
     of an exec-mode launch is compiling the sources otherwise)."""
-    main = MAIN_TEMPLATE.format(policy=None if policy is None else policy.to_json(), mode=mode)
-    sources = package_files(mode)
+    main = MAIN_TEMPLATE.format(policy=None if policy is None else policy.to_json(), mode=mode,
+                                swap="HOT_SWAP = True\n" if hot_swap else "",  # else: the bytes as before
+                                swap_arg=", HOT_SWAP" if hot_swap else "")
+    sources = package_files(mode, hot_swap)
     entries = [(MAIN, main.encode())] + sources + (compiled(python, sources) if python else [])
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
@@ -166,9 +184,10 @@ def code_archive(policy: Policy | None, mode: str, python: str | None = None) ->
 
 
 def build_bytes(policy: Policy | None, python: str, mode: str | None = None, arch: str | None = None,
-                flags: tuple[str, ...] = FLAGS) -> bytes:
+                flags: tuple[str, ...] = FLAGS, hot_swap: bool = False) -> bytes:
     """The launcher's bytes. ``policy`` None builds a launcher without an embedded policy
-    (``--policy-in-args``); ``mode`` defaults to the policy's, ``arch`` to this machine's."""
+    (``--policy-in-args``); ``mode`` defaults to the policy's, ``arch`` to this machine's;
+    ``hot_swap`` (proxy mode) makes it swap newly shipped versions in while it runs."""
     if not os.path.isabs(python) or len(python) > 1024 or "\0" in python:
         raise PolicyError(f"--python {python!r} must be an absolute path",
                           fix="pass the interpreter's absolute path, e.g. /usr/bin/python3")
@@ -177,7 +196,7 @@ def build_bytes(policy: Policy | None, python: str, mode: str | None = None, arc
         from shim.trust.verify import host_platform
 
         arch = host_platform()[1]
-    return stubs.pack(stubs.stub_bytes(arch), [python, *flags], code_archive(policy, mode, python))
+    return stubs.pack(stubs.stub_bytes(arch), [python, *flags], code_archive(policy, mode, python, hot_swap))
 
 
 def launcher_code(data: bytes) -> bytes:
@@ -186,9 +205,9 @@ def launcher_code(data: bytes) -> bytes:
 
 
 def write_launcher(policy: Policy | None, python: str, output: str, mode: str | None = None,
-                   arch: str | None = None) -> str:
+                   arch: str | None = None, hot_swap: bool = False) -> str:
     """Write the launcher atomically with mode 0755; return its sha256."""
-    data = build_bytes(policy, python, mode, arch)
+    data = build_bytes(policy, python, mode, arch, hot_swap=hot_swap)
     out = Path(output)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
@@ -216,6 +235,7 @@ class LauncherInfo:
     files: int          # Python sources, __main__.py included
     size: int
     compiled: int = 0   # of which bytecode for the interpreter is included
+    hot_swap: bool = False
 
 
 def inspect(path: str) -> LauncherInfo:
@@ -232,12 +252,15 @@ def inspect(path: str) -> LauncherInfo:
             names = zf.namelist()
             count = sum(n.endswith(".py") for n in names)
             compiled_count = sum(n.endswith(".pyc") for n in names)
-        policy, mode = None, None
+        policy, mode, hot_swap = None, None, False
         for node in ast.parse(main).body:
-            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) in ("POLICY", "MODE"):
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) in ("POLICY", "MODE",
+                                                                                          "HOT_SWAP"):
                 value = ast.literal_eval(node.value)
                 if node.targets[0].id == "MODE":
                     mode = value
+                elif node.targets[0].id == "HOT_SWAP":
+                    hot_swap = value is True
                 elif value is not None:
                     policy = Policy.from_json(value)
     except PolicyError as exc:
@@ -248,4 +271,4 @@ def inspect(path: str) -> LauncherInfo:
         raise PolicyError("is not a vault-plugin-shim launcher (or a damaged one)", path=path,
                           fix="rebuild it with `vault-plugin-shim launcher build`") from exc
     return LauncherInfo(path, hashlib.sha256(data).hexdigest(), prefix[0], prefix[1:], policy,
-                        mode or "exec", count, len(data), compiled_count)
+                        mode or "exec", count, len(data), compiled_count, hot_swap)

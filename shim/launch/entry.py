@@ -25,7 +25,7 @@ import time
 from shim.goplugin import hclog
 from shim.goplugin.errors import Diagnostic
 from shim.launch.errors import LaunchError
-from shim.trust.errors import PolicyError
+from shim.trust.errors import PolicyError, RejectedError
 from shim.trust.policy import COOKIES, Policy, split_args
 from shim.trust.verify import Candidate, PluginDir, check_digest, select
 
@@ -84,7 +84,7 @@ def load_policy(embedded: str | None, args: list[str]) -> tuple[Policy, list[str
     return policy, rest
 
 
-def main_from_stub(embedded_policy: str | None, mode: str = "exec") -> int:
+def main_from_stub(embedded_policy: str | None, mode: str = "exec", hot_swap: bool = False) -> int:
     """What the launcher's ``__main__`` runs. The static stub started us with a fixed
     environment; Vault's own argv and environment, byte for byte, and the launcher's real
     path are in the context memfd named on our command line."""
@@ -116,15 +116,16 @@ def main_from_stub(embedded_policy: str | None, mode: str = "exec") -> int:
         key, sep, value = entry.partition(b"=")
         if sep:
             env.setdefault(os.fsdecode(key), os.fsdecode(value))  # execve: the first one wins
-    return main(embedded_policy, argv, env, launcher_path=os.fsdecode(exe), mode=mode)
+    return main(embedded_policy, argv, env, launcher_path=os.fsdecode(exe), mode=mode, hot_swap=hot_swap)
 
 
 def main(embedded_policy: str | None, argv: list[str], env: dict, clock=time.time, *,
-         launcher_path: str | None = None, mode: str = "exec") -> int:
+         launcher_path: str | None = None, mode: str = "exec", hot_swap: bool = False) -> int:
     """``argv`` and ``env`` are Vault's; ``launcher_path`` the launcher's real path (a
-    relative plugins dir is resolved from it); ``mode`` the one this launcher was built for."""
+    relative plugins dir is resolved from it); ``mode`` the one this launcher was built for;
+    ``hot_swap`` whether it was built to swap versions in (proxy mode only)."""
     try:
-        return _main(embedded_policy, argv, env, clock, launcher_path, mode)
+        return _main(embedded_policy, argv, env, clock, launcher_path, mode, hot_swap)
     except KeyboardInterrupt:
         hclog.error("vault-plugin-shim: interrupted (SIGINT) before the plugin started; nothing was run",
                     reason="SIGINT", fix="let Vault start and stop the plugin; a Ctrl-C in Vault's terminal "
@@ -132,7 +133,7 @@ def main(embedded_policy: str | None, argv: list[str], env: dict, clock=time.tim
         return EXIT_REFUSED
 
 
-def _main(embedded_policy, argv, env, clock, launcher_path, mode) -> int:
+def _main(embedded_policy, argv, env, clock, launcher_path, mode, hot_swap=False) -> int:
     launcher = argv[0] if argv else "launcher"
     if argv[1:2] == ["doctor"] and not any(key in env for key, _ in COOKIES.values()):
         return run_doctor(launcher_path or launcher, argv[2:])
@@ -164,7 +165,7 @@ def _main(embedded_policy, argv, env, clock, launcher_path, mode) -> int:
         return EXIT_REFUSED
     try:
         if policy.mode == "proxy":
-            return launch_proxy(policy, plugin_args, env, clock())
+            return launch_proxy(policy, plugin_args, env, clock(), hot_swap=hot_swap)
         launch_exec(policy, plugin_args, env, clock())
     except Diagnostic as exc:
         hclog.error(f"vault-plugin-shim: refusing to start {policy.type} plugin {policy.name}: {exc.reason}",
@@ -204,13 +205,20 @@ def _log_rejections(selection, policy: Policy) -> None:
                         "and remove what does not belong in the plugins directory")
 
 
-def select_sealed(policy: Policy, now: float, *, tmpdir: str | None = None) -> tuple[Candidate, int, str]:
+def select_sealed(policy: Policy, now: float, *, tmpdir: str | None = None,
+                  skip=None) -> tuple[Candidate, int, str]:
     """The one selection path of both modes: the highest candidate whose binary, copied
     into a sealed memfd (or the private-copy fallback), hashes to its signed manifest.
-    Returns (candidate, fd of the verified copy, how it was made)."""
+    Returns (candidate, fd of the verified copy, how it was made). ``skip(candidate)``
+    (hot swap) may return why a candidate is not to be tried (it failed to take over
+    before): it is then rejected with that reason, before its bytes are read."""
     from shim.launch import memexec
 
     def seal(pdir: PluginDir, cand: Candidate) -> tuple[int, str]:
+        why = skip(cand) if skip is not None else None
+        if why:
+            raise RejectedError(why, path=cand.path, fix="replace or remove this release; a changed file is tried "
+                                                         "again")
         src = pdir.open_binary(cand)
         try:
             fd, how = memexec.materialize(src, cand.manifest.size, f"{policy.name}-{cand.manifest.version}",
@@ -295,7 +303,7 @@ def launch_exec(policy: Policy, plugin_args: list[str], env: dict, now: float) -
         raise _cannot_execute(cand, exc, tmpdir, how) from exc
 
 
-def launch_proxy(policy: Policy, plugin_args: list[str], env: dict, now: float) -> int:
+def launch_proxy(policy: Policy, plugin_args: list[str], env: dict, now: float, *, hot_swap: bool = False) -> int:
     """Proxy mode: the same verified, sealed bytes, run as our child behind a go-plugin
     relay (shim.launch.proxy). Returns the exit code."""
     try:
@@ -307,18 +315,23 @@ def launch_proxy(policy: Policy, plugin_args: list[str], env: dict, now: float) 
                           cause=exc) from exc
     tmpdir = env.get("TMPDIR")
     cand, fd, how = select_sealed(policy, now, tmpdir=tmpdir)
-    _log_start(policy, cand, how, mode="proxy")
+    _log_start(policy, cand, how, mode="proxy", **({"hot_swap": "on"} if hot_swap else {}))
     argv = [cand.path, *plugin_args]
     plugin = f"{policy.type} plugin {policy.name}"
+    swap = None
+    if hot_swap:
+        from shim.launch import swap as swapping  # and the watcher: imported before Vault connects
+
+        swap = swapping.Options(policy, plugin_args, tmpdir, cand)
     try:
         try:
-            return proxy.run(fd, argv, env, plugin=plugin, name=policy.name)
+            return proxy.run(fd, argv, env, plugin=plugin, name=policy.name, hot_swap=swap)
         except proxy.ExecRefusedError as exc:
             if how != "memfd":
                 raise _cannot_execute(cand, exc.reason, tmpdir, how) from exc
             fd, how = _private_copy(cand, fd, tmpdir, exc.reason), "private-file"
         try:
-            return proxy.run(fd, argv, env, plugin=plugin, name=policy.name)
+            return proxy.run(fd, argv, env, plugin=plugin, name=policy.name, hot_swap=swap)
         except proxy.ExecRefusedError as exc:
             raise _cannot_execute(cand, exc.reason, tmpdir, how) from exc
     finally:

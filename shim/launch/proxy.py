@@ -36,6 +36,7 @@ import secrets
 import selectors
 import shutil
 import signal
+import tempfile
 import threading
 from typing import Callable, Mapping
 
@@ -87,6 +88,7 @@ class BrokerBridge:
         self.server_ctx = mtls.server_context(identity, vault_der)
         self.client_ctx = mtls.client_context(identity, vault_der)
         self._fronts: list = []
+        self.vault_ids: dict[int, ClientFront] = {}   # Vault's broker ids, for a swap's Setup
         self._lock = threading.Lock()
         self._closed = False
 
@@ -105,6 +107,8 @@ class BrokerBridge:
         front = ClientFront(info.network, info.address, self.client_ctx, self.vault_der, base=self.private)
         if not self._keep(front):
             return None
+        with self._lock:
+            self.vault_ids[info.service_id] = front
         return info.rewrite("unix", front.path)
 
     def from_child(self, info: ConnInfo) -> ConnInfo | None:
@@ -162,24 +166,29 @@ class RoutedConnection:
 
     def __init__(self, proxy: "Proxy", vault: asyncio.Transport, early: bytes, conns: set):
         """``conns`` is the front's set (it aborts what is left when it closes); the proxy
-        keeps its own set of routed connections, to end their calls gracefully first."""
+        keeps its own set of routed connections, to end their calls gracefully first. The
+        connection goes to the generation current now, for its whole life."""
         self.proxy = proxy
+        self.gen = proxy.current
         self.router = Router(from_vault=proxy.bridge.from_vault, from_child=proxy.bridge.from_child,
-                             on_shutdown=proxy.vault_shutdown)
+                             on_shutdown=proxy.vault_shutdown,
+                             tap=None if proxy.capture is None else proxy.capture.tap())
         self.vault: asyncio.Transport | None = vault
         self.child: asyncio.Transport | None = None
         self.conns = conns
         self.closed = asyncio.get_running_loop().create_future()
         self._ending = False
+        self._reason: str | None = None   # why we end it ourselves (a swap), for open calls
         conns.add(self)
         proxy.routed.add(self)
+        self.gen.routed.add(self)
         vault.set_protocol(_Side(self, True))
         vault.pause_reading()
         spawn(self._open(early), "connecting a Vault connection to the plugin")
 
     async def _open(self, early: bytes) -> None:
         loop = asyncio.get_running_loop()
-        network, address = self.proxy.child_address
+        network, address = self.gen.address
         try:
             if network == "unix":
                 child, _ = await loop.create_unix_connection(lambda: _Side(self, False), address)
@@ -212,6 +221,10 @@ class RoutedConnection:
             log.warning("closing a connection from Vault: %s", exc)
             self.abort()
             return
+        self.flush()
+
+    def flush(self) -> None:
+        router = self.router
         out = router.data_to_child()
         if out and self.child is not None:
             self.child.write(out)
@@ -219,20 +232,27 @@ class RoutedConnection:
         if out and self.vault is not None:
             self.vault.write(out)
 
+    def goaway(self) -> None:
+        """A swap: Vault's next calls go to a new connection (to the new child)."""
+        if not self._ending:
+            self.router.goaway()
+            self.flush()
+
     def lost(self, vault: bool) -> None:
         if vault:
             self.abort()
         elif not self._ending:
             spawn(self.finish(), "ending Vault's open calls")
 
-    async def finish(self) -> None:
-        """The child's side ended (or we stop): end Vault's open calls with a reason."""
+    async def finish(self, reason: str | None = None) -> None:
+        """The child's side ended (or we stop, or a swap retires it): end Vault's open
+        calls with a reason."""
         if self._ending:
             return
         self._ending = True
         if self.child is not None:
             self.child.close()
-        message = await self.proxy.explain()
+        message = reason or await self.proxy.explain(self.gen)
         self.router.fail_streams(message)
         out = self.router.data_to_vault()
         if self.vault is not None and not self.vault.is_closing():
@@ -252,8 +272,56 @@ class RoutedConnection:
     def _done(self) -> None:
         self.conns.discard(self)
         self.proxy.routed.discard(self)
+        if self in self.gen.routed:
+            self.gen.routed.discard(self)
+            self.gen.calls_done += self.router.calls_done
+        if self.router.tap is not None:
+            self.router.tap.close()
         if not self.closed.done():
             self.closed.set_result(None)
+
+
+# --- one plugin child and what routes to it ---------------------------------------------
+
+def _no_stdio_warning(record: logging.LogRecord) -> bool:
+    """A swapped-in child's stdout and stderr are read from its pipes (and GRPCStdio when it
+    has it), so a go-plugin < 1.1 child without GRPCStdio loses nothing: no warning."""
+    return not record.getMessage().startswith("plugin does not support GRPCStdio")
+
+
+class Generation:
+    """One plugin child: the launch's, or a version a hot swap started next to it. New
+    Vault connections go to the current one; a retiring one keeps its connections until
+    they drain."""
+
+    def __init__(self, child: Child, line: hs.HandshakeLine, label: str, directory: str):
+        self.child, self.line, self.label, self.dir = child, line, label, directory
+        self.address = (line.network, line.address)
+        self.app_version = line.app_version
+        self.channel = None               # our own plaintext channel to it
+        self.own_channel = True           # we close it (else the child's PluginClient does)
+        self.routed: set[RoutedConnection] = set()   # loop thread
+        self.calls_done = 0               # calls ended on connections already gone (loop thread)
+        self.exit: asyncio.Future | None = None      # loop thread
+        self.loop_pidfd: int | None = None
+        self.exit_note: str | None = None
+
+    def note_exit(self) -> None:
+        if self.exit_note is None and self.child.exited():
+            self.exit_note = self.child.exit_detail()
+
+    def exit_detail(self) -> str | None:
+        """None while it runs, else how it ended (for a swap's error message)."""
+        if not self.child.exited():
+            return None
+        self.note_exit()
+        tail = " | ".join(list(self.child.stderr_tail)[-3:])
+        return self.exit_note + (f"; last stderr: {tail}" if tail else "")
+
+    def calls(self) -> tuple[int, int]:
+        """(calls still open, calls ended) over its connections (loop thread)."""
+        return (sum(c.router.open_calls() for c in self.routed),
+                self.calls_done + sum(c.router.calls_done for c in self.routed))
 
 
 # --- the launcher's proxy ---------------------------------------------------------------
@@ -263,8 +331,14 @@ class Proxy:
 
     def __init__(self, fd: int, argv: list[str], vault_env: Mapping[str, str], *,
                  start_timeout: float = START_TIMEOUT, child_grace: float = CHILD_GRACE,
-                 name: str | None = None):
+                 name: str | None = None, capture=None):
+        """``capture`` (an :class:`~shim.goplugin.h2capture.SetupCapture`) turns on what a
+        hot swap needs: every routed connection shows it the set-up calls."""
         self.fd, self.argv, self.name = fd, list(argv), name
+        self.capture = capture
+        self.current: Generation | None = None
+        self.generations: list[Generation] = []   # every child alive: current, starting, retiring
+        self._gen_lock = threading.Lock()
         self.env = dict(vault_env)
         self.start_timeout, self.child_grace = start_timeout, child_grace
         self.janitor: Janitor | None = None
@@ -286,6 +360,7 @@ class Proxy:
         self._parent_pidfd: int | None = None  # Vault, watched on the loop thread
         self._group_pidfd: int | None = None   # the child's group, for a stop from the loop thread
         self._exit_note: str | None = None  # the child's exit, noted before we reap it
+        self.swapper = None                  # shim.launch.swap.Swapper when hot swap is on
 
     # set-up ------------------------------------------------------------------------
 
@@ -320,7 +395,11 @@ class Proxy:
         self._check_vault()
         self.child_address = (child_line.network, child_line.address)
         self._check_child(grpcutil.grpc_target(child_line.network, child_line.address))
-        run_in_loop(self._watch_child(), timeout=10)
+        gen = Generation(child, child_line, os.path.basename(self.argv[0]), child_dir)
+        gen.channel = self._channel
+        self.current = gen
+        self.generations.append(gen)
+        run_in_loop(self._watch_child(gen), timeout=10)
 
         public = os.path.join(public_dir, f"plugin{secrets.randbelow(10**9):09d}")
         self._public_socket(public)
@@ -404,10 +483,12 @@ class Proxy:
         if os.path.dirname(path) != self.base:  # in Vault's socket dir: record it for the janitor
             self.janitor.add("file", path)
 
-    async def _watch_child(self) -> None:
+    async def _watch_child(self, gen: Generation) -> None:
         loop = asyncio.get_running_loop()
-        self._child_exit = exited = loop.create_future()
-        self._loop_pidfd = pidfd = os.dup(self.child._pidfd)  # ours: the child closes its own on reaping
+        gen.exit = exited = loop.create_future()
+        gen.loop_pidfd = pidfd = os.dup(gen.child._pidfd)  # ours: the child closes its own on reaping
+        if gen is self.current:
+            self._child_exit, self._loop_pidfd = exited, pidfd
 
         def child_exited():
             loop.remove_reader(pidfd)
@@ -415,6 +496,14 @@ class Proxy:
                 exited.set_result(None)
 
         loop.add_reader(pidfd, child_exited)
+
+    async def _unwatch_child(self, gen: Generation) -> None:
+        if gen.loop_pidfd is not None:
+            asyncio.get_running_loop().remove_reader(gen.loop_pidfd)
+            os.close(gen.loop_pidfd)
+            gen.loop_pidfd = None
+        if gen.exit is not None and not gen.exit.done():
+            gen.exit.set_result(None)
 
     def _route(self, tls: asyncio.Transport, early: bytes, conns: set) -> None:
         """ServerFront hands over each accepted TLS connection from Vault."""
@@ -425,24 +514,164 @@ class Proxy:
         self._vault_shutdown = True
         self.request_stop()
 
-    async def explain(self) -> str:
-        """Why the child's connection ended, for the calls still open toward Vault. A
+    async def explain(self, gen: Generation | None = None) -> str:
+        """Why a child's connection ended, for the calls still open toward Vault. A
         dying plugin's connection can break a moment before its exit status is there:
         wait for it briefly (EXIT_WAIT)."""
-        exited = self._child_exit
+        gen = gen or self.current
+        exited = gen.exit if gen is not None else self._child_exit
         if exited is not None and not exited.done():
             try:
                 await asyncio.wait_for(asyncio.shield(exited), EXIT_WAIT)
             except asyncio.TimeoutError:
                 pass
-        if exited is not None and exited.done():
-            detail = self._exit_note or self.child.exit_detail()
+        if exited is not None and exited.done() and gen is not None and gen.child.exited():
+            note = gen.exit_note or (self._exit_note if gen.child is self.child else None)
+            detail = note or gen.child.exit_detail()
             if detail == "exited":  # reaped meanwhile: the note was taken before that
-                detail = self._exit_note or detail
+                detail = note or detail
             return f"vault-plugin-shim: the plugin process exited during the call ({detail})"
         if self._stopping:
             return "vault-plugin-shim: the plugin is stopping"
         return "vault-plugin-shim: the plugin closed its connection"
+
+    # hot swap (shim.launch.swap.Host) ----------------------------------------------
+
+    def _others(self) -> list[Generation]:
+        with self._gen_lock:
+            return [g for g in self.generations if g is not self.current]
+
+    def start_generation(self, fd: int, argv: list[str], label: str, start_timeout: float) -> Generation:
+        """Start a verified version next to the running one (not routed to yet): its own
+        directory, its group on the janitor's ledger, our own connection to it, its broker
+        stream (we are its host) and its stdio read. Raises what the start raises."""
+        if self._stopping or self.vault_gone:
+            raise GoPluginError("the launcher is stopping")
+        child_dir = tempfile.mkdtemp(prefix="c", dir=self.base)
+        logging.getLogger("shim.goplugin.client").addFilter(_no_stdio_warning)
+        child = Child(fd, argv, self.env, child_dir, start_timeout=start_timeout,
+                      on_spawn=lambda pid: self.janitor.add("pgid", pid), name=self.name, exe_dir=self.base,
+                      on_conninfo=self._late_conninfo)
+        try:
+            child.connect()
+        except BaseException:
+            child.terminate()
+            if child.pid is not None:
+                self.janitor.remove("pgid", child.pid)
+            shutil.rmtree(child_dir, ignore_errors=True)
+            raise
+        gen = Generation(child, child.line, label, child_dir)
+        gen.channel, gen.own_channel = child.channel, False
+        with self._gen_lock:
+            self.generations.append(gen)
+        run_in_loop(self._watch_child(gen), timeout=10)
+        return gen
+
+    def _late_conninfo(self, info: ConnInfo) -> None:
+        log.warning("a swapped-in plugin announced broker id %d; Vault cannot be told after a swap, ignored",
+                    info.service_id)
+
+    def announce_vault_broker(self, gen: Generation, broker_id: int) -> None:
+        """Make Vault's broker id ``broker_id`` (Storage, SystemView of Setup) dialable for
+        ``gen``: announce our front to Vault's listener on its broker stream."""
+        from shim.launch.swap import SwapError
+
+        front = self.bridge.vault_ids.get(broker_id)
+        if front is None:
+            raise SwapError(f"Vault's broker id {broker_id} (from its Setup) was never announced to this launcher")
+        gen.child.broker.announce(ConnInfo(broker_id, "unix", front.path))
+
+    def switch(self, gen: Generation, generation: int) -> Generation | None:
+        """Route new Vault connections to ``gen`` and ask the old ones to move; None (and
+        nothing changed) when Vault started a set-up call since ``generation``."""
+        return run_in_loop(self._switch(gen, generation), timeout=10)
+
+    async def _switch(self, gen: Generation, generation: int) -> Generation | None:
+        capture = self.capture
+        if capture is not None and (capture.generation != generation or capture.in_flight):
+            return None
+        if self._stopping or self.vault_gone:
+            return None
+        old = self.current
+        self.current = gen
+        self.child, self.child_address, self._channel = gen.child, gen.address, gen.channel
+        self._child_exit, self._loop_pidfd, self._exit_note = gen.exit, gen.loop_pidfd, None
+        for conn in list(old.routed):
+            conn.goaway()
+        try:
+            os.write(self._wake_w, b"s")  # wait() watches the new child from now on
+        except BlockingIOError:
+            pass
+        return old
+
+    def drain(self, old: Generation, timeout: float, reason: str) -> tuple[int, int]:
+        """Wait until ``old`` has no call open (at most ``timeout``), then end what is left
+        on its connections with UNAVAILABLE and ``reason``: (calls drained, calls cut)."""
+        return run_in_loop(self._drain(old, timeout, reason), timeout=timeout + 15)
+
+    async def _drain(self, old: Generation, timeout: float, reason: str) -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        _, done_before = old.calls()
+        deadline = loop.time() + timeout
+        while old.calls()[0] and loop.time() < deadline and not old.child.exited():
+            await asyncio.sleep(0.02)
+        cut, done = old.calls()
+        message = reason if not cut else f"{reason}; the call was still open {timeout:g} s after the switch"
+        conns = list(old.routed)
+        for conn in conns:
+            await conn.finish(message)
+        if conns:
+            await asyncio.wait([conn.closed for conn in conns], timeout=CLOSE_GRACE)
+        return done - done_before, cut
+
+    def retire(self, old: Generation, plan) -> None:
+        """End a drained generation as Vault would end a mount: Cleanup (or the database's
+        Close) for each set-up it had, GRPCController/Shutdown, then its group is killed."""
+        import grpc
+
+        from shim.goplugin import h2capture as cap
+        from shim.goplugin._proto import grpc_controller_pb2, grpc_controller_pb2_grpc
+
+        teardown = {cap.SETUP: cap.CLEANUP, cap.DB_INITIALIZE: cap.DB_CLOSE}
+        if old.channel is not None and not old.child.exited():
+            for call in plan.replay:
+                path = teardown.get(call.path)
+                if path is None:
+                    continue
+                try:
+                    old.channel.unary_unary(path)(b"", timeout=self.child_grace, metadata=call.metadata or None)
+                except grpc.RpcError as exc:
+                    log.debug("%s on the retired plugin ended with %s", path, exc.code().name)
+            try:
+                grpc_controller_pb2_grpc.GRPCControllerStub(old.channel).Shutdown(
+                    grpc_controller_pb2.Empty(), timeout=self.child_grace)
+            except grpc.RpcError as exc:
+                log.debug("Shutdown of the retired plugin ended with %s", exc.code().name)
+            with selectors.DefaultSelector() as sel:
+                sel.register(old.child._pidfd, selectors.EVENT_READ)
+                sel.select(self.child_grace)
+        self.discard(old)
+
+    def discard(self, gen: Generation) -> None:
+        """Kill a generation that is not current (a refused version, or a retired one) and
+        remove what it had."""
+        if gen is self.current:
+            raise GoPluginError("refusing to discard the current plugin process")
+        try:
+            run_in_loop(self._unwatch_child(gen), timeout=10)
+        except Exception as exc:
+            log.debug("unwatching a retired plugin: %s", exc)
+        gen.note_exit()
+        pid = gen.child.pid
+        gen.child.terminate()
+        if gen.own_channel and gen.channel is not None:
+            gen.channel.close()
+        if pid is not None:
+            self.janitor.remove("pgid", pid)
+        shutil.rmtree(gen.dir, ignore_errors=True)
+        with self._gen_lock:
+            if gen in self.generations:
+                self.generations.remove(gen)
 
     # running -----------------------------------------------------------------------
 
@@ -464,12 +693,23 @@ class Proxy:
             pass
 
     def wait(self) -> int:
-        """Block until Vault shuts us down (0) or the child dies (1)."""
-        with selectors.DefaultSelector() as sel:
-            sel.register(self._wake_r, selectors.EVENT_READ)
-            sel.register(self.child._pidfd, selectors.EVENT_READ)
-            while not sel.select():
-                pass
+        """Block until Vault shuts us down (0) or the current child dies (1). A swap
+        changes which child that is (it pokes the wake pipe)."""
+        while True:
+            child = self.child
+            with selectors.DefaultSelector() as sel:
+                sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+                sel.register(child._pidfd, selectors.EVENT_READ, "child")
+                events = sel.select()
+            if any(key.data == "wake" for key, _ in events):
+                try:
+                    os.read(self._wake_r, 64)
+                except BlockingIOError:
+                    pass
+            if self._stopping or self.vault_gone:
+                break
+            if child is self.child and child.exited():
+                break
         self._note_exit()
         if self.vault_gone:
             return 1
@@ -510,6 +750,10 @@ class Proxy:
 
     def close(self) -> None:
         """Stop everything; safe to call at any point of start()."""
+        if self.swapper is not None:
+            self.swapper.stop()
+        for gen in self._others():
+            self.discard(gen)
         if self.child is not None:
             self._stop_child()
         if self._channel is not None:
@@ -553,19 +797,24 @@ class Proxy:
 
 
 def run(fd: int, argv: list[str], vault_env: Mapping[str, str], *, start_timeout: float = START_TIMEOUT,
-        plugin: str = "plugin", signals: bool = True, name: str | None = None) -> int:
+        plugin: str = "plugin", signals: bool = True, name: str | None = None, hot_swap=None) -> int:
     """Proxy mode's main: returns the launcher's exit code. ``plugin`` names the plugin in
     messages; ``name`` is what its process is called (``comm``), by default the file name
-    of ``argv[0]``."""
+    of ``argv[0]``. ``hot_swap`` (:class:`shim.launch.swap.Options`) turns hot swap on: once
+    Vault has our handshake line, the plugins directory is watched (and rescanned on SIGHUP)."""
     root = logging.getLogger()
     if not root.handlers:
         handler = HclogHandler()
         handler.setLevel(logging.WARNING)
         root.addHandler(handler)
-    proxy = Proxy(fd, argv, vault_env, start_timeout=start_timeout, name=name)
-    if signals and threading.current_thread() is threading.main_thread():
+    proxy = Proxy(fd, argv, vault_env, start_timeout=start_timeout, name=name,
+                  capture=None if hot_swap is None else hot_swap.capture())
+    main_thread = signals and threading.current_thread() is threading.main_thread()
+    if main_thread:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host's group gets Ctrl-C too; it stops us itself
         signal.signal(signal.SIGTERM, lambda *_: proxy.request_stop())
+        if hot_swap is not None:  # before: SIGHUP's default would end us
+            signal.signal(signal.SIGHUP, lambda *_: proxy.swapper is not None and proxy.swapper.request_rescan())
     try:
         try:
             proxy.start()
@@ -583,6 +832,9 @@ def run(fd: int, argv: list[str], vault_env: Mapping[str, str], *, start_timeout
             proxy.announce()
         except VaultGoneError:
             return 1
+        if hot_swap is not None:
+            proxy.swapper = hot_swap.swapper(proxy)
+            proxy.swapper.start()
         return proxy.wait()
     finally:
         proxy.close()

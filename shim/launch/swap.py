@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
 DRAIN_TIMEOUT = 30.0    # calls still open on the old child this long after the switch are ended
 SETUP_TIMEOUT = 10.0    # each replayed call must answer within this ("a plugin that hangs in Setup")
 START_TIMEOUT = 20.0    # the new child's handshake line
+EXIT_WAIT = 1.0         # a broken call waits this long to learn whether the new child died
 STATUS_FILE = "swap-status.json"
 
 
@@ -112,6 +113,11 @@ def decide(running: Release, chosen: Release, memory: Memory) -> str:
     if memory.recall(chosen) is not None:
         return REMEMBERED
     return SWAP
+
+
+def _clock_text(ts: float) -> str:
+    from shim.trust.manifest import format_time
+    return format_time(ts)
 
 
 # --- the status doctor reads --------------------------------------------------------------
@@ -221,6 +227,10 @@ def replay(channel, plan: cap.Plan, *, announce: Callable[[int], None], timeout:
             return stub(c.request or b"", timeout=timeout, metadata=c.metadata or None)
         except grpc.RpcError as exc:
             gone = exit_detail()
+            end = time.monotonic() + EXIT_WAIT
+            while gone is None and exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < end:
+                time.sleep(0.02)  # a dying process's connection breaks a moment before its exit shows
+                gone = exit_detail()
             if gone:
                 raise SwapError(f"the new version's process exited during {c.path} ({gone})") from None
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -286,6 +296,22 @@ class Host(Protocol):
 
 # --- the swap itself ----------------------------------------------------------------
 
+@dataclass
+class Options:
+    """What the launch hands proxy mode to turn hot swap on (shim.launch.entry)."""
+
+    policy: "Policy"
+    plugin_args: list
+    tmpdir: str | None
+    running: "Candidate"
+
+    def capture(self) -> cap.SetupCapture:
+        return cap.SetupCapture(self.policy.type)
+
+    def swapper(self, host: "Host") -> "Swapper":
+        return Swapper(host, self.policy, self.plugin_args, self.tmpdir, self.running)
+
+
 class Swapper:
     """Rescans (called serially by the watcher) and swaps."""
 
@@ -325,9 +351,11 @@ class Swapper:
             self.watcher.trigger()
 
     def stop(self) -> None:
+        """The launcher stops: no new swap; one in progress fails at its next step (its new
+        child is killed by the proxy), quietly. Does not wait for it."""
         self._stopping.set()
         if self.watcher is not None:
-            self.watcher.stop()
+            self.watcher.stop(timeout=0.2)
         self.status.close()
 
     # one rescan
@@ -342,7 +370,7 @@ class Swapper:
             self.status.update(watching=self.watcher.mode)
         self.status.update(last_rescan={"at": round(self.clock(), 3), "trigger": reason})
         try:
-            cand, fd, how = select_sealed(self.policy, self.clock(), tmpdir=self.tmpdir)
+            cand, fd, how = select_sealed(self.policy, self.clock(), tmpdir=self.tmpdir, skip=self._skip)
         except Diagnostic as exc:
             hclog.error(f"vault-plugin-shim: no valid version of {self.plugin} is left in {self.policy.plugins_dir}; "
                         f"keeping {self.running.version} running", plugin=self.policy.name,
@@ -366,7 +394,18 @@ class Swapper:
             if fd is not None and fd >= 0:
                 os.close(fd)
 
+    def _skip(self, cand: "Candidate") -> str | None:
+        """Selection asks: a release that failed to take over is passed over (so the next
+        valid one can run), until its files change."""
+        entry = self.memory.recall(Release.of(cand))
+        if entry is None or Release.of(cand).identity == self.running.identity:
+            return None
+        return (f"failed to take over from the running version at {_clock_text(entry['at'])} (the reason was "
+                "logged then; doctor shows it); not tried again until its files change")
+
     def _refuse(self, new: Release, exc: SwapError, level: str) -> None:
+        if self._stopping.is_set():
+            return  # the launcher is stopping: that, not the version, ended the swap
         self.memory.remember(new, exc.reason, level, self.clock())
         fields = {"plugin": self.policy.name, "running": self.running.version, "version": new.version,
                   "file": new.file, **exc.fields()}
@@ -414,6 +453,11 @@ class Swapper:
         except Diagnostic as exc:  # the start: handshake, health, exec refused
             self._discard(gen)
             self._refuse(new, SwapError(exc.reason, cause=exc.cause or None, fix=exc.fix or None), "error")
+            return fd
+        except Exception as exc:  # a bug: still roll back, and say so
+            self._discard(gen)
+            self._refuse(new, SwapError(f"an unexpected error ({type(exc).__name__}: {exc})",
+                                        fix="report this as a vault-plugin-shim bug"), "error")
             return fd
         if old is None:  # Vault began a set-up call meanwhile: not the file's fault
             self._discard(gen)

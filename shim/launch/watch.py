@@ -47,8 +47,8 @@ class Debounce:
         self.last_rescan = now
         self.first_change: float | None = None
         self.last_change: float | None = None
-        self.asked: float | None = None      # SIGHUP (or start) waiting
-        self.asked_reason = SIGNAL
+        self.asked: float | None = None      # SIGHUP (or start, or a retry) waiting
+        self.asked_reasons: list[str] = []
 
     def changed(self, now: float) -> None:
         if self.first_change is None:
@@ -57,7 +57,9 @@ class Debounce:
 
     def ask(self, now: float, reason: str = SIGNAL) -> None:
         if self.asked is None:
-            self.asked, self.asked_reason = now, reason
+            self.asked = now
+        if reason not in self.asked_reasons:
+            self.asked_reasons.append(reason)
 
     def due(self) -> float:
         wanted = self.last_rescan + self.interval
@@ -71,12 +73,11 @@ class Debounce:
         """The reason for a rescan that is due now (and forget what it covers), else None."""
         if now < self.due():
             return None
-        reasons = []
-        if self.asked is not None:
-            reasons.append(self.asked_reason)
+        reasons = list(self.asked_reasons)
         if self.first_change is not None:
             reasons.append(FILES)
         self.first_change = self.last_change = self.asked = None
+        self.asked_reasons = []
         return ", ".join(reasons) or TIMER
 
     def done(self, now: float) -> None:
@@ -199,6 +200,8 @@ class Watcher:
                 try:
                     self.rescan(reason)
                 except Exception as exc:  # a bug must not stop the watching, nor print a traceback
+                    if self._stopping:
+                        return
                     hclog.error("vault-plugin-shim: a rescan of the plugins directory failed unexpectedly",
                                 file=self.directory, reason=f"{type(exc).__name__}: {exc}",
                                 fix="report this as a vault-plugin-shim bug; the running version keeps serving")

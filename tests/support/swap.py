@@ -5,11 +5,13 @@ API:
     Load(addr, token, paths, clients=6)   -> steady reads and writes against OpenBao, every
                                              request recorded (start, end, ok, served_by, error)
     launcher_pids(server)                 -> PIDs of the launchers the server runs
+    launcher_of(name)                     -> the launcher whose child runs a version of ``name``
     tree_of(pid)                          -> pid and all its descendants that are alive
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -59,6 +61,8 @@ class Load:
     read_path: str
     write_prefix: str
     clients: int = 6
+    reads_only: bool = False
+    read_field: str = "served_by"     # the field of a read's data recorded as ``served_by``
     samples: list = field(default_factory=list)
 
     def __post_init__(self):
@@ -81,7 +85,7 @@ class Load:
         n = 0
         while not self._stop.is_set():
             n += 1
-            kind = "read" if n % 2 else "write"
+            kind = "read" if n % 2 or self.reads_only else "write"
             t0 = time.monotonic()
             try:
                 if kind == "read":
@@ -92,7 +96,7 @@ class Load:
                 ok = r.status_code < 300
                 served = ""
                 if ok and kind == "read":
-                    served = (r.json().get("data") or {}).get("served_by", "")
+                    served = str((r.json().get("data") or {}).get(self.read_field, ""))
                 sample = Sample(t0, time.monotonic(), ok, kind, served, "" if ok else f"{r.status_code} {r.text[:300]}")
             except Exception as exc:  # noqa: BLE001 - every failure is a sample
                 sample = Sample(t0, time.monotonic(), False, kind, error=repr(exc)[:300])
@@ -120,20 +124,27 @@ class Load:
         span = (until or max(s.end for s in got)) - (since or min(s.start for s in got))
         return len(got) / span if span > 0 else 0.0
 
-    def first_served_by(self, version: str, after: float = 0.0) -> float | None:
-        times = [s.end for s in self.snapshot() if s.served_by == version and s.start >= after]
+    def first(self, match, after: float = 0.0) -> float | None:
+        """When the first read started after ``after`` whose recorded field matches ended."""
+        times = [s.end for s in self.snapshot() if s.start >= after and s.served_by and match(s.served_by)]
         return min(times) if times else None
 
-    def wait_served_by(self, version: str, after: float, deadline: float) -> float:
+    def wait_for(self, match, what: str, after: float, deadline: float) -> float:
         end = time.monotonic() + deadline
         while True:
-            t = self.first_served_by(version, after)
+            t = self.first(match, after)
             if t is not None:
                 return t
             if time.monotonic() > end:
-                seen = sorted({s.served_by for s in self.snapshot() if s.start >= after})
-                raise AssertionError(f"no read answered by {version} within {deadline:.0f} s (seen: {seen})")
+                seen = sorted({s.served_by for s in self.snapshot() if s.start >= after})[:10]
+                raise AssertionError(f"no read {what} within {deadline:.0f} s (seen: {seen})")
             time.sleep(0.05)
+
+    def wait_served_by(self, version: str, after: float, deadline: float) -> float:
+        return self.wait_for(lambda v: v == version, f"answered by {version}", after, deadline)
+
+    def wait_prefix(self, prefix: str, after: float, deadline: float) -> float:
+        return self.wait_for(lambda v: v.startswith(prefix), f"giving {prefix}...", after, deadline)
 
 
 def latency_ms(samples, q: float) -> float:
@@ -164,6 +175,19 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def launcher_of(name: str) -> int:
+    """The launcher whose plugin child runs a version of ``name`` (its exe is /memfd:NAME-...)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{pid}/exe").startswith(f"/memfd:{name}-"):
+                return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    raise AssertionError(f"no plugin process of {name} found")
 
 
 def tree_of(pid: int) -> set[int]:
