@@ -188,3 +188,38 @@ def test_an_unbridged_broker_id_fails_setup_with_the_plugins_own_words(faults, m
     client = start(faults["none"])
     with pytest.raises(swap.SwapError, match="dial broker id 1: timeout"):
         swap.replay(client.channel, mount_plan, timeout=10.0, announce=lambda bid: None)
+
+
+def test_a_file_replaced_between_verification_and_start_changes_nothing(faults, tmp_path):
+    """A swap starts the new child from the sealed copy select_sealed hashed: replacing the
+    file afterwards (here by another, validly built binary) does not change what runs."""
+    import shutil
+    import time
+
+    from shim.launch.child import Child
+    from shim.launch.entry import select_sealed
+    from tests.support import releases as R
+
+    versions = tmp_path / "versions"
+    versions.mkdir(mode=0o755)
+    keys = R.new_keys()
+    dst = versions / "myplugin-3.0.0"
+    shutil.copyfile(faults["none"], dst)
+    dst.chmod(0o755)
+    R.release(keys, dst, version="3.0.0")
+    cand, fd, _ = select_sealed(R.policy(versions, keys).replace(mode="proxy"), time.time(), tmpdir=str(tmp_path))
+    tmp = versions / ".replacement"
+    shutil.copyfile(faults["type"], tmp)
+    tmp.chmod(0o755)
+    os.replace(tmp, dst)
+    child_dir = tmp_path / "c"
+    child_dir.mkdir(mode=0o700)
+    env = {hs.VAULT_BACKEND.cookie_key: hs.VAULT_BACKEND.cookie_value, hs.ENV_PROTOCOL_VERSIONS: "5",
+           "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    child = Child(fd, [cand.path], env, str(child_dir), start_timeout=30)
+    try:
+        child.connect()
+        assert child.channel.unary_unary(cap.TYPE)(b"", timeout=10) == b"\x08\x01"  # "type" would say 2
+    finally:
+        child.terminate()
+        os.close(fd)
