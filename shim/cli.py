@@ -250,20 +250,23 @@ def cmd_launcher_build(args) -> int:
         raise UsageError("launcher build needs at least one --trusted-key")
     policy = _policy_from_args(args, args.plugins_dir, keep_relative=True)
     python = args.python or os.path.abspath(sys.executable)
+    if args.hot_swap and policy.mode != "proxy":
+        raise UsageError("--hot-swap needs --mode proxy (in exec mode the launcher is gone once the plugin runs)")
     if not args.python_only_in_image:
-        _check_launcher_python(python, policy.mode)
-    sha = write_launcher(None if args.policy_in_args else policy, python, args.output, policy.mode, args.arch)
+        _check_launcher_python(python, policy.mode, args.hot_swap)
+    sha = write_launcher(None if args.policy_in_args else policy, python, args.output, policy.mode, args.arch,
+                         hot_swap=args.hot_swap)
     command = os.path.basename(args.output)
     extra = f" -args={encode_arg(policy)}" if args.policy_in_args else ""
     print(f"launcher: {args.output}")
     print(f"sha256:   {sha}")
-    print(f"python:   {python} -I ({policy.mode} mode)")
+    print(f"python:   {python} -I ({policy.mode} mode{', hot swap' if args.hot_swap else ''})")
     print("register it once (the plugins dir may then change freely):")
     print(f"  vault plugin register -sha256={sha} -command={command}{extra} {policy.type} {policy.name}")
     return 0
 
 
-def _check_launcher_python(python: str, mode: str) -> None:
+def _check_launcher_python(python: str, mode: str, hot_swap: bool = False) -> None:
     """The interpreter a launcher will start must exist and import what its mode needs:
     a launcher that cannot start its own code fails every plugin start."""
     import subprocess
@@ -275,10 +278,10 @@ def _check_launcher_python(python: str, mode: str) -> None:
         raise UsageError(f"--python {python} does not exist or is not executable on this machine",
                          fix="pass an interpreter that exists here, or --python-only-in-image when it "
                              "exists only in the target image (then run `L doctor` in the image)")
-    from shim.launch.build import IMPORT_PROBE, MODE_IMPORTS
+    from shim.launch.build import IMPORT_PROBE, mode_imports
 
     try:
-        done = subprocess.run([python, "-I", "-c", IMPORT_PROBE, *MODE_IMPORTS[mode]], capture_output=True,
+        done = subprocess.run([python, "-I", "-c", IMPORT_PROBE, *mode_imports(mode, hot_swap)], capture_output=True,
                               text=True, timeout=120, env={"LC_ALL": "C.UTF-8"})
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise UsageError(f"--python {python} cannot be run here", cause=exc,
@@ -297,14 +300,14 @@ def cmd_launcher_inspect(args) -> int:
     if args.json:
         print(json.dumps({"path": info.path, "sha256": info.sha256, "interpreter": info.interpreter,
                           "flags": info.flags, "mode": info.mode, "files": info.files, "size": info.size,
-                          "compiled": info.compiled,
+                          "compiled": info.compiled, "hot_swap": info.hot_swap,
                           "policy": None if info.policy is None else json.loads(info.policy.to_json())},
                          indent=2))
         return 0
     print(f"launcher:    {info.path}")
     print(f"sha256:      {info.sha256}")
     print(f"interpreter: {info.interpreter} {' '.join(info.flags)}")
-    print(f"mode:        {info.mode}")
+    print(f"mode:        {info.mode}{' (hot swap on)' if info.hot_swap else ''}")
     print(f"size:        {info.size} bytes, {info.files} source files"
           + (f", bytecode for {info.compiled} of them" if info.compiled else ", no bytecode (compiled at each start)"))
     if info.policy is None:
@@ -394,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the --python interpreter exists only in the target image, not on this machine: "
                         "skip the checks that run it here")
     p.add_argument("--arch", help="target architecture (Go's name, e.g. amd64, arm64; default: this machine's)")
+    p.add_argument("--hot-swap", action="store_true",
+                   help="proxy mode: swap a newly shipped signed version in while Vault runs (off by default)")
     p.add_argument("--max-size", type=int, help="largest plugin binary accepted, in bytes")
     p.add_argument("--policy-in-args", action="store_true",
                    help="embed no policy; print it as a catalog -args value instead")

@@ -129,3 +129,14 @@ def test_launcher_build_proxy_checks_the_interpreter_imports_grpc(tmp_path):
     assert not (tmp_path / "lau").exists()
     p = _build(tmp_path, "--mode", "proxy")  # this interpreter has them
     assert p.returncode == 0, p.stderr
+
+
+def test_launcher_build_hot_swap_is_a_proxy_option_and_inspect_shows_it(tmp_path):
+    p = _build(tmp_path, "--hot-swap")
+    assert p.returncode != 0 and "--hot-swap needs --mode proxy" in p.stderr
+    p = _build(tmp_path, "--hot-swap", "--mode", "proxy")
+    assert p.returncode == 0, p.stderr
+    out = cli("launcher", "inspect", "--json", tmp_path / "lau")
+    assert json.loads(out.stdout)["hot_swap"] is True
+    p = _build(tmp_path, "--mode", "proxy")
+    assert json.loads(cli("launcher", "inspect", "--json", tmp_path / "lau").stdout)["hot_swap"] is False

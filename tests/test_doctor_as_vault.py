@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -127,3 +128,30 @@ def test_a_real_noexec_tmpdir_makes_the_fallback_say_so(tmp_path):
 
     final = json.loads(proc.stderr.splitlines()[-1])
     assert "cannot execute the verified copy" in final["reason"] and "mounted noexec" in final["fix"], final
+
+
+def test_doctor_shows_a_hot_swapping_launchers_pending_and_refused_swaps(setup):
+    """A hot-swap launcher publishes its state in its private directory under Vault's
+    TMPDIR for the plugin; doctor shows what it runs, a pending swap and why one was refused."""
+    from shim.launch import swap
+
+    tmp, keys, plugins = setup
+    lau = tmp / "plugins" / "shim"
+    write_launcher(policy(plugins, keys).replace(mode="proxy"), sys.executable, str(lau), hot_swap=True)
+    run_dir = tmp / "vault-tmp"
+    (run_dir / "vps.doctortest").mkdir(parents=True, mode=0o700)
+    board = swap.StatusBoard("myplugin", str(run_dir / "vps.doctortest"))
+    try:
+        board.update(running={"version": "1.0.0", "file": str(plugins / "myplugin-1.0.0")}, watching="inotify",
+                     pending={"version": "2.0.0", "file": str(plugins / "myplugin-2.0.0"), "state": "starting"},
+                     refused=[{"version": "1.5.0", "file": str(plugins / "myplugin-1.5.0"),
+                               "reason": "SpecialPaths differ from what Vault cached", "level": "warn"}])
+        findings = diagnose(str(lau), tmpdir=str(run_dir))
+    finally:
+        board.close()
+    swaps = by(findings, "hot-swap")
+    assert any(f.status == "ok" and "runs version 1.0.0" in f.message for f in swaps), render(findings)
+    assert any(f.status == "info" and "swap pending to 2.0.0" in f.message for f in swaps), render(findings)
+    assert any(f.status == "warn" and "SpecialPaths differ" in f.message for f in swaps), render(findings)
+    (interp,) = by(findings, "interpreter")
+    assert "watchdog.observers" in interp.message

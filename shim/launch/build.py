@@ -106,6 +106,11 @@ MODULES = {"exec": EXEC_MODULES, "proxy": PROXY_MODULES}
 MODE_IMPORTS = {"exec": ("cryptography.hazmat.primitives.asymmetric.ed25519",),
                 "proxy": ("cryptography.hazmat.primitives.asymmetric.ed25519", "cryptography.x509", "grpc",
                           "google.protobuf", "hpack")}
+def mode_imports(mode: str, hot_swap: bool = False) -> tuple[str, ...]:
+    """What a launcher of ``mode`` imports from its interpreter's site-packages."""
+    return MODE_IMPORTS[mode] + (("watchdog.observers",) if hot_swap else ())
+
+
 # A probe the launcher's interpreter runs: it prints what it cannot import, one per line.
 IMPORT_PROBE = ("import importlib, sys\n"
                 "for m in sys.argv[1:]:\n"

@@ -100,10 +100,10 @@ def _check_launcher(launcher: str, plugin_directory: str | None, expected: str |
     return real
 
 
-def _check_interpreter(python: str, flags: list[str], mode: str, out: list[Finding]) -> None:
+def _check_interpreter(python: str, flags: list[str], mode: str, out: list[Finding], hot_swap: bool = False) -> None:
     """The interpreter the launcher starts must import what its mode needs, run the way the
     stub runs it (its flags, the stub's fixed environment)."""
-    from shim.launch.build import IMPORT_PROBE, MODE_IMPORTS
+    from shim.launch.build import IMPORT_PROBE, mode_imports
 
     if not os.access(python, os.X_OK):
         out.append(Finding("interpreter", "fail", f"{python} does not exist or is not executable here",
@@ -111,7 +111,7 @@ def _check_interpreter(python: str, flags: list[str], mode: str, out: list[Findi
                                "or rebuild the launcher with --python pointing at this image's interpreter"))
         return
     try:
-        done = subprocess.run([python, *flags, "-c", IMPORT_PROBE, *MODE_IMPORTS[mode]], capture_output=True,
+        done = subprocess.run([python, *flags, "-c", IMPORT_PROBE, *mode_imports(mode, hot_swap)], capture_output=True,
                               text=True, timeout=60, env={"LC_ALL": "C.UTF-8"})
     except (OSError, subprocess.TimeoutExpired) as exc:
         out.append(Finding("interpreter", "fail", f"{python} could not be run ({exc})"))
@@ -128,7 +128,21 @@ def _check_interpreter(python: str, flags: list[str], mode: str, out: list[Findi
                                                   f"needs: {what}", fix=fix))
         return
     out.append(Finding("interpreter", "ok", f"{python} {' '.join(flags)} imports what {mode} mode needs "
-                                            f"({', '.join(MODE_IMPORTS[mode])})"))
+                                            f"({', '.join(mode_imports(mode, hot_swap))})"))
+
+
+def _hot_swap_findings(name: str, tmpdir: str | None, out: list[Finding]) -> None:
+    """What each running hot-swapping launcher of this plugin reports: the version it runs,
+    a swap pending, and every swap it refused, with why."""
+    from shim.launch import swap
+
+    states = swap.find_status(name, tmpdir)
+    if not states:
+        out.append(Finding("hot-swap", "info", "hot swap is on; no running launcher of this plugin found under "
+                                               f"{tmpdir or '/tmp'} (pass --tmpdir with Vault's TMPDIR for it)"))
+    for state in states:
+        for level, text in swap.describe_status(state):
+            out.append(Finding("hot-swap", level, text))
 
 
 def vault_uid(explicit: int | None) -> tuple[int, str]:
@@ -249,7 +263,7 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
         out.append(Finding("next-launch", "fail", "Vault would start a file that is not a working launcher"))
         return out
     if check_interpreter:
-        _check_interpreter(info.interpreter, info.flags, info.mode, out)
+        _check_interpreter(info.interpreter, info.flags, info.mode, out, info.hot_swap)
 
     policy = info.policy
     if policy is None:
@@ -315,6 +329,8 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
                                                     f"(+{CLOCK_SKEW} s allowed)", fix="fix NTP on the node"))
     _check_as_vault_user(policy, check_uid, how, out)
     _memfd_finding(out, tmpdir if tmpdir is not None else os.environ.get("TMPDIR"))
+    if info.hot_swap:
+        _hot_swap_findings(policy.name, tmpdir if tmpdir is not None else os.environ.get("TMPDIR"), out)
 
     if not checksum_ok:
         verdict = Finding("next-launch", "fail", "Vault would refuse the launcher before running it "
