@@ -39,4 +39,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
-echo "install.sh: ready. Try: .venv/bin/vault-plugin-shim --help"
+# The demo's Go plugin, built once and cached (a cold build compiles gRPC: about a minute).
+.venv/bin/vault-plugin-shim demo --prepare
+echo "install.sh: ready. Try: .venv/bin/vault-plugin-shim demo"
