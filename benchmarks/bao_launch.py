@@ -102,7 +102,7 @@ def measure(rounds: int = 7, reads: int = 400, read_rounds: int = 3, quick: bool
 
 
 def rows(r: dict) -> list[tuple[str, str, str, str]]:
-    mb = f"{r['plugin_mb']:.0f} MB plugin"
+    mb = f"{r['plugin_mb']:.1f} MB plugin"
     return (S.ratio_rows(f"OpenBao mount -> first read, {mb}", "median ms",
                          {t: r[f"{t}_first_read_ms"] for t in S.TARGETS}, "{:.0f}")
             + S.ratio_rows("OpenBao storage read over HTTP, p50", "ms",

@@ -16,11 +16,19 @@ takeover then waits out OpenBao's 10 s step-down cool-down first, see shim/demo/
 A node that becomes active tears down its standby mounts and launches every plugin again,
 and it reports itself active only once its mounts are set up: so ``active`` already holds
 the launches, and the control target ``none`` (no mounts) shows the election alone.
+
+After each target its mounts are removed; a node that keeps a plugin process of a removed
+mount (OpenBao 2.7.2 does: a standby now and then after a leadership change, and the stopped
+node when it rejoins after the mounts were removed) is reported and that process killed, so
+every target starts from the same cluster.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 import tempfile
 import threading
@@ -34,6 +42,7 @@ if str(ROOT) not in sys.path:
 from benchmarks import baostage as S  # noqa: E402
 
 DEADLINE = 120.0
+LEAK_WAIT = 30.0
 
 
 def server_children(server) -> list[int]:
@@ -67,6 +76,27 @@ def wait_running(cluster, count: int) -> None:
                                f"{[cluster.health(m.index) for m in cluster.nodes]}") from None
 
 
+def wait_unmounted(cluster, leaks: list[dict], target: str) -> None:
+    """After the unmounts: every node's plugin processes end. A standby that still runs one
+    after LEAK_WAIT (seen with OpenBao 2.7.2 after a leadership change: the mount is gone,
+    its process stays) is recorded in ``leaks`` and its process killed, so the next target
+    starts from a clean cluster."""
+    for n in cluster.nodes:
+        if not n.up:
+            continue
+        try:
+            S.wait_until(lambda: not server_children(n.server), f"{n.name} to stop its plugins", LEAK_WAIT,
+                         poll=0.05)
+        except S.StageError:
+            kids = server_children(n.server)
+            leaks.append({"target": target, "node": n.name, "state": cluster.health(n.index),
+                          "processes": {p: _cmdline(p) for p in kids}})
+            for p in kids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGKILL)
+            S.wait_until(lambda: not server_children(n.server), f"{n.name}'s leaked plugins to die", 30, poll=0.05)
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
@@ -74,12 +104,15 @@ def _cmdline(pid: int) -> str:
         return "?"
 
 
-def restart_stopped(cluster) -> None:
-    """Start the node an earlier takeover stopped (it rejoins as a standby)."""
+def restart_stopped(cluster, leaks: list[dict], target: str) -> None:
+    """Start the node an earlier takeover stopped (it rejoins as a standby). It was down
+    while that target's mounts were removed; once it has caught up it must run none of
+    their plugins (see :func:`wait_unmounted`)."""
     for n in cluster.nodes:
         if not n.up:
             cluster.start_node(n.index)
             cluster.wait_voter(n.index, DEADLINE)
+            wait_unmounted(cluster, leaks, f"{target}, after {n.name} restarted")
 
 
 def takeover(cluster, paths: list[str], trigger: str) -> dict:
@@ -130,6 +163,7 @@ def measure(rounds: int = 3, mounts: int = 10, trigger: str = "stop", quick: boo
         rounds, mounts = 1, 3
     targets = S.TARGETS if quick else ("none",) + S.TARGETS
     samples: dict[str, list[dict]] = {t: [] for t in targets}
+    leaks: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="vps-bt-") as tmp:
         tmp = Path(tmp)
         image = S.shared_image()
@@ -138,9 +172,10 @@ def measure(rounds: int = 3, mounts: int = 10, trigger: str = "stop", quick: boo
             active = cluster.wait_active(DEADLINE)
             client = S.Client(cluster.nodes[active].server.addr, cluster.token)
             S.register(client, image)
+            prev = "-"
             for r in range(rounds):
                 for t in targets:
-                    restart_stopped(cluster)
+                    restart_stopped(cluster, leaks, prev)
                     paths = [] if t == "none" else [f"tk-{t}-{r}-{i}" for i in range(mounts)]
                     for p in paths:
                         S.mount(client, t, p)
@@ -152,12 +187,13 @@ def measure(rounds: int = 3, mounts: int = 10, trigger: str = "stop", quick: boo
                     samples[t].append(res)
                     for p in paths:
                         S.unmount(client, p)
-                    wait_running(cluster, 0)
+                    wait_unmounted(cluster, leaks, t)
+                    prev = t
             client.close()
         left = cluster.leftovers()  # by the TMPDIR marker the nodes gave their plugins
         if left:
             raise S.StageError(f"processes left by the cluster after it closed: {left}")
-    out = {"rounds": rounds, "mounts": mounts, "trigger": trigger, "plugin_mb": image.size / 1e6}
+    out = {"rounds": rounds, "mounts": mounts, "trigger": trigger, "plugin_mb": image.size / 1e6, "leaks": leaks}
     for t in targets:
         out[f"{t}_active_ms"] = S.median([s["active_ms"] for s in samples[t]])
         out[f"{t}_all_ms"] = S.median([s["all_ms"] for s in samples[t]])
@@ -172,6 +208,14 @@ def rows(r: dict) -> list[tuple[str, str, str, str]]:
     out = S.ratio_rows(label, "median ms", {t: r[f"{t}_all_ms"] for t in S.TARGETS}, "{:.0f}")
     if "none_all_ms" in r:
         out.append(("control: the same takeover with no mounts (median ms)", f"{r['none_all_ms']:.0f}", "", ""))
+    leaked = {}
+    for leak in r["leaks"]:
+        kind = leak["target"].split(",")[0]
+        leaked[kind] = leaked.get(kind, 0) + len(leak["processes"])
+    if leaked:
+        out.append(("takeover: plugin processes OpenBao kept after their mounts were removed (killed)",
+                    str(leaked.get("direct", 0)), ", ".join(f"{k} {v}" for k, v in sorted(leaked.items())
+                                                           if k != "direct") or "0", ""))
     return out
 
 
@@ -188,6 +232,9 @@ def main(argv=None) -> int:
     for k, v in res.items():
         if k.endswith(("_each", "_active_ms", "_old_exit_ms")):
             print(f"{k}: {v}")
+    for leak in res["leaks"]:
+        print(f"leaked after unmount ({leak['target']}): {leak['node']} ({leak['state']}) still ran "
+              f"{leak['processes']}; killed")
     return 0
 
 
