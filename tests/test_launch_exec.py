@@ -1,6 +1,5 @@
 """The exec path: what runs is exactly what was verified, and nothing else influences it."""
 
-import errno
 import fcntl
 import os
 import subprocess
