@@ -1,6 +1,7 @@
 """Where a launch's time goes, exec and proxy mode, and what candidate changes would save.
 
     python -m benchmarks.launch_profile [--rounds 9] [--pad-mb N] [--quick]
+    python -m benchmarks.launch_profile --gopeer-mb 50 [--rounds 5]
 
 A small host (this module) starts each target as OpenBao does: the go-plugin magic cookie,
 ``PLUGIN_PROTOCOL_VERSIONS=5``, an AutoMTLS client certificate, a private TMPDIR; it times
@@ -36,6 +37,7 @@ import json
 import os
 import resource
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,6 +157,60 @@ def compile_unchecked(name: str, source: bytes, workdir: Path, python: str) -> b
                     "doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)",
                     str(src), str(out), name], check=True)
     return out.read_bytes()
+
+
+def repack(src: Path, dest: Path, *, strip_pyc: bool = False, site: list[str] | None = None) -> Path:
+    """A copy of the launcher ``src``: without its bytecode (``strip_pyc``), or started with
+    ``-S`` and ``site`` put on ``sys.path`` by its ``__main__``."""
+    data = src.read_bytes()
+    prefix, code, stub_len = stubs.unpack(data)
+    with zipfile.ZipFile(io.BytesIO(code)) as zf:
+        files = [(n, zf.read(n)) for n in zf.namelist()]
+    if strip_pyc:
+        files = [(n, d) for n, d in files if not n.endswith(".pyc")]
+    if site is not None:
+        files = [(n, (S_MAIN_PREFIX.format(site=site).encode() + d) if n == "__main__.py" else d) for n, d in files]
+        prefix = [*prefix, "-S"]
+    dest.write_bytes(stubs.pack(data[:stub_len], prefix, _zip(files)))
+    dest.chmod(0o755)
+    return dest
+
+
+def gopeer_handshake(size_mb: int = 50, rounds: int = 5, iterations: int = 6) -> dict:
+    """benchmarks.launch's measurement (go-plugin 1.0.1 host, which hashes the file it runs,
+    as Vault does; launch -> handshake) for direct, the exec launcher as built, and the
+    ``-src`` and ``-S`` variants."""
+    from tests.support import gopeer
+    from tests.support import releases as R
+
+    gopeer.require_go()
+    with tempfile.TemporaryDirectory(prefix="vps-gph-") as tmp:
+        tmp = Path(tmp)
+        host = gopeer.build_host(tmp / "bin", cache_dir=tmp / "cache")
+        versions = tmp / "versions"
+        versions.mkdir(mode=0o755)
+        plugin = versions / "myplugin-1.0.0"
+        shutil.copy(gopeer.build_plugin(tmp / "bin", "1.0.0", 2, cache_dir=tmp / "cache"), plugin)
+        gopeer.pad(plugin, size_mb * 1024 * 1024, fill="random")
+        os.chmod(plugin, 0o755)
+        keys = R.new_keys()
+        R.release(keys, plugin, version="1.0.0")
+        built = R.launcher(tmp, R.policy(versions, keys))
+        python = stubs.unpack(built.read_bytes())[0][0]
+        targets = {"direct": plugin, "exec": built,
+                   "exec-src": repack(built, tmp / "launcher-src", strip_pyc=True),
+                   "exec-S": repack(built, tmp / "launcher-S", site=site_dirs(python))}
+        sock = tmp / "sock"
+        sock.mkdir()
+        samples: dict[str, list[float]] = {t: [] for t in targets}
+        for _ in range(rounds):
+            for name, target in targets.items():
+                res = gopeer.run_host(host, target, "bench", iterations=iterations, sha256=gopeer.sha256_file(target),
+                                      host_env={"TMPDIR": str(sock)}, timeout=300)
+                if not res.ok:
+                    raise S.StageError(res.describe())
+                samples[name] += [it["handshake_ms"] for it in res.results]
+    return {"size_mb": size_mb, "runs": rounds * iterations, **{f"{t}_ms": S.median(v) for t, v in samples.items()}}
 
 
 class Variants:
@@ -501,7 +557,17 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--pad-mb", type=int, default=0, help="grow the plugin to this size (e.g. 50, as benchmarks.launch)")
     ap.add_argument("--json", metavar="FILE", help="also write the raw result as JSON")
+    ap.add_argument("--gopeer-mb", type=int, metavar="MB",
+                    help="instead: launch -> handshake under the go-plugin host (as benchmarks.launch) of an MB-sized "
+                         "plugin, direct vs the exec launcher as built, -src and -S")
     a = ap.parse_args(argv)
+    if a.gopeer_mb:
+        res = gopeer_handshake(a.gopeer_mb, rounds=2 if a.quick else a.rounds)
+        d = res["direct_ms"]
+        print(f"go-plugin host, {res['size_mb']} MB plugin, {res['runs']} launches each, median launch -> handshake:")
+        for t in ("direct", "exec", "exec-src", "exec-S"):
+            print(f"  {t:9s} {res[t + '_ms']:7.1f} ms  {res[t + '_ms'] / d:.2f}x")
+        return 0
     res = measure(a.rounds, a.quick, a.pad_mb)
     print(report(res))
     if a.json:
