@@ -37,6 +37,10 @@ from shim.goplugin.errors import StartError
 from shim.goplugin.logrelay import LineSplitter
 
 PR_SET_PDEATHSIG = 1
+# A dying process's sockets close a moment before its exit shows (the kernel closes its
+# files, then notifies the parent): a broken connection waits this long to learn whether
+# the child died, so the error says "exited (status N)" and not just "closed".
+EXIT_WAIT = 1.0
 
 # Owned by the launcher, never passed on: the child talks plaintext to us on a private
 # socket (no PLUGIN_CLIENT_CERT), in our directory, and without go-plugin multiplexing.

@@ -48,14 +48,13 @@ from shim.goplugin.janitor import Janitor
 from shim.goplugin.procgroup import signal_group
 from shim.goplugin.server import HclogHandler, apply_socket_group
 from shim.goplugin.tlsfront import ClientFront, ServerFront, private_dir, run_in_loop, spawn
-from shim.launch.child import Child, ExecRefusedError
+from shim.launch.child import EXIT_WAIT, Child, ExecRefusedError
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 50.0     # below Vault's 1 minute, so our error is the one Vault logs
 CHILD_GRACE = 1.0        # Vault SIGKILLs us 2 s after Shutdown; leave room for our own cleanup
 CLOSE_GRACE = 0.5        # flushing the last frames to Vault when we stop
-EXIT_WAIT = 0.2          # how long a broken child connection waits to learn whether the plugin died
 MAX_SOCKET_PATH = 107    # sun_path is 108 bytes with the terminating NUL
 
 
@@ -525,12 +524,16 @@ class Proxy:
                 await asyncio.wait_for(asyncio.shield(exited), EXIT_WAIT)
             except asyncio.TimeoutError:
                 pass
-        if exited is not None and exited.done() and gen is not None and gen.child.exited():
+        # The process decides, not the future: on a loaded machine the timeout can fire in
+        # the loop turn that would resolve it. A child that died by itself has its exit
+        # noted before the launcher reaps it; one we stop has no note and is "stopping".
+        if gen is not None:
             note = gen.exit_note or (self._exit_note if gen.child is self.child else None)
-            detail = note or gen.child.exit_detail()
-            if detail == "exited":  # reaped meanwhile: the note was taken before that
-                detail = note or detail
-            return f"vault-plugin-shim: the plugin process exited during the call ({detail})"
+            if note is None and not self._stopping:
+                detail = gen.child.exit_detail()
+                note = None if detail in ("still running", "not started") else detail
+            if note is not None:
+                return f"vault-plugin-shim: the plugin process exited during the call ({note})"
         if self._stopping:
             return "vault-plugin-shim: the plugin is stopping"
         return "vault-plugin-shim: the plugin closed its connection"

@@ -44,7 +44,6 @@ if TYPE_CHECKING:  # pragma: no cover
 DRAIN_TIMEOUT = 30.0    # calls still open on the old child this long after the switch are ended
 SETUP_TIMEOUT = 10.0    # each replayed call must answer within this ("a plugin that hangs in Setup")
 START_TIMEOUT = 20.0    # the new child's handshake line
-EXIT_WAIT = 1.0         # a broken call waits this long to learn whether the new child died
 STATUS_FILE = "swap-status.json"
 
 
@@ -220,6 +219,8 @@ def replay(channel, plan: cap.Plan, *, announce: Callable[[int], None], timeout:
     got. Raises SwapError (or NeedsReload). ``announce(broker_id)`` must make that id
     dialable for the child before its Setup runs. Returns the number of calls replayed."""
     import grpc
+
+    from shim.launch.child import EXIT_WAIT
 
     def call(c: cap.Call) -> bytes:
         stub = channel.unary_unary(c.path)
