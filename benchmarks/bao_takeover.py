@@ -43,6 +43,7 @@ from benchmarks import baostage as S  # noqa: E402
 
 DEADLINE = 120.0
 LEAK_WAIT = 30.0
+STANDBY_WAIT = 30.0
 
 
 def server_children(server) -> list[int]:
@@ -63,15 +64,26 @@ def server_children(server) -> list[int]:
     return out
 
 
-def wait_running(cluster, count: int) -> None:
+def wait_running(cluster, count: int, short: list[dict], target: str) -> None:
+    """Every node up runs a plugin process for each of ``count`` mounts. The active node must
+    (its first reads launched them); a standby sets its mounts up on its own, and OpenBao
+    2.7.2 now and then leaves one of them unstarted until a request needs it. A standby still
+    short after STANDBY_WAIT is recorded in ``short`` (the takeover then includes that launch)
+    instead of failing the run."""
     for n in cluster.nodes:
         if not n.up:
             continue
+        state = cluster.health(n.index)
+        wait = DEADLINE if state == "active" else STANDBY_WAIT
         try:
             S.wait_until(lambda: len(server_children(n.server)) == count,
-                         f"{n.name} to run {count} plugin processes", DEADLINE, poll=0.05)
+                         f"{n.name} to run {count} plugin processes", wait, poll=0.05)
         except S.StageError as exc:
             kids = {p: _cmdline(p) for p in server_children(n.server)}
+            if state != "active" and len(kids) < count:
+                short.append({"target": target, "node": n.name, "state": state, "running": len(kids),
+                              "mounts": count})
+                continue
             raise S.StageError(f"{exc}; it runs {len(kids)}: {kids}; node states: "
                                f"{[cluster.health(m.index) for m in cluster.nodes]}") from None
 
@@ -164,6 +176,7 @@ def measure(rounds: int = 3, mounts: int = 10, trigger: str = "stop", quick: boo
     targets = S.TARGETS if quick else ("none",) + S.TARGETS
     samples: dict[str, list[dict]] = {t: [] for t in targets}
     leaks: list[dict] = []
+    short: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="vps-bt-") as tmp:
         tmp = Path(tmp)
         image = S.shared_image()
@@ -181,7 +194,7 @@ def measure(rounds: int = 3, mounts: int = 10, trigger: str = "stop", quick: boo
                         S.mount(client, t, p)
                     for p in paths:
                         S.first_read(client, p)
-                    wait_running(cluster, len(paths))
+                    wait_running(cluster, len(paths), short, t)
                     res = takeover(cluster, paths, trigger)
                     client = res.pop("client")
                     samples[t].append(res)
@@ -193,7 +206,8 @@ def measure(rounds: int = 3, mounts: int = 10, trigger: str = "stop", quick: boo
         left = cluster.leftovers()  # by the TMPDIR marker the nodes gave their plugins
         if left:
             raise S.StageError(f"processes left by the cluster after it closed: {left}")
-    out = {"rounds": rounds, "mounts": mounts, "trigger": trigger, "plugin_mb": image.size / 1e6, "leaks": leaks}
+    out = {"rounds": rounds, "mounts": mounts, "trigger": trigger, "plugin_mb": image.size / 1e6, "leaks": leaks,
+           "standbys_short": short}
     for t in targets:
         out[f"{t}_active_ms"] = S.median([s["active_ms"] for s in samples[t]])
         out[f"{t}_all_ms"] = S.median([s["all_ms"] for s in samples[t]])
@@ -216,6 +230,9 @@ def rows(r: dict) -> list[tuple[str, str, str, str]]:
         out.append(("takeover: plugin processes OpenBao kept after their mounts were removed (killed)",
                     str(leaked.get("direct", 0)), ", ".join(f"{k} {v}" for k, v in sorted(leaked.items())
                                                            if k != "direct") or "0", ""))
+    for miss in r.get("standbys_short", []):
+        out.append((f"takeover ({miss['target']}): a standby had not started every plugin before the takeover",
+                    "", f"{miss['node']} ran {miss['running']} of {miss['mounts']}", ""))
     return out
 
 

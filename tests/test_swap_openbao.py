@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from shim.launch.build import write_launcher
+from shim.launch.swap import find_status
 from tests.support import baoplugins as bp
 from tests.support import openbao
 from tests.support import releases as R
@@ -109,7 +110,13 @@ class Mount:
         return self.server.log_text(self.log_offset)
 
     def wait_log(self, text: str, timeout: float = 60.0) -> str:
-        return openbao.wait_for_log(self.server, text, self.log_offset, timeout)
+        try:
+            return openbao.wait_for_log(self.server, text, self.log_offset, timeout)
+        except AssertionError as exc:  # say what the launcher itself reported and where its swap stands
+            ours = [line for line in self.log().splitlines() if "vault-plugin-shim" in line]
+            status = find_status(self.name, str(self.server.tmpdir))
+            raise AssertionError(f"{exc}\n--- the launcher's own lines since the mount:\n" + "\n".join(ours[-40:])
+                                 + f"\n--- its swap status: {json.dumps(status, indent=1)}") from None
 
     def plugin_children(self, launcher: int) -> list[int]:
         """The plugin processes under the launcher (their exe is a sealed memfd)."""

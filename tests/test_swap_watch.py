@@ -184,9 +184,42 @@ def test_sighup_rescans_now(tmp_path, started):
     assert rec.reasons == [watch.SIGNAL]
 
 
-def test_without_inotify_the_interval_and_sighup_still_rescan(tmp_path, started):
+def test_without_inotify_a_polled_directory_still_sees_a_release(tmp_path, started):
+    rec = Recorder(tmp_path)
+    w = started(tmp_path, rec, use_inotify=False, poll=0.2)
+    assert w.mode == "polling every 0.2 s"
+    (tmp_path / "plugin-2.0.0").write_bytes(b"x")
+    wait_for(lambda: rec.count == 1, "a rescan found by polling", deadline=10)
+    assert rec.reasons == [watch.FILES]
+    assert stays(lambda: rec.count == 1, 1.0), rec.reasons   # our own reads are not changes
+
+
+def test_a_kernel_that_refuses_inotify_falls_back_to_polling_and_says_why(tmp_path, started, capfd, monkeypatch):
+    # The per-user inotify instance limit (128, shared by every container of the uid on a
+    # node) cannot be reached here without changing the machine for everyone: the refusal is
+    # faked where watchdog's inotify observer starts, with the errno the kernel gives.
+    import errno
+
+    from watchdog.observers import inotify
+
+    def refuse(self):
+        raise OSError(errno.EMFILE, "inotify instance limit reached")
+
+    monkeypatch.setattr(inotify.InotifyEmitter, "on_thread_start", refuse)
     rec = Recorder()
-    w = started(tmp_path, rec, use_inotify=False, interval=0.5)
+    w = started(tmp_path, rec, poll=0.2)
+    assert w.mode == "polling every 0.2 s"
+    (tmp_path / "plugin-2.0.0").write_bytes(b"x")
+    wait_for(lambda: rec.count == 1, "a rescan found by polling", deadline=10)
+    lines = [line for line in capfd.readouterr().err.splitlines() if "cannot watch the plugins directory" in line]
+    assert len(lines) == 1 and '"@level":"warn"' in lines[0], lines
+    assert "inotify instance limit reached" in lines[0] and "max_user_instances" in lines[0]
+    assert "polling every 0.2 s instead" in lines[0] and str(tmp_path) in lines[0]
+
+
+def test_without_inotify_or_polling_the_interval_and_sighup_still_rescan(tmp_path, started):
+    rec = Recorder()
+    w = started(tmp_path, rec, use_inotify=False, use_polling=False, interval=0.5)
     assert w.mode == "interval and SIGHUP"
     (tmp_path / "new").write_bytes(b"x")     # unseen without inotify
     wait_for(lambda: rec.count >= 2, "two interval rescans")

@@ -1,8 +1,8 @@
 """When a hot-swapping launcher looks at its plugins directory again.
 
-Three things ask for a rescan: the directory changed (``watchdog``'s inotify observer), an
-operator sent SIGHUP, or the fixed interval passed (a safety net for file systems without
-inotify events, and for manifests that expire while nothing changes). A release is three
+Three things ask for a rescan: the directory changed (``watchdog``'s inotify observer, or its
+polling observer where the kernel refuses inotify), an operator sent SIGHUP, or the fixed
+interval passed (a safety net, and for manifests that expire while nothing changes). A release is three
 files written in any order, often through a temporary name and a rename, so a rescan waits
 until the directory has been quiet for ``settle`` seconds. :class:`Debounce` is that
 decision, pure (clock in, time out); :class:`Watcher` is its thread, fed through a
@@ -31,6 +31,7 @@ SETTLE = 1.0        # quiet seconds before a changed directory is rescanned
 MIN_GAP = 2.0       # at least this long between two rescans
 MAX_DEFER = 10.0    # a directory that keeps changing is rescanned after this long anyway
 INTERVAL = 60.0     # and every INTERVAL seconds regardless
+POLL = 1.0          # without inotify, the directory is listed this often
 
 # Events our own reading causes (opening a manifest, closing it unchanged): not changes.
 _IGNORED_EVENTS = frozenset({"opened", "closed_no_write"})
@@ -92,7 +93,7 @@ class Watcher:
     def __init__(self, directory: str, rescan: Callable[[str], None], *, settle: float = SETTLE,
                  min_gap: float = MIN_GAP, max_defer: float = MAX_DEFER, interval: float = INTERVAL,
                  clock: Callable[[], float] = time.monotonic, use_inotify: bool = True,
-                 rescan_at_start: bool = True):
+                 use_polling: bool = True, poll: float = POLL, rescan_at_start: bool = True):
         self.directory = directory
         self.rescan = rescan
         self.clock = clock
@@ -100,8 +101,8 @@ class Watcher:
                                  interval=interval)
         if rescan_at_start:
             self.debounce.ask(clock(), START)
-        self.use_inotify = use_inotify
-        self.mode = "starting"          # "inotify", or "interval and SIGHUP" without it
+        self.use_inotify, self.use_polling, self.poll = use_inotify, use_polling, poll
+        self.mode = "starting"          # "inotify", "polling every 1 s", or "interval and SIGHUP"
         self.rescans = 0
         self._r, self._w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread: threading.Thread | None = None
@@ -148,32 +149,59 @@ class Watcher:
         self._r = self._w = -1
 
     def _start_observer(self) -> None:
-        if not self.use_inotify:
+        """inotify; where the kernel refuses it (the per-user limit of inotify instances,
+        128 by default and shared by every container of that uid on the node, or of watches),
+        watchdog's polling observer, which lists the directory every POLL seconds; where even
+        that cannot start, the interval and SIGHUP. Each step down is said once, at WARN."""
+        inotify_error = None
+        if self.use_inotify:
+            try:
+                from watchdog.observers import Observer
+                self._observer = self._observe(Observer())
+                self.mode = "inotify"
+                return
+            except Exception as exc:  # EMFILE / ENOSPC from inotify_init or add_watch, a missing module
+                inotify_error = f"{type(exc).__name__}: {exc}"
+        if self.use_polling:
+            try:
+                from watchdog.observers.polling import PollingObserver
+                self._observer = self._observe(PollingObserver(timeout=self.poll))
+                self.mode = f"polling every {self.poll:g} s"
+            except Exception as exc:
+                self.mode = "interval and SIGHUP"
+                hclog.warn("vault-plugin-shim: cannot watch the plugins directory for new versions; rescanning "
+                           f"every {self.debounce.interval:g} s and on SIGHUP only", file=self.directory,
+                           reason=f"{type(exc).__name__}: {exc}",
+                           **({"inotify": inotify_error} if inotify_error else {}), fix="send SIGHUP to the launcher after a copy, or report this as a bug")
+                return
+        else:
             self.mode = "interval and SIGHUP"
-            return
+        if inotify_error is not None:
+            hclog.warn(f"vault-plugin-shim: cannot watch the plugins directory with inotify; {self.mode} instead",
+                       file=self.directory, reason=inotify_error,
+                       fix="raise fs.inotify.max_user_instances (or max_user_watches) on the node; "
+                           "new versions are still found, a little later")
+
+    def _observe(self, observer):
+        from watchdog.events import FileSystemEventHandler
+
+        watcher = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event):
+                if event.event_type not in _IGNORED_EVENTS:
+                    watcher.changed()
+
         try:
-            from watchdog.events import FileSystemEventHandler
-            from watchdog.observers import Observer
-
-            watcher = self
-
-            class Handler(FileSystemEventHandler):
-                def on_any_event(self, event):
-                    if event.event_type not in _IGNORED_EVENTS:
-                        watcher.changed()
-
-            observer = Observer()
             observer.schedule(Handler(), self.directory, recursive=False)
             observer.start()
-        except Exception as exc:  # no inotify, the watch limit, a missing module: degrade, say so
-            self.mode = "interval and SIGHUP"
-            hclog.warn("vault-plugin-shim: cannot watch the plugins directory for new versions; rescanning "
-                       f"every {self.debounce.interval:g} s and on SIGHUP only", file=self.directory,
-                       reason=f"{type(exc).__name__}: {exc}",
-                       fix="raise fs.inotify.max_user_watches, or send SIGHUP to the launcher after a copy")
-            return
-        self._observer = observer
-        self.mode = "inotify"
+        except BaseException:
+            try:
+                observer.stop()
+            except Exception as exc:
+                log.debug("stopping a directory observer that did not start: %s", exc)
+            raise
+        return observer
 
     def _stop_observer(self) -> None:
         observer, self._observer = self._observer, None
