@@ -25,7 +25,7 @@ import time
 from shim.goplugin import hclog
 from shim.goplugin.errors import Diagnostic
 from shim.launch.errors import LaunchError
-from shim.trust.errors import PolicyError, RejectedError
+from shim.trust.errors import DigestMismatchError, PolicyError, RejectedError
 from shim.trust.policy import COOKIES, Policy, split_args
 from shim.trust.verify import Candidate, PluginDir, check_digest, select
 
@@ -219,10 +219,14 @@ def select_sealed(policy: Policy, now: float, *, tmpdir: str | None = None,
         if why:
             raise RejectedError(why, path=cand.path, fix="replace or remove this release; a changed file is tried "
                                                          "again")
+        name = f"{policy.name}-{cand.manifest.version}"
         src = pdir.open_binary(cand)
+        shared = _shared_copy(cand, name)
+        if shared is not None:
+            os.close(src)
+            return shared, "memfd-shared"
         try:
-            fd, how = memexec.materialize(src, cand.manifest.size, f"{policy.name}-{cand.manifest.version}",
-                                          tmpdir=tmpdir)
+            fd, how = memexec.materialize(src, cand.manifest.size, name, tmpdir=tmpdir)
         except OSError as exc:
             raise memexec.describe_os_error(exc, "copy the binary for verification", tmpdir) from exc
         finally:
@@ -240,6 +244,31 @@ def select_sealed(policy: Policy, now: float, *, tmpdir: str | None = None,
         raise selection.refusal(policy)
     fd, how = selection.value
     return selection.chosen, fd, how
+
+
+def _shared_copy(cand: Candidate, name: str) -> int | None:
+    """A sealed memfd of this version that a running process already executes, if one
+    hashes to the signed manifest (shim.launch.memexec.sealed_siblings); else None."""
+    from shim.launch import memexec
+
+    found = None
+    for fd in memexec.sealed_siblings(name, cand.manifest.size):
+        if found is not None:
+            os.close(fd)
+            continue
+        try:
+            check_digest(fd, cand)
+        except DigestMismatchError as exc:
+            os.close(fd)
+            hclog.warn(f"vault-plugin-shim: a running process's sealed memfd named {name} does not match the "
+                       "signed manifest; ignored, making our own copy", file=cand.path, reason=exc.reason,
+                       fix="find the process that runs it (doctor lists them) and why it has that name")
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        found = fd
+    return found
 
 
 def _log_start(policy: Policy, cand: Candidate, how: str, **extra) -> None:
@@ -294,7 +323,7 @@ def launch_exec(policy: Policy, plugin_args: list[str], env: dict, now: float) -
     try:
         memexec.fexecve(fd, argv, env, script=script)
     except OSError as exc:
-        if how != "memfd" or exc.errno not in (errno.EACCES, errno.EPERM):
+        if not how.startswith("memfd") or exc.errno not in (errno.EACCES, errno.EPERM):
             raise _cannot_execute(cand, exc, tmpdir, how) from exc
         fd, how = _private_copy(cand, fd, tmpdir, exc.strerror), "private-file"
     try:
@@ -327,7 +356,7 @@ def launch_proxy(policy: Policy, plugin_args: list[str], env: dict, now: float, 
         try:
             return proxy.run(fd, argv, env, plugin=plugin, name=policy.name, hot_swap=swap)
         except proxy.ExecRefusedError as exc:
-            if how != "memfd":
+            if not how.startswith("memfd"):
                 raise _cannot_execute(cand, exc.reason, tmpdir, how) from exc
             fd, how = _private_copy(cand, fd, tmpdir, exc.reason), "private-file"
         try:

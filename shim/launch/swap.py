@@ -493,7 +493,7 @@ class Swapper:
         try:
             gen = self.host.start_generation(fd, argv, label, self.start_timeout)
         except ExecRefusedError as exc:
-            if how != "memfd":
+            if not how.startswith("memfd"):
                 raise
             copy = entry._private_copy(cand, os.dup(fd), self.tmpdir, exc.reason)
             try:
