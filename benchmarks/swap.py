@@ -86,7 +86,7 @@ def measure(quick: bool = False, rounds: int | None = None, clients: int = 6) ->
             sha = hashlib.sha256(launcher.read_bytes()).hexdigest()
             server.bao("plugin", "register", f"-sha256={sha}", f"-command={launcher.name}", "-version=v1.0.0",
                        "secret", NAME)
-            server.bao("secrets", "enable", f"-path={NAME}", f"-plugin-version=v1.0.0", NAME)
+            server.bao("secrets", "enable", f"-path={NAME}", "-plugin-version=v1.0.0", NAME)
             server.bao("write", f"{NAME}/kv/seed", "text=seed")
             offset = server.log_size()
             load = S.Load(server.addr, server.token, f"{NAME}/kv/seed", f"{NAME}/kv", clients=clients).start()

@@ -43,6 +43,8 @@ def plant(tmp_path, request):
         size = binary.stat().st_size
         data = binary.read_bytes()
 
+        path = launcher
+
         def launch(self, tag: str) -> tuple[subprocess.Popen, Path]:
             err = tmp_path / f"{tag}.err"
             with open(err, "wb") as f:
@@ -128,6 +130,24 @@ def test_a_memfd_with_the_right_bytes_that_could_still_change_is_not_shared(plan
     p, err = plant.launch("launch")
     assert start_line(err)["exec_via"] == "memfd" and exe_inode(p.pid) != exe_inode(decoy.pid)
     assert not [x for x in R.hclog_lines(err.read_bytes()) if x["@level"] in ("warn", "error")]
+
+
+def test_doctor_tells_the_memory_cost_and_how_many_copies_run(plant):
+    from shim.ops.doctor import diagnose
+
+    def memory() -> str:
+        [finding] = [f for f in diagnose(str(plant.path)) if f.check == "memory"]
+        assert finding.status == "info"
+        return finding.message
+
+    mb = f"{plant.size / 1e6:.1f} MB"
+    assert mb in memory() and "not evictable" in memory()
+    assert f"no process visible to uid {os.geteuid()} runs {plant.memfd} now" in memory()
+    plant.launch("first")
+    plant.launch("second")
+    assert f"now 2 process(es) visible to uid {os.geteuid()} run {plant.memfd} from 1 copy" in memory()
+    plant.decoy(plant.data, 0)
+    assert "now 3 process(es)" in memory() and "from 2 copies" in memory()
 
 
 def test_the_source_file_leaves_the_page_cache_after_the_copy(tmp_path):

@@ -240,6 +240,30 @@ def _memfd_finding(out: list[Finding], tmpdir: str | None, proc: str = "/proc/sy
                                         f"falls back to a private copy of the verified binary under {where}"))
 
 
+def _memory_finding(policy, chosen) -> Finding:
+    """What running the chosen version costs in memory, and how many copies exist now."""
+    from shim.launch import memexec
+
+    name = f"{policy.name}-{chosen.manifest.version}"
+    mb = chosen.manifest.size / 1e6
+    pids = memexec.running_from(name)
+    inodes = set()
+    for pid in pids:
+        try:
+            inodes.add(os.stat(f"/proc/{pid}/exe").st_ino)
+        except OSError:
+            pass
+    now = (f"now {len(pids)} process(es) visible to uid {os.geteuid()} run {name} from {len(inodes)} "
+           f"cop{'y' if len(inodes) == 1 else 'ies'}" if pids else f"no process visible to uid {os.geteuid()} runs "
+           f"{name} now")
+    proxy = (" In proxy mode each launcher adds its Python interpreter (about 30 MB of its own, "
+             "see the README's memory rows)." if policy.mode == "proxy" else "")
+    return Finding("memory", "info", f"version {chosen.manifest.version} runs from a sealed memfd of {mb:.1f} MB: "
+                                     "shared memory that is not evictable and is charged to the pod's memory "
+                                     "cgroup; every process of this version on the node shares one copy; "
+                                     f"{now}.{proxy}")
+
+
 def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args: Sequence[str] = (),
              plugin_directory: str | None = None, now: float | None = None, soon: float = SOON,
              check_interpreter: bool = True, uid: int | None = None, tmpdir: str | None = None) -> list[Finding]:
@@ -329,6 +353,8 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
                                                     f"(+{CLOCK_SKEW} s allowed)", fix="fix NTP on the node"))
     _check_as_vault_user(policy, check_uid, how, out)
     _memfd_finding(out, tmpdir if tmpdir is not None else os.environ.get("TMPDIR"))
+    if chosen is not None:
+        out.append(_memory_finding(policy, chosen))
     if info.hot_swap:
         _hot_swap_findings(policy.name, tmpdir if tmpdir is not None else os.environ.get("TMPDIR"), out)
 
