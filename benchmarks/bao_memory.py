@@ -15,8 +15,9 @@ Two accountings, both printed:
   memory.stat), the part no reclaim can take back without swap, which is what a sealed memfd
   is.
 * **/proc** (per process tree, when no cgroup can be made): for each plugin process and its
-  descendants, ``RssAnon`` plus the size of a memfd it executes from (``/proc/<pid>/exe``,
-  whole file, every page written), and ``Pss`` from ``smaps_rollup``.
+  descendants, ``RssAnon`` plus its share of the memfds the trees execute from (each distinct
+  ``/proc/<pid>/exe`` memfd counted once, whole file: processes of one version share one
+  sealed copy, see shim.launch.memexec), and ``Pss`` from ``smaps_rollup``.
 
 Interpreter libraries (libpython, grpcio's and cryptography's shared objects) are already in
 the page cache from earlier runs and are charged to whoever read them first: once per pod, not
@@ -137,11 +138,20 @@ def _status(pid: int) -> dict[str, int]:
             k, _, v = line.partition(":")
             if k in ("Pss", "Pss_Anon", "Pss_File", "Pss_Shmem"):
                 out[k] = int(v.split()[0]) * 1024
-        exe = os.readlink(f"/proc/{pid}/exe")
-        out["memfd"] = os.stat(f"/proc/{pid}/exe").st_size if exe.startswith("/memfd:") else 0
     except OSError:
         pass
     return out
+
+
+def _memfd(pid: int) -> tuple[tuple[int, int], int] | None:
+    """((dev, inode), size) of the memfd ``pid`` executes from, or None."""
+    try:
+        if os.readlink(f"/proc/{pid}/exe").startswith("/memfd:"):
+            st = os.stat(f"/proc/{pid}/exe")
+            return (st.st_dev, st.st_ino), st.st_size
+    except OSError:
+        pass
+    return None
 
 
 def _role(pid: int) -> str:
@@ -162,15 +172,21 @@ def proc_view(server) -> dict[str, float]:
     ``RssAnon`` of each role in the tree (``anon:<role>``)."""
     kids = [p for p in descendants(server.pid) if _parent(p) == server.pid]
     totals: dict[str, float] = {}
+    memfds: dict[tuple[int, int], int] = {}   # each sealed copy once, however many run it
     for kid in kids:
         for pid in [kid, *descendants(kid)]:
             status = _status(pid)
+            found = _memfd(pid)
+            if found is not None:
+                memfds[found[0]] = found[1]
             for k, v in status.items():
                 totals[k] = totals.get(k, 0) + v
             role = f"anon:{_role(pid)}"
             totals[role] = totals.get(role, 0) + status.get("RssAnon", 0)
     n = max(1, len(kids))
+    totals["memfd"] = sum(memfds.values())
     view = {k: v / n for k, v in totals.items()}
+    view["memfd_copies"] = len(memfds)
     view["anon+memfd"] = view.get("RssAnon", 0) + view.get("memfd", 0)
     view["processes"] = len(kids)
     return view
