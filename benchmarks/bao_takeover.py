@@ -67,9 +67,10 @@ def server_children(server) -> list[int]:
 def wait_running(cluster, count: int, short: list[dict], target: str) -> None:
     """Every node up runs a plugin process for each of ``count`` mounts. The active node must
     (its first reads launched them); a standby sets its mounts up on its own, and OpenBao
-    2.7.2 now and then leaves one of them unstarted until a request needs it. A standby still
-    short after STANDBY_WAIT is recorded in ``short`` (the takeover then includes that launch)
-    instead of failing the run."""
+    2.7.2 now and then leaves one unstarted until a request needs it, or keeps one more (a
+    process of a removed mount, or a second start). A standby still off after STANDBY_WAIT is
+    recorded in ``short`` instead of failing the run: the takeover is timed on the new active
+    node either way."""
     for n in cluster.nodes:
         if not n.up:
             continue
@@ -80,7 +81,7 @@ def wait_running(cluster, count: int, short: list[dict], target: str) -> None:
                          f"{n.name} to run {count} plugin processes", wait, poll=0.05)
         except S.StageError as exc:
             kids = {p: _cmdline(p) for p in server_children(n.server)}
-            if state != "active" and len(kids) < count:
+            if state != "active":
                 short.append({"target": target, "node": n.name, "state": state, "running": len(kids),
                               "mounts": count})
                 continue
@@ -231,7 +232,7 @@ def rows(r: dict) -> list[tuple[str, str, str, str]]:
                     str(leaked.get("direct", 0)), ", ".join(f"{k} {v}" for k, v in sorted(leaked.items())
                                                            if k != "direct") or "0", ""))
     for miss in r.get("standbys_short", []):
-        out.append((f"takeover ({miss['target']}): a standby had not started every plugin before the takeover",
+        out.append((f"takeover ({miss['target']}): a standby's plugin processes before the takeover, not one per mount",
                     "", f"{miss['node']} ran {miss['running']} of {miss['mounts']}", ""))
     return out
 
