@@ -231,33 +231,3 @@ def test_a_node_that_becomes_active_sets_its_mounts_up_again_and_fails(stage):
     status, doc = stage.req(third, "PUT", f"{name}/kv/k", {"n": 7})
     assert status == 404 and "backend is nil" in _error(doc), doc
 
-
-# --- the demo's own scheduling on this cluster (after the PS tests: these move leadership) ---
-
-def test_leadership_goes_to_a_crashed_node_once_the_kubelet_has_restarted_it(stage):
-    """The demo's schedule names the next leader; on a real run that node had just panicked
-    (OpenBao 2.7.2) and was being restarted. The hand-over waits for the restart instead of
-    ending the demo with a traceback."""
-    c = stage.c
-    target = stage.standbys()[0]
-    before = len(c.events)
-    os.kill(c.nodes[target].server.pid, signal.SIGKILL)
-    wait_until(lambda: not c.nodes[target].up, f"{c.nodes[target].name} to be down")
-    leader = c.hand_over(target, deadline=120)
-    events = [(e.kind, e.node, e.detail) for e in c.events[before:]]
-    assert leader == target, events
-    assert ("crash", target) in [(k, n) for k, n, _ in events], events
-    assert any(k == "note" and n == target and "once the kubelet has restarted it" in d for k, n, d in events), events
-    assert c.active_now() == target
-
-
-def test_leadership_cannot_be_handed_to_a_node_the_runner_stopped(stage):
-    c = stage.c
-    target = stage.standbys()[0]
-    c.stop(target)
-    try:
-        with pytest.raises(cl.ClusterError, match=f"cannot hand leadership to {c.nodes[target].name}: it is stopped"):
-            c.hand_over(target, deadline=30)
-    finally:
-        c.start_node(target)
-        c.wait_voter(target)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from shim.goplugin import handshake as hs
 from shim.launch.child import child_environment
 from shim.goplugin.janitor import Janitor, Ledger
@@ -79,3 +81,54 @@ def test_exec_mode_stays_import_light():
     res = subprocess.run([sys.executable, "-I", "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
     assert res.returncode == 0, res.stderr + res.stdout
+
+
+FORK_PROBE = """
+import asyncio, os, subprocess, sys
+sys.path.insert(0, {root!r})
+if {launcher!r}:
+    import shim.launch.proxy  # noqa: F401  (first, as a proxy launch imports it before grpc)
+import grpc
+from shim.launch.child import _child_setup
+
+async def main():
+    server = grpc.aio.server()
+    server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    r, w = os.pipe()
+    setup = _child_setup(os.getpid(), None)
+
+    def pre():
+        setup()
+        os.write(w, b"%d " % len(os.listdir("/proc/self/task")))
+
+    for _ in range(3):
+        subprocess.Popen(["true"], preexec_fn=pre, pass_fds=(w,), close_fds=True).wait()
+    os.close(w)
+    print(os.read(r, 100).decode().split())
+    await server.stop(None)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("launcher", [True, False], ids=["launcher", "grpc-alone"])
+def test_the_forked_child_runs_no_grpc_thread_before_its_exec(launcher):
+    """A CI run lost a swap to this: the new child died of SIGABRT before exec, with gRPC's
+    'Epoll1Poller ... epoll_wait error: Bad file descriptor' as its last stderr line. gRPC's
+    fork handlers had restarted its threads in the child, and the child's close_fds closed
+    their epoll descriptor. With grpc alone (the control) they are there; in the launcher
+    they must not be."""
+    import ast
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
+    done = subprocess.run([sys.executable, "-c", FORK_PROBE.format(root=str(ROOT), launcher=launcher)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    threads = [int(n) for n in ast.literal_eval(done.stdout.strip().splitlines()[-1])]
+    if launcher:
+        assert threads == [1, 1, 1], f"threads in the forked child before exec: {threads}"
+    else:
+        assert min(threads) > 1, (f"grpcio no longer restarts threads in a forked child ({threads}): "
+                                  "this control, and the GRPC_ENABLE_FORK_SUPPORT line in shim/launch/proxy.py, "
+                                  "can be revisited")

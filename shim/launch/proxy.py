@@ -40,7 +40,16 @@ import tempfile
 import threading
 from typing import Callable, Mapping
 
-from shim.goplugin import grpcutil, handshake as hs, hclog, mtls
+# gRPC's fork handlers restart its event-engine threads in a forked child. The launcher forks
+# to start the plugin (a preexec_fn sets PR_SET_PDEATHSIG, see shim.launch.child), and the
+# child closes every other descriptor before exec; such a thread then meets a closed epoll fd
+# and aborts the child ("Epoll1Poller ... epoll_wait error: Bad file descriptor", SIGABRT)
+# before it can exec the plugin. No child of the launcher uses gRPC: turn them off before grpc
+# is imported. The plugin's environment is Vault's, kept apart (child_env), so this does not
+# reach it.
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
+
+from shim.goplugin import grpcutil, handshake as hs, hclog, mtls  # noqa: E402
 from shim.goplugin.broker import ConnInfo
 from shim.goplugin.errors import GoPluginError, TLSSetupError
 from shim.goplugin.h2route import H2RouteError, Router
