@@ -141,7 +141,8 @@ class Server:
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc and self.proc.poll() is None else None
+        proc = self.proc  # once: a kubelet or stop thread may clear it meanwhile
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     def env(self, **extra: str) -> dict[str, str]:
         """An environment for a CLI or hvac client aimed at this server (as root)."""
