@@ -62,3 +62,46 @@ def test_leadership_cannot_be_handed_to_a_node_the_runner_stopped(cluster):
     finally:
         c.start_node(target)
         c.wait_voter(target)
+
+
+def test_restarts_follow_the_kubelets_back_off():
+    assert [cl.restart_delay(n) for n in range(1, 8)] == [0.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0]
+
+
+def _kubelet_starts(c: cl.Cluster, node: int, since: int) -> list[cl.Event]:
+    return [e for e in c.events[since:] if e.kind == "start" and e.node == node and "kubelet" in e.detail]
+
+
+def test_a_node_that_crashes_before_serving_is_restarted_with_the_kubelets_back_off(cluster):
+    """A pod restarted by the rollout whose OpenBao exits before it serves (here: its API port
+    is taken, a real start-up failure of the real server) is the kubelet's: restarted at once,
+    then after 10 s, recorded as crashes, and Ready once the fault is gone. The rollout's
+    wait does not end in an error."""
+    import socket
+
+    c = cluster
+    target = standby(c)
+    node = c.nodes[target]
+    c.stop(target)
+    before = len(c.events)
+    crashes_before = node.crashes
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the node's own port is in TIME_WAIT
+    blocker.bind(("127.0.0.1", node.server.port))
+    blocker.listen()
+    try:
+        c.start_node(target)  # returns at once: the process is the kubelet's to watch
+        wait_until(lambda: node.crashes >= crashes_before + 2, f"{node.name} to crash twice", deadline=60)
+    finally:
+        blocker.close()
+    assert c.wait_ready(target, deadline=90), [(e.kind, e.node, e.detail) for e in c.events[before:]]
+    crashes = [e for e in c.events[before:] if e.kind == "crash" and e.node == target]
+    assert len(crashes) == 2, crashes
+    assert all("exit status 1" in e.detail for e in crashes), crashes
+    assert "address already in use" in node.server.log_text()
+    starts = _kubelet_starts(c, target, before)
+    wanted = [cl.restart_delay(crashes_before + k) for k in (1, 2)]
+    assert [e.data["backoff"] for e in starts] == wanted, starts
+    for crash, start, delay in zip(crashes, starts, wanted):
+        assert start.t - crash.t >= delay - 0.5, "each restart waited out its back-off"
+    assert not any(e.kind == "note" and e.node == target for e in c.events[before:]), "no note: it was Ready"

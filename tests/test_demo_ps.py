@@ -231,3 +231,36 @@ def test_a_node_that_becomes_active_sets_its_mounts_up_again_and_fails(stage):
     status, doc = stage.req(third, "PUT", f"{name}/kv/k", {"n": 7})
     assert status == 404 and "backend is nil" in _error(doc), doc
 
+
+
+def test_a_standby_restarted_on_the_old_image_panics_at_the_next_write_and_the_kubelet_restarts_it(stage):
+    """The crash a rollout meets. A standby on the old image restarted after the
+    catalog change sets its mount up without a backend; the next write to that mount, applied
+    through Raft on the standby, makes OpenBao 2.7.2 panic (`Router.Invalidate`). The cluster's
+    kubelet records the crash with the panic line and restarts the node; it serves again."""
+    name = stage.fresh()
+    stage.rewrite(name)
+    c = stage.c
+    node = stage.standbys()[0]
+    c.stop(node)
+    c.start_node(node)
+    assert c.wait_ready(node, deadline=90)
+    server = c.nodes[node].server
+    openbao.wait_for_log(server, "failed to create mount entry", timeout=30)
+    before = len(c.events)
+    crashes = c.nodes[node].crashes
+    a = stage.active()
+    n = itertools.count(100)
+
+    def crashed() -> bool:
+        cl.api(c.nodes[a].server.addr, "PUT", f"{name}/kv/k", {"n": next(n)}, stage.token, timeout=10)
+        return c.nodes[node].crashes > crashes
+
+    wait_until(crashed, f"{c.nodes[node].name} to crash on a write to {name}/", deadline=60, poll=0.5)
+    crash = next(e for e in c.events[before:] if e.kind == "crash" and e.node == node)
+    assert "panic: runtime error" in crash.detail, crash
+    assert "routing.(*Router).Invalidate" in server.log_text(), server.log_tail(40)
+    stage.admin("DELETE", f"sys/mounts/{name}")  # no more writes there: the restarted node stays up
+    assert c.wait_ready(node, deadline=90 + cl.restart_delay(c.nodes[node].crashes))
+    restarts = [e for e in c.events[before:] if e.kind == "start" and e.node == node and "kubelet" in e.detail]
+    assert restarts and restarts[0].data["backoff"] == cl.restart_delay(crashes + 1), restarts

@@ -4,6 +4,7 @@ to stop, after which no process, port or directory is left."""
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -99,13 +100,39 @@ def test_worst_case_baseline_fails_and_shim_does_not(cli_run):
 
 
 def test_report_renders_in_headless_chromium(cli_run, tmp_path):
-    """Open the real run's HTML report in a real browser (Debian's chromium) and look at the
-    pixels; it is self-contained (no script, no external resource)."""
+    """The real run's HTML report, read as a stranger would: the problem and the fix in one
+    sentence each, the headline numbers, both runs on one time axis with every mark, reads and
+    writes told apart, failures per second, the cause at the failure band, a legend for every
+    colour and mark, and the PS. Then opened in a real browser (Debian's chromium), which must
+    draw it: its pixels hold the failures, both versions and the active node's colour."""
+    from shim.demo import render, replay
+
     _proc, report, _took, _tmp = cli_run
     text = report.read_text()
-    assert text.startswith("<!DOCTYPE html>") and text.count("<svg") == 2
+    assert text.startswith("<!DOCTYPE html>")
     assert "<script" not in text and "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    assert "checksums did not match" in text
+    assert f"<b>The problem:</b> {html.escape(replay.PROBLEM)}" in text
+    assert f"<b>The fix:</b> {html.escape(replay.FIX)}" in text
+    headline = text[text.index('<table class="headline">'):]
+    headline = headline[:headline.index("</table>")]
+    for what in ("failed requests (reads / writes)", "longest failure window", "node crashes", "catalog writes"):
+        assert what in headline, headline
+    assert re.search(r"<td>failed requests \(reads / writes\)</td><td>[1-9]\d* \(\d+ / \d+\)</td><td>0 \(0 / 0\)</td>",
+                     headline), headline
+    assert text.count('aria-label="timeline of every run on one time axis"') == 1, "both runs share one axis"
+    figure = text[text.index('aria-label="timeline of every run'):]
+    figure = figure[:figure.index("</svg>")]
+    assert "baseline</text>" in figure and "shim</text>" in figure
+    assert "one axis for every run" in figure and ">active node</text>" in figure and ">failures/s</text>" in figure
+    assert re.search(r"failures from [\d.]+ s: checksums did not match", figure), "the cause labels the band"
+    assert "catalog write</text>" in figure and "stop SIGTERM" in figure
+    assert render.FAILED_WRITE in figure, "failed writes are drawn apart from failed reads"
+    legend = text[text.index('<ul class="legend">'):]
+    legend = legend[:legend.index("</ul>")]
+    for words in ("read answered by the old version", "write answered by v2", "write failed", "read failed",
+                  "plugin failure window", *render.MARKS.values(), "node: active", "standby, old image"):
+        assert html.escape(words) in legend, words
+    assert html.escape(replay.PS_TITLE) in text and html.escape(replay.PS[0]) in text, "the PS is in the report"
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.fail("chromium is missing: apt-get install -y chromium (build/install.sh installs it)")
@@ -113,17 +140,19 @@ def test_report_renders_in_headless_chromium(cli_run, tmp_path):
     proc = subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1000,1100",
+         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1180,1300",
          report.as_uri()], capture_output=True, timeout=120)
     assert shot.exists(), proc.stderr.decode()[-2000:]
     from tests.support.png import pixels
 
     width, height, px = pixels(shot.read_bytes())
-    assert (width, height) == (1000, 1100)
+    assert (width, height) == (1180, 1300)
     colours = set(px)
     assert (0xd0, 0x02, 0x1b) in colours, "plugin failures are drawn in red"
+    assert (0x7a, 0x00, 0x10) in colours, "failed writes in dark red"
     assert (0xf0, 0xa0, 0x30) in colours, "answers by v1 are drawn in orange"
     assert (0x2e, 0x9e, 0x44) in colours, "answers by v2 are drawn in green"
+    assert (0x8a, 0xa4, 0xc8) in colours, "the active node is drawn"
 
 
 def test_short_replay_with_a_slow_stop_leaves_nothing_behind(tmp_path_factory):
@@ -180,3 +209,50 @@ def test_ctrl_c_stops_every_node_and_removes_the_demo_directory(tmp_path_factory
         if proc.poll() is None:
             proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_replay_goes_on_through_a_pod_that_crashes_before_it_serves(tmp_path_factory, monkeypatch):
+    """The first pod the rollout restarts cannot bind its API port at its first start (a real
+    OpenBao start-up failure, exit 1 before it serves): the kubelet restarts it, the rollout
+    waits for it as for any pod, and the replay completes. The crash is in the run's events,
+    its table row and its report; the shim run still has no plugin failure."""
+    from shim.demo import cli as demo_cli
+    from shim.demo import cluster as cl
+    from shim.demo import replay, schedule
+
+    openbao.require_bao()
+    original = cl.Cluster.start_node
+    blocked: list[int] = []
+
+    def start_node(self, index: int) -> None:
+        if blocked:
+            return original(self, index)
+        node = self.nodes[index]
+        blocked.append(index)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", node.server.port))
+            s.listen()
+            crashes = node.crashes
+            original(self, index)
+            wait_until(lambda: node.crashes > crashes, f"{node.name} to crash before serving", deadline=60)
+
+    monkeypatch.setattr(cl.Cluster, "start_node", start_node)
+    work = Path(tempfile.mkdtemp(prefix="vc-", dir="/tmp"))
+    try:
+        (run,) = replay.run_demo(schedule.Settings(), rate=30, runs=("shim",),
+                                 timing=schedule.Timing(lead_in=0.5, settle=0.3, tail=0.5),
+                                 workdir=work, cache_dir=tmp_path_factory.getbasetemp() / "demo-go")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    crashes = [e for e in run.events if e.kind == "crash"]
+    assert crashes and {e.node for e in crashes} == set(blocked), crashes
+    assert all("exit status 1" in e.detail for e in crashes), crashes
+    assert any(e.kind == "start" and "kubelet" in e.detail and e.node == blocked[0] for e in run.events)
+    assert not [e for e in run.events if e.kind == "note" and "not Ready" in e.detail], "it was Ready in time"
+    assert run.failures == [], run.error_texts()
+    assert run.versions_served == ["v1.0.0", "v2.0.0"]
+    (row,) = replay.run_rows([run])
+    assert row[2] == len(crashes), row
+    page = demo_cli.report_html([run], schedule.Settings())
+    assert f"{run.node_names[blocked[0]]}: crash exit status 1" in page

@@ -162,14 +162,7 @@ class Server:
         if not self.port:
             self._pick_ports()
         for attempt in range(attempts):
-            self.config_path.write_text(self._config(), encoding="utf-8")
-            log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-            env["TMPDIR"] = str(self.tmpdir)
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(self._argv(), stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, env=env, cwd=self.root,
-                                             start_new_session=True)
+            log_offset = self.spawn()
             try:
                 self._after_start()
                 return self
@@ -180,6 +173,20 @@ class Server:
                     raise
                 self._pick_ports()
         raise AssertionError("unreachable")
+
+    def spawn(self) -> int:
+        """Start the process on the ports it has, without waiting for it to serve (a kubelet
+        restart: whether it comes up is the caller's to watch). Returns the log offset at
+        which this start's output begins."""
+        self.config_path.write_text(self._config(), encoding="utf-8")
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+        env["TMPDIR"] = str(self.tmpdir)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self._argv(), stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, env=env, cwd=self.root,
+                                         start_new_session=True)
+        return log_offset
 
     def stop(self, grace: float = STOP_GRACE) -> int | None:
         """SIGTERM the server, SIGKILL it if it has not exited within ``grace`` seconds;

@@ -146,19 +146,33 @@ def report_html(runs, settings) -> str:
     from shim.demo import render, replay
 
     names = runs[0].node_names
-    intro = (f"{settings.nodes}-node OpenBao Raft cluster on loopback, one per run. "
-             + "; ".join(runs[0].plan.describe(names)) + ". "
-             f"Load: {runs[0].rate:g} requests/s per run (reads and writes of demo/kv/<key> with an "
-             f"application token), half to the active node, half round robin over every node that is up.")
-    tables = [("Requests by view", replay.SUMMARY_HEAD, replay.summary_rows(runs)),
-              ("Runs", replay.RUN_HEAD, replay.run_rows(runs))]
-    details = [("Plugin failures: exact answers and causes", replay.failure_text(runs))]
-    for run in runs:
-        details.append((f"{run.name}: every event", replay.timeline_events(run)))
-        details.append((f"{run.name}: every failed request", replay.failed_requests_text(run)))
-    return render.html_report([replay.timeline(r) for r in runs],
-                              "vault-plugin-shim demo: rolling upgrade on a real OpenBao cluster",
-                              intro + " " + replay.FOOTNOTE, tables, details)
+    by = {r.name: r for r in runs}
+
+    def each(f) -> list:
+        return [f(by[n]) if n in by else "-" for n in ("baseline", "shim") if n in by]
+
+    headline = [
+        ("failed requests (reads / writes)", *each(lambda r: f"{len(r.failures)} ({sum(1 for q in r.failures if q.op == 'read')}"
+                                                              f" / {sum(1 for q in r.failures if q.op == 'write')})")),
+        ("longest failure window", *each(lambda r: f"{r.longest_window():.1f} s")),
+        ("node crashes (OpenBao restarted by the kubelet)", *each(lambda r: sum(1 for e in r.events if e.kind == "crash"))),
+        ("catalog writes during the rollout", *each(lambda r: len(r.catalog_writes))),
+        ("plugin versions that answered", *each(lambda r: ", ".join(r.versions_served) or "-")),
+    ]
+    setup = (f"Each run is a fresh {settings.nodes}-node OpenBao Raft cluster on loopback, both at once on one "
+             "machine. " + "; ".join(runs[0].plan.describe(names)) + ". "
+             f"Load: {runs[0].rate:g} requests/s per run (reads and writes of demo/kv/<key> with an application "
+             "token), half to the active node, half round robin over every node that is up. " + replay.FOOTNOTE)
+    report = render.Report(
+        title="vault-plugin-shim demo: a rolling upgrade of a custom plugin on a real OpenBao cluster",
+        problem=replay.PROBLEM, fix=replay.FIX, headline=headline, setup=setup,
+        tables=[("Requests by client view", replay.SUMMARY_HEAD, replay.summary_rows(runs)),
+                ("Runs", replay.RUN_HEAD, replay.run_rows(runs))],
+        notes=[(replay.PS_TITLE, list(replay.PS))],
+        details=[("Plugin failures: exact answers and causes", replay.failure_text(runs))]
+        + [d for run in runs for d in ((f"{run.name}: every event", replay.timeline_events(run)),
+                                       (f"{run.name}: every failed request", replay.failed_requests_text(run)))])
+    return render.html_report([replay.timeline(r) for r in runs], report)
 
 
 def _model(args, settings, rate: float) -> int:
@@ -180,11 +194,17 @@ def _model(args, settings, rate: float) -> int:
     print(render.text_table(model.SUMMARY_HEAD, model.summary_rows(runs)))
     print(model.FOOTNOTE)
     if args.report:
-        Path(args.report).write_text(render.html_report(
-            [model.timeline(r) for r in runs], "vault-plugin-shim demo --model: rolling upgrade",
-            f"{settings.nodes} modelled nodes, restart order {', '.join(f'vault-{n}' for n in settings.restart_order)}, "
-            f"{settings.election} elections. " + model.FOOTNOTE,
-            [("Runs", model.SUMMARY_HEAD, model.summary_rows(runs))]))
+        from shim.demo import replay
+
+        report = render.Report(
+            title="vault-plugin-shim demo --model: a rolling upgrade on a model of Vault", problem=replay.PROBLEM,
+            fix=replay.FIX, headline=[("failed requests", *[len(r.failures) for r in runs]),
+                                      ("plugin downtime", *[f"{r.downtime:.1f} s" for r in runs])],
+            setup=f"{settings.nodes} modelled nodes, restart order "
+                  f"{', '.join(f'vault-{n}' for n in settings.restart_order)}, {settings.election} elections. "
+                  + model.FOOTNOTE,
+            tables=[("Runs", model.SUMMARY_HEAD, model.summary_rows(runs))])
+        Path(args.report).write_text(render.html_report([model.timeline(r) for r in runs], report))
         print(f"\nreport written to {args.report}")
     if any(r.failures for r in runs if r.name == "shim"):
         print("\nFAIL: the shim run had plugin failures", file=sys.stderr)

@@ -49,9 +49,20 @@ STABILIZATION = "1s"
 RAFT_OPTIONS = {"autopilot_reconcile_interval": "1s", "autopilot_update_interval": "500ms"}
 POLL = 0.1
 CRASH_WAIT = 30.0   # a crashed node the schedule wants as leader: its first restart is at once, the next after 10 s
+# The kubelet's restart back-off (pkg/kubelet: flowcontrol.Backoff, 10 s doubling to 5 min): the
+# first restart after a crash is at once (no back-off entry yet), then 10 s, 20 s, 40 s ... 300 s.
+BACKOFF_FIRST, BACKOFF_CAP = 10.0, 300.0
+# How long the rollout waits for a restarted pod to be Ready, or for an active node, before it
+# goes on with a note (a real StatefulSet would wait for ever; a demo must end)
+READY_WAIT = 75.0
 
 # node states, as the monitor sees them through sys/health
 DOWN, STARTING, STANDBY, ACTIVE = "down", "starting", "standby", "active"
+
+
+def restart_delay(crashes: int) -> float:
+    """The kubelet's wait before restarting a container after its ``crashes``-th crash."""
+    return 0.0 if crashes <= 1 else min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (crashes - 2))
 
 
 class ClusterError(bao.BaoError):
@@ -231,18 +242,37 @@ class Cluster:
         self._start_monitor()
         return self
 
-    def _start_server(self, node: Node) -> None:
+    def _start_server(self, node: Node, wait: bool = True) -> None:
+        """Start the node's process; ``wait``: until it serves (the cluster's first start, where
+        a failure is the environment's). Without ``wait`` (a pod restarted during the rollout)
+        a process that dies, before serving or after, is the kubelet's to restart."""
         with node.lock:
             if self._stop_monitor.is_set():
                 raise ClusterError(f"the cluster is closed: {node.name} is not started again")
             node.wanted_up = True
             self.record("start", node.index, node.image)
-            node.server.start()
+            if wait:
+                node.server.start()
+            else:
+                node.server.spawn()
             node.state = STARTING
 
     def start_node(self, index: int) -> None:
-        """Start a stopped node on the image in its plugin_directory (it rejoins as a standby)."""
-        self._start_server(self.nodes[index])
+        """Start a stopped node on the image in its plugin_directory (it rejoins as a standby).
+        Returns at once: :meth:`wait_ready` waits for it as a rollout would."""
+        self._start_server(self.nodes[index], wait=False)
+
+    def wait_ready(self, index: int, deadline: float = READY_WAIT) -> bool:
+        """Until the node is a healthy voter (a Ready pod), through any crash and back-off on the
+        way; False, with a note, if it is not within ``deadline`` (the rollout then goes on)."""
+        try:
+            self.wait_voter(index, deadline)
+            return True
+        except ClusterError:
+            node = self.nodes[index]
+            self.record("note", index, f"not Ready within {deadline:.0f} s ({node.crashes} crashes so far); "
+                                       "the rollout goes on")
+            return False
 
     def stop(self, index: int, grace: float = bao.STOP_GRACE) -> float:
         """SIGTERM the node (by PID) and wait until it has exited; returns how long that took.
@@ -355,11 +385,17 @@ class Cluster:
                            + self._states())
 
     def wait_voter(self, index: int, deadline: float = 60.0) -> None:
-        """Until autopilot reports the node as a healthy voter (or the leader)."""
+        """Until the node's own process serves and autopilot reports it as a healthy voter (or
+        the leader). Autopilot alone lags: it still calls a node healthy for seconds after its
+        process died."""
         name = self.nodes[index].name
         end = time.monotonic() + deadline
         last = ""
         while time.monotonic() < end:
+            if self.health(index) not in (STANDBY, ACTIVE):
+                last = f"its own sys/health: {self.health(index)}"
+                time.sleep(POLL)
+                continue
             for n in self.nodes:
                 if not n.up:
                     continue
@@ -418,11 +454,17 @@ class Cluster:
         The schedule cannot always be had: ``wanted`` may have crashed (OpenBao 2.7.2 can
         panic when its plugin fails) and be in the kubelet's back-off, or Raft may keep
         electing another node. Then leadership stays where it is, a note says so, and the
-        rollout goes on, as a real one would. Only a node the runner stopped is an error."""
+        rollout goes on, as a real one would. No active node at all within ``deadline`` (a
+        crash-looping node and a stopped one leave no quorum) is the same: a note, and -1.
+        Only a node the runner stopped is an error."""
         end = time.monotonic() + deadline
         node = None if wanted is None else self.nodes[wanted]
         while True:
-            active = self.wait_active(max(1.0, end - time.monotonic()))
+            try:
+                active = self.wait_active(max(1.0, end - time.monotonic()))
+            except ClusterError as exc:
+                self.record("note", -1, f"{exc}; the rollout goes on without an active node")
+                return -1
             if node is None or active == wanted:
                 return active
             if not node.up:
@@ -450,7 +492,8 @@ class Cluster:
                 return active
             self.wait_cooldowns(exclude={active})
             if self.step_down(active):
-                self.wait_active(max(1.0, end - time.monotonic()), exclude={active})
+                with contextlib.suppress(ClusterError):  # the loop's next wait_active says it
+                    self.wait_active(max(1.0, end - time.monotonic()), exclude={active})
             else:
                 time.sleep(POLL)
 
@@ -483,9 +526,10 @@ class Cluster:
                 self.record("state", n.index, state, image=n.image)
 
     def _kubelet(self, n: Node) -> None:
-        """A node process that exited on its own (a crash: OpenBao 2.7.2 can panic) is
-        restarted, as the kubelet restarts a pod's container: at once the first time, then
-        after 10 s, 20 s, ... (CrashLoopBackOff), in a thread of its own."""
+        """A node process that exited on its own, before serving or after (a crash: OpenBao
+        2.7.2 can panic in start-up or later), is restarted as the kubelet restarts a pod's
+        container: at once the first time, then after 10 s, 20 s, ... (CrashLoopBackOff), in a
+        thread of its own."""
         proc = n.server.proc
         if not n.wanted_up or proc is None or proc.poll() is None or n.restarting:
             return
@@ -493,7 +537,7 @@ class Cluster:
         panic = next((ln for ln in n.server.log_tail(80).splitlines() if ln.startswith("panic:")), "")
         self.record("crash", n.index, f"exit status {proc.returncode}" + (f": {panic}" if panic else ""),
                     exit=proc.returncode, panic=panic)
-        delay = 0.0 if n.crashes == 1 else min(300.0, 10.0 * 2 ** (n.crashes - 2))
+        delay = restart_delay(n.crashes)
         n.restarting = True
 
         def restart() -> None:
@@ -503,11 +547,14 @@ class Cluster:
                 with n.lock:
                     if n.wanted_up and not self._stop_monitor.is_set():
                         n.server.proc = None
-                        self.record("start", n.index, f"{n.image} (restarted by the kubelet after a crash)")
+                        self.record("start", n.index, f"{n.image} (restarted by the kubelet after a crash"
+                                                      + (f", back-off {delay:.0f} s)" if delay else ")"),
+                                    backoff=delay)
                         try:
-                            n.server.start()
-                        except (bao.BaoError, OSError) as exc:
-                            self.record("note", n.index, f"restart failed: {str(exc).splitlines()[0]}")
+                            n.server.spawn()  # a crash before serving comes back here, with back-off
+                            n.state = STARTING
+                        except OSError as exc:
+                            self.record("note", n.index, f"restart failed: {exc}")
             finally:
                 n.restarting = False
 

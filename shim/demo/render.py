@@ -31,10 +31,13 @@ class Timeline:
     duration: float
     node_names: list
     states: list                     # per node: [(t, state)] with state one of the cell states
-    requests: list                   # (t, node, state) with state SERVED_OLD | SERVED_NEW | FAILED
+    requests: list                   # (t, node, state[, op]) with state SERVED_OLD | SERVED_NEW | FAILED,
+                                     # op "read" (the default) or "write"
     windows: list                    # (t0, t1) plugin failure windows
-    marks: list = field(default_factory=list)   # (t, node, kind, text)
+    marks: list = field(default_factory=list)   # (t, node, kind, text), kind one of MARKS
     leaders: list = field(default_factory=list) # (t, node or -1): who was active from then on
+    causes: list = field(default_factory=list)  # (t0, t1, text): why the requests in t0..t1 failed
+    subtitle: str = ""                          # what this run is, in a few words
 
 
 def _state_at(changes: list, t: float) -> int:
@@ -52,9 +55,9 @@ def grid(tl: Timeline, cols: int) -> list[list[int]]:
     width = tl.duration / cols
     cells = [[_state_at(tl.states[i], (c + 0.5) * width) for c in range(cols)]
              for i in range(len(tl.node_names))]
-    for t, node, state in tl.requests:
-        if node < 0 or t < 0 or t > tl.duration:
-            continue
+    for t, node, state, *op in tl.requests:
+        if node < 0 or t < 0 or t > tl.duration or (op and op[0] == "write" and state != FAILED):
+            continue  # a cell shows reads and failures; writes that succeeded are in the report only
         c = min(cols - 1, int(t / width))
         cells[node][c] = max(cells[node][c], state)
     return cells
@@ -79,7 +82,7 @@ def terminal(tl: Timeline, cols: int = 72, color: bool = False) -> str:
     lines.append(f"{'failing':<8} " + "".join(fail))
     marks = [" "] * cols
     for t, _node, kind, _text in tl.marks:
-        if 0 <= t <= tl.duration:
+        if kind in MARK_CHARS and 0 <= t <= tl.duration:
             c = min(cols - 1, int(t / width))
             if marks[c] == " " or kind == "catalog":
                 marks[c] = MARK_CHARS.get(kind, "*")
@@ -90,62 +93,6 @@ def terminal(tl: Timeline, cols: int = 72, color: bool = False) -> str:
 LEGEND = ("legend: 1/2 a read served by v1/v2   X plugin failure   L active   -/= standby on the old/new image   "
           ". starting   blank: down\n        active: the active node's ordinal (- none)   ^ failure window   "
           "events: R catalog written, v step-down, ! node crashed")
-
-
-def _svg(tl: Timeline, width: int = 960) -> str:
-    cols = 320
-    cells = grid(tl, cols)
-    left, row_h, top = 80, 26, 30
-    plot_w = width - left - 10
-    cw = plot_w / cols
-    n = len(cells)
-    height = top + n * row_h + 60
-    x_of = (lambda t: left + t / tl.duration * plot_w) if tl.duration > 0 else (lambda t: left)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(tl.name)} timeline">']
-    for a, b in tl.windows:
-        w = max(2.0, (b - a) / tl.duration * plot_w) if tl.duration else 2.0
-        parts.append(f'<rect x="{x_of(a):.1f}" y="{top - 6}" width="{w:.1f}" height="{n * row_h + 8}" '
-                     f'fill="#d0021b" opacity="0.15"/>')
-    for i, row in enumerate(cells):
-        y = top + i * row_h
-        parts.append(f'<text x="4" y="{y + 17}" font-size="13" font-family="monospace">'
-                     f'{html.escape(tl.node_names[i])}</text>')
-        c = 0
-        while c < cols:
-            s = row[c]
-            e = c
-            while e < cols and row[e] == s:
-                e += 1
-            parts.append(f'<rect x="{left + c * cw:.1f}" y="{y + 3}" width="{(e - c) * cw:.1f}" height="{row_h - 6}" '
-                         f'fill="{COLORS[s]}"><title>{html.escape(tl.node_names[i])}: {html.escape(LABELS[s])}'
-                         f'</title></rect>')
-            c = e
-    for t, node, kind, text in tl.marks:
-        if not 0 <= t <= tl.duration:
-            continue
-        x = x_of(t)
-        if kind == "catalog":
-            parts.append(f'<line x1="{x:.1f}" y1="{top - 8}" x2="{x:.1f}" y2="{top + n * row_h}" stroke="#000" '
-                         f'stroke-dasharray="4 3"><title>{html.escape(text)}</title></line>'
-                         f'<text x="{x + 3:.1f}" y="{top - 12}" font-size="11" font-family="sans-serif">'
-                         f'{html.escape(text)}</text>')
-        elif node >= 0:
-            y = top + node * row_h + row_h / 2
-            glyph = "!" if kind == "crash" else "v"
-            parts.append(f'<text x="{x:.1f}" y="{y + 5:.1f}" font-size="14" font-weight="bold" text-anchor="middle" '
-                         f'font-family="sans-serif" fill="#000"><title>{html.escape(text)}</title>{glyph}</text>')
-    axis_y = top + n * row_h + 14
-    step = 1 if tl.duration <= 20 else 5
-    t = 0
-    while t <= tl.duration:
-        x = x_of(t)
-        parts.append(f'<line x1="{x:.1f}" y1="{axis_y - 8}" x2="{x:.1f}" y2="{axis_y - 4}" stroke="#555"/>'
-                     f'<text x="{x:.1f}" y="{axis_y + 8}" font-size="10" text-anchor="middle" '
-                     f'font-family="sans-serif">{t}s</text>')
-        t += step
-    parts.append("</svg>")
-    return "".join(parts)
 
 
 def text_table(head: tuple, rows: list[tuple]) -> str:
@@ -162,38 +109,238 @@ def html_table(head: tuple, rows: list[tuple]) -> str:
             + "</table>")
 
 
-def html_report(timelines: list[Timeline], title: str, intro: str, tables: list[tuple[str, tuple, list]],
-                details: list[tuple[str, str]] = ()) -> str:
-    """A self-contained page: ``intro`` (plain text), tables as (caption, head, rows), one
-    timeline per run, then ``details`` sections as (summary, preformatted text)."""
-    legend = "".join(f'<span class="key"><i style="background:{COLORS[s]}"></i>{html.escape(LABELS[s])}</span>'
-                     for s in (SERVED_OLD, SERVED_NEW, FAILED, LEADER, STANDBY_OLD, STANDBY_NEW, STARTING, DOWN))
-    body = "".join(f"<h3>{html.escape(cap)}</h3>{html_table(head, rows)}" for cap, head, rows in tables)
-    sections = "".join(
-        f'<section><h2>{html.escape(tl.name)}: {sum(1 for r in tl.requests if r[2] == FAILED)} plugin failures, '
-        f'longest window {max((b - a for a, b in tl.windows), default=0.0):.2f} s</h2>{_svg(tl)}</section>'
-        for tl in timelines)
+# --- the HTML report ---------------------------------------------------------------------
+
+# marks on the timeline, drawn as shapes (no font needed): kind -> legend text
+MARKS = {"stop": "pod terminated by the rollout", "crash": "node process crashed (the kubelet restarts it)",
+         "kubelet": "restarted by the kubelet", "step-down": "step-down (leadership moved)",
+         "catalog": "catalog entry written (dashed line)"}
+FAILED_WRITE = "#7a0010"
+
+
+@dataclass
+class Report:
+    """What a report says besides the timelines: plain sentences first, numbers next."""
+    title: str
+    problem: str
+    fix: str
+    headline: list                                  # (what, baseline, shim)
+    setup: str = ""                                 # how the runs were made
+    tables: list = field(default_factory=list)      # (caption, head, rows)
+    notes: list = field(default_factory=list)       # (heading, [paragraph, ...])
+    details: list = field(default_factory=list)     # (summary, preformatted text)
+
+
+def _mark_svg(kind: str, x: float, y: float, text: str) -> str:
+    tip = f"<title>{html.escape(text)}</title>" if text else ""
+    if kind == "stop":
+        return f'<polygon points="{x - 5:.1f},{y:.1f} {x + 5:.1f},{y:.1f} {x:.1f},{y + 8:.1f}" fill="#111">{tip}</polygon>'
+    if kind == "crash":
+        return (f'<g>{tip}<circle cx="{x:.1f}" cy="{y + 6:.1f}" r="6.5" fill="#d0021b" stroke="#fff"/>'
+                f'<rect x="{x - 1:.1f}" y="{y + 1.5:.1f}" width="2" height="6" fill="#fff"/>'
+                f'<rect x="{x - 1:.1f}" y="{y + 8.5:.1f}" width="2" height="2" fill="#fff"/></g>')
+    if kind == "kubelet":
+        return f'<circle cx="{x:.1f}" cy="{y + 6:.1f}" r="4.5" fill="none" stroke="#111" stroke-width="2">{tip}</circle>'
+    if kind == "step-down":
+        return (f'<polyline points="{x - 5:.1f},{y + 1:.1f} {x:.1f},{y + 9:.1f} {x + 5:.1f},{y + 1:.1f}" fill="none" '
+                f'stroke="#111" stroke-width="2.5">{tip}</polyline>')
+    return f'<line x1="{x:.1f}" y1="{y - 2:.1f}" x2="{x:.1f}" y2="{y + 14:.1f}" stroke="#000" stroke-dasharray="4 3">{tip}</line>'
+
+
+def merge_windows(windows: list) -> list:
+    """Overlapping (t0, t1) windows merged, in order."""
+    out: list = []
+    for a, b in sorted(windows):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def figure(timelines: list[Timeline], width: int = 1100) -> str:
+    """Every run on one shared time axis, one block per run: a row per node (its state as the
+    background; reads in the upper half, writes in the lower half, each tick coloured by the
+    outcome), the marks, the plugin failure bands with their cause, and failures per second."""
+    span = max((tl.duration for tl in timelines), default=1.0) or 1.0
+    left, right, row_h, lane, plot_h = 84, 16, 30, 18, 44
+    plot_w = width - left - right
+
+    def x_of(t: float) -> float:
+        return left + max(0.0, min(t, span)) / span * plot_w
+
+    parts, y = [], 8
+    for tl in timelines:
+        n = len(tl.node_names)
+        failed = sum(1 for r in tl.requests if r[2] == FAILED)
+        parts.append(f'<text x="4" y="{y + 14}" font-size="15" font-weight="bold" font-family="sans-serif">'
+                     f'{html.escape(tl.name)}</text><text x="{left}" y="{y + 14}" font-size="13" '
+                     f'font-family="sans-serif">{html.escape(tl.subtitle)}{" - " if tl.subtitle else ""}{failed} '
+                     f'failed requests, longest failure window {max((b - a for a, b in tl.windows), default=0.0):.1f} s'
+                     f'</text>')
+        y += 22
+        top = y + lane                      # the lane above the rows holds catalog-write labels
+        rows_bottom = top + n * row_h
+        active_top = rows_bottom + 4
+        plot_top = active_top + 20 + 6
+        bottom = plot_top + plot_h
+        for a, b in merge_windows(tl.windows):
+            parts.append(f'<rect x="{x_of(a):.1f}" y="{top - 4}" width="{max(2.0, x_of(b) - x_of(a)):.1f}" '
+                         f'height="{bottom - top + 4}" fill="#d0021b" opacity="0.13"><title>plugin failure window '
+                         f'{a:.1f}-{b:.1f} s</title></rect>')
+        for i, name in enumerate(tl.node_names):
+            ry = top + i * row_h
+            parts.append(f'<text x="4" y="{ry + 19}" font-size="13" font-family="monospace">{html.escape(name)}</text>')
+            changes = tl.states[i] or [(0.0, DOWN)]
+            for k, (t0, st) in enumerate(changes):
+                t1 = changes[k + 1][0] if k + 1 < len(changes) else tl.duration
+                if t1 <= t0:
+                    continue
+                parts.append(f'<rect x="{x_of(t0):.1f}" y="{ry + 2}" width="{max(0.5, x_of(t1) - x_of(t0)):.1f}" '
+                             f'height="{row_h - 4}" fill="{COLORS[st]}"><title>{html.escape(name)}: '
+                             f'{html.escape(LABELS[st])} from {t0:.1f} s</title></rect>')
+        for t, node, state, *op in tl.requests:
+            if node < 0 or not 0 <= t <= tl.duration:
+                continue
+            ry = top + node * row_h
+            write = bool(op) and op[0] == "write"
+            y0, y1 = (ry + row_h / 2 + 1, ry + row_h - 3) if write else (ry + 3, ry + row_h / 2 - 1)
+            colour = FAILED_WRITE if (write and state == FAILED) else COLORS[state]
+            parts.append(f'<line x1="{x_of(t):.1f}" y1="{y0:.1f}" x2="{x_of(t):.1f}" y2="{y1:.1f}" '
+                         f'stroke="{colour}" stroke-width="1.3"/>')
+        for t, node, kind, text in sorted(tl.marks, key=lambda m: m[2] == "crash"):
+            if not 0 <= t <= tl.duration:
+                continue
+            x = x_of(t)
+            if kind == "catalog":
+                parts.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{rows_bottom}" stroke="#000" '
+                             f'stroke-width="1.5" stroke-dasharray="5 3"><title>{html.escape(text)}</title></line>'
+                             f'<text x="{x + 4:.1f}" y="{top - 6}" font-size="11" font-family="sans-serif">'
+                             f'catalog write</text>')
+            elif node >= 0:
+                parts.append(_mark_svg(kind, x, top + node * row_h + 2, text))
+        # which node is active, as the cluster's monitor saw it
+        parts.append(f'<text x="4" y="{active_top + 14}" font-size="11" font-family="sans-serif">active node</text>')
+        leaders = [(t, a) for t, a in tl.leaders if t <= tl.duration] or [(0.0, -1)]
+        for k, (t0, who) in enumerate(leaders):
+            t1 = leaders[k + 1][0] if k + 1 < len(leaders) else tl.duration
+            x0, x1 = x_of(max(0.0, t0)), x_of(t1)
+            if x1 - x0 < 0.5:
+                continue
+            label = tl.node_names[who] if who >= 0 else "none"
+            parts.append(f'<rect x="{x0:.1f}" y="{active_top}" width="{x1 - x0:.1f}" height="20" '
+                         f'fill="{COLORS[LEADER] if who >= 0 else "#fff"}" stroke="#fff"><title>active: {label} from '
+                         f'{t0:.1f} s</title></rect>')
+            if x1 - x0 > 52:
+                parts.append(f'<text x="{(x0 + x1) / 2:.1f}" y="{active_top + 14}" font-size="11" text-anchor="middle" '
+                             f'font-family="monospace" fill="{"#fff" if who >= 0 else "#999"}">{label}</text>')
+        # failures per second, failed reads below failed writes
+        bins = max(1, int(tl.duration) + 1)
+        reads, writes = [0] * bins, [0] * bins
+        for t, node, state, *op in tl.requests:
+            if state == FAILED and 0 <= t <= tl.duration:
+                (writes if op and op[0] == "write" else reads)[min(bins - 1, int(t))] += 1
+        peak = max((r + w for r, w in zip(reads, writes)), default=0)
+        scale = (plot_h - 4) / max(1, peak)
+        parts.append(f'<rect x="{left}" y="{plot_top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#ccc"/>'
+                     f'<text x="4" y="{plot_top + 16}" font-size="11" font-family="sans-serif">failures/s</text>'
+                     f'<text x="4" y="{plot_top + 30}" font-size="11" font-family="sans-serif" fill="#555">'
+                     f'max {peak}</text>')
+        for b in range(bins):
+            x, w = x_of(b), max(1.0, x_of(min(b + 1, tl.duration)) - x_of(b) - 1)
+            base = plot_top + plot_h
+            for count, colour, what in ((reads[b], COLORS[FAILED], "failed reads"), (writes[b], FAILED_WRITE, "failed writes")):
+                if count:
+                    h = count * scale
+                    base -= h
+                    parts.append(f'<rect x="{x:.1f}" y="{base:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{colour}">'
+                                 f'<title>{b}-{b + 1} s: {count} {what}</title></rect>')
+        y = bottom + 4
+        for t0, _t1, text in tl.causes:
+            y += 16
+            parts.append(f'<text x="{x_of(t0):.1f}" y="{y}" font-size="12" font-family="sans-serif" fill="#a00010" '
+                         f'text-anchor="{"end" if x_of(t0) > left + plot_w * 0.6 else "start"}">'
+                         f'&#9650; {html.escape(text)}</text>')
+        y += 22
+    step = 1 if span <= 12 else 2 if span <= 30 else 5
+    axis = y
+    for k in range(0, int(span) + 1, step):
+        x = x_of(k)
+        parts.append(f'<line x1="{x:.1f}" y1="{axis - 6}" x2="{x:.1f}" y2="{axis}" stroke="#555"/>'
+                     f'<text x="{x:.1f}" y="{axis + 12}" font-size="11" text-anchor="middle" '
+                     f'font-family="sans-serif">{k} s</text>')
+    parts.append(f'<line x1="{left}" y1="{axis}" x2="{left + plot_w}" y2="{axis}" stroke="#555"/>'
+                 f'<text x="{left + plot_w}" y="{axis + 26}" font-size="11" text-anchor="end" font-family="sans-serif">'
+                 f'seconds since the load started (one axis for every run)</text>')
+    height = axis + 34
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+            f'role="img" aria-label="timeline of every run on one time axis">' + "".join(parts) + "</svg>")
+
+
+def legend_html() -> str:
+    """Every colour and mark of :func:`figure`, each with its meaning."""
+    def swatch(colour: str) -> str:
+        return f'<svg width="16" height="14" aria-hidden="true"><rect x="1" y="1" width="14" height="12" fill="{colour}" stroke="#999"/></svg>'
+
+    def tick(colour: str, write: bool) -> str:
+        y0, y1 = (8, 13) if write else (1, 6)
+        return (f'<svg width="16" height="14" aria-hidden="true"><rect x="1" y="0" width="14" height="14" fill="#eee"/>'
+                f'<line x1="8" y1="{y0}" x2="8" y2="{y1}" stroke="{colour}" stroke-width="3"/></svg>')
+
+    def mark(kind: str) -> str:
+        return f'<svg width="16" height="16" aria-hidden="true">{_mark_svg(kind, 8, 2, "")}</svg>'
+
+    items = [(swatch(COLORS[LEADER]), "node: active (it serves the writes); the 'active node' row names it")]
+    items += [(swatch(COLORS[s]), "node: " + LABELS[s]) for s in (STANDBY_OLD, STANDBY_NEW, STARTING, DOWN)]
+    items += [(tick(COLORS[SERVED_OLD], False), "read answered by the old version (v1)"),
+              (tick(COLORS[SERVED_NEW], False), "read answered by the new version (v2)"),
+              (tick(COLORS[FAILED], False), "read failed: the plugin could not serve"),
+              (tick(COLORS[SERVED_OLD], True), "write answered by v1 (lower half of a row)"),
+              (tick(COLORS[SERVED_NEW], True), "write answered by v2"),
+              (tick(FAILED_WRITE, True), "write failed: the plugin could not serve"),
+              (swatch("#f5c9cf"), "plugin failure window (from a failed request to the next success)")]
+    items += [(mark(k), v) for k, v in MARKS.items()]
+    return '<ul class="legend">' + "".join(f"<li>{icon} {html.escape(text)}</li>" for icon, text in items) + "</ul>"
+
+
+def html_report(timelines: list[Timeline], report: Report) -> str:
+    """A self-contained page (no script, no external resource): the problem and the fix in a
+    sentence each, the headline numbers, every run on one time axis with its legend, the
+    tables, notes (the PS), then ``details`` sections as preformatted text."""
+    names = [tl.name for tl in timelines]
+    headline = ("<table class=\"headline\"><tr><th></th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names)
+                + "</tr>" + "".join("<tr><td>" + html.escape(what) + "</td>" + "".join(
+                    f"<td>{html.escape(str(v))}</td>" for v in values) + "</tr>" for what, *values in report.headline)
+                + "</table>")
+    tables = "".join(f"<h3>{html.escape(cap)}</h3>{html_table(head, rows)}" for cap, head, rows in report.tables)
+    notes = "".join(f"<section><h2>{html.escape(h)}</h2>" + "".join(f"<p>{html.escape(p)}</p>" for p in paras)
+                    + "</section>" for h, paras in report.notes)
     more = "".join(f"<details><summary>{html.escape(s)}</summary><pre>{html.escape(t)}</pre></details>"
-                   for s, t in details)
+                   for s, t in report.details)
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(report.title)}</title>
 <style>
-body {{ font-family: sans-serif; margin: 24px; color: #222; }}
+body {{ font-family: sans-serif; margin: 24px; color: #222; max-width: 1120px; }}
+p.lead {{ font-size: 17px; margin: 6px 0; }}
 table {{ border-collapse: collapse; margin: 8px 0 16px; }}
 td, th {{ border: 1px solid #bbb; padding: 4px 10px; text-align: left; vertical-align: top; }}
-.key {{ margin-right: 14px; font-size: 13px; white-space: nowrap; }}
-.key i {{ display: inline-block; width: 14px; height: 14px; margin-right: 4px; vertical-align: -2px;
-          border: 1px solid #999; }}
+table.headline td, table.headline th {{ font-size: 16px; padding: 6px 14px; }}
+ul.legend {{ columns: 2; list-style: none; padding: 0; font-size: 13px; }}
+ul.legend li {{ margin: 2px 0; }} ul.legend svg {{ vertical-align: -3px; margin-right: 4px; }}
 section {{ margin: 18px 0; }}
 pre {{ background: #f6f6f6; padding: 8px; overflow-x: auto; font-size: 12px; }}
 </style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>{html.escape(intro)}</p>
-{body}
-<p>{legend}</p>
-<p>Red bands: plugin failure windows (a first failed request to the next successful one in the same
-view). Dashed lines: catalog writes. <b>v</b>: a step-down; <b>!</b>: a node process crashed.</p>
-{sections}
+<h1>{html.escape(report.title)}</h1>
+<p class="lead" id="problem"><b>The problem:</b> {html.escape(report.problem)}</p>
+<p class="lead" id="fix"><b>The fix:</b> {html.escape(report.fix)}</p>
+{headline}
+<p>{html.escape(report.setup)}</p>
+<h2>Both runs, one time axis</h2>
+{figure(timelines)}
+<h3>Legend</h3>
+{legend_html()}
+{tables}
+{notes}
 {more}
 </body></html>
 """

@@ -403,10 +403,11 @@ class Replay:
             who = self.c.nodes[ev.node].name if ev.node >= 0 else ""
             self.progress(self.name, f"{ev.kind} {who} {ev.detail}".strip())
 
-    def _admin(self, method: str, path: str, body=None) -> dict:
-        """A call to the active node as the operator (root token)."""
+    def _admin(self, method: str, path: str, body=None, wait: float = 30.0) -> dict:
+        """A call to the active node as the operator (root token), waiting up to ``wait``
+        seconds for there to be one."""
         for _ in range(50):
-            a = self.c.wait_active(30)
+            a = self.c.wait_active(wait)
             status, doc = self.c.call(a, method, path, body, timeout=30)
             if status in (200, 204):
                 return doc
@@ -439,16 +440,26 @@ class Replay:
 
     def _init_container(self, index: int) -> None:
         """The new pod's init container: re-register the catalog entry the mount runs with the
-        sha256 of this image's own file, if it differs."""
+        sha256 of this image's own file, if it differs. It waits for an active node as long as
+        a rollout waits for a pod (a crash-looping node and this stopped one can leave the
+        cluster without quorum); then it gives up with a note and the pod starts anyway."""
+        try:
+            self._write_catalog_if_needed(index)
+        except cl.ClusterError as exc:
+            self.c.record("note", index, f"init container gave up: {str(exc).splitlines()[0]}; the pod starts "
+                                         "without it")
+
+    def _write_catalog_if_needed(self, index: int) -> None:
         own = self.images.command_sha256(self.name, NEW)
-        entry = self._admin("GET", f"sys/plugins/catalog/secret/{PLUGIN}/{ENTRY_VERSION}").get("data") or {}
+        entry = self._admin("GET", f"sys/plugins/catalog/secret/{PLUGIN}/{ENTRY_VERSION}",
+                            wait=cl.READY_WAIT).get("data") or {}
         t = round(self.clock(), 3)
         if entry.get("sha256") == own:
             self.init_checks.append((t, index, "unchanged"))
             self.progress(self.name, f"init container of {self.c.nodes[index].name}: catalog unchanged")
             return
         self._admin("POST", f"sys/plugins/catalog/secret/{PLUGIN}",
-                    {"sha256": own, "command": PLUGIN, "version": ENTRY_VERSION})
+                    {"sha256": own, "command": PLUGIN, "version": ENTRY_VERSION}, wait=cl.READY_WAIT)
         self.catalog_writes.append(CatalogWrite(t, index, own, f"{PLUGIN} {ENTRY_VERSION} sha256 {own[:12]}"))
         self.init_checks.append((t, index, "rewrote"))
         self.progress(self.name, f"init container of {self.c.nodes[index].name}: catalog sha256 -> {own[:12]}")
@@ -480,7 +491,7 @@ class Replay:
                     self.c.install_image(step.node, "new")
                     self._init_container(step.node)
                     self.c.start_node(step.node)
-                    self.c.wait_voter(step.node)
+                    self.c.wait_ready(step.node)
                     time.sleep(tm.settle)
                 time.sleep(tm.tail)
             finally:
@@ -635,15 +646,51 @@ def timeline(run: RunResult):
     # a node's row: the version that answered the reads it served itself (standbys too), and
     # every request sent to it that met a plugin failure (writes included: a standby runs them
     # through its own plugin, then forwards them to the active node)
-    requests = [(r.t, r.answered_by, R.FAILED) for r in run.requests if r.category == "plugin"]
-    requests += [(r.t, r.answered_by, R.SERVED_OLD if r.version == ENTRY_VERSION else R.SERVED_NEW)
-                 for r in run.requests if r.category == "ok" and r.op == "read"]
+    requests = [(r.t, r.answered_by, R.FAILED, r.op) for r in run.requests if r.category == "plugin"]
+    requests += [(r.t, r.answered_by, R.SERVED_OLD if r.version == ENTRY_VERSION else R.SERVED_NEW, r.op)
+                 for r in run.requests if r.category == "ok" and r.version]
     marks = [(w.t, w.node, "catalog", f"catalog written by {run.node_names[w.node]}'s init container "
                                       f"({w.detail})") for w in run.catalog_writes]
-    marks += [(e.t, e.node, e.kind, f"{run.node_names[e.node]}: {e.kind} {e.detail}".strip())
-              for e in run.events if e.kind in ("crash", "step-down") and e.node >= 0]
+    for e in run.events:
+        kind = "kubelet" if e.kind == "start" and "kubelet" in e.detail else e.kind
+        if kind in ("crash", "step-down", "stop", "kubelet") and e.node >= 0:
+            marks.append((e.t, e.node, kind, f"{run.node_names[e.node]}: {e.kind} {e.detail}".strip()))
     return R.Timeline(run.name, run.duration, run.node_names, states, requests, run.failure_windows(), marks,
-                      [(t, n) for t, n in run.leaders])
+                      [(t, n) for t, n in run.leaders], causes=failure_causes(run), subtitle=SUBTITLES.get(run.name, ""))
+
+
+SUBTITLES = {"baseline": "plugin registered by its sha256", "shim": "launcher registered once"}
+
+
+def short_cause(text: str) -> tuple[str, str]:
+    """A failure's cause in a few words, for a label on the timeline, and the node whose log
+    gave it ('' when the answer itself said it)."""
+    node, _, rest = text.partition(": ") if text.startswith("vault-") else ("", "", text)
+    for known in ("checksums did not match", "error verifying checksum", "backend is nil"):
+        if known in rest:
+            return known + (" (mount set-up failed)" if "mount set-up failed" in rest else ""), node
+    return rest[:90], node
+
+
+def failure_causes(run: RunResult) -> list[tuple[float, float, str]]:
+    """Each band of plugin failures (overlapping windows of both views merged) with the most
+    common cause of the failures in it and the nodes whose logs say so."""
+    from shim.demo.render import merge_windows
+
+    out = []
+    for a, b in merge_windows(run.failure_windows()):
+        counts: dict[str, int] = {}
+        nodes: dict[str, set] = {}
+        for r in run.failures:
+            if a <= r.t <= b:
+                cause, node = short_cause(run.cause(r))
+                counts[cause] = counts.get(cause, 0) + 1
+                nodes.setdefault(cause, set()).update([node] if node else [])
+        if counts:
+            text, n = max(counts.items(), key=lambda kv: kv[1])
+            where = " and ".join(sorted(nodes[text]))
+            out.append((a, b, f"{n} failures from {a:.1f} s: {text}" + (f", in the log of {where}" if where else "")))
+    return out
 
 
 SUMMARY_HEAD = ("run", "view", "requests", "ok", "plugin failures", "longest window s", "no active*", "other",
@@ -670,6 +717,30 @@ def run_rows(runs: list[RunResult]) -> list[tuple]:
             for run in runs]
 
 
+PROBLEM = ("Vault and OpenBao start an external plugin only if the SHA-256 of its file matches the one plugin "
+           "catalog every node shares. In a rolling upgrade the first pod on the new image registers the new "
+           "binary's checksum, and from then on every node still on the old image fails whenever it has to start "
+           "its plugin (checksums did not match) until it is upgraded too.")
+FIX = ("With vault-plugin-shim the catalog names a small launcher whose checksum never changes. On each node it "
+       "checks the plugin in that node's own image against a signed manifest and runs it, so old and new pods "
+       "keep serving side by side and the catalog is not written during the rollout.")
+PS_TITLE = "PS: why does a request to a node on the old image sometimes succeed?"
+PS = (
+    "Only a launch checks the SHA-256. A plugin process that a node started before the catalog entry changed "
+    "keeps serving its reads and writes, with the same PID, whether the node is active or a standby.",
+    "Anything that makes a node start the plugin again afterwards fails on an old image. Becoming active (a "
+    "failover or a step-down), and stepping back to standby, set the mounts up again: the launch fails, the mount "
+    "has no backend, and every request there answers 404 'route entry found, but backend is nil'; the cause, "
+    "'checksums did not match', is only in that node's log, which is where this report reads it. A crashed plugin "
+    "is relaunched by the next request, which answers 500 'checksums did not match', and so does every later one; "
+    "'plugin reload' answers 400 and leaves the mount without a backend.",
+    "OpenBao 2.7 starts every node's plugin at mount set-up (no lazy start), standbys included. A write sent to a "
+    "standby runs through the standby's own plugin and then the active node's, so it fails if either of the two "
+    "had to launch the old binary.",
+    "A standby restarted on the old image after the catalog changed has a mount without a backend; OpenBao 2.7.2 "
+    "then panics in Router.Invalidate at the next write to that mount. Those are the crashes marked on the "
+    "baseline's timeline: the kubelet restarts the node with its back-off, and it panics again until it is upgraded.",
+)
 FOOTNOTE = ("* no active: sent while no node was active, to a node that was stopping or down, or cut off by "
             "its node's shutdown: the cluster's own failover, not the plugin (same in both runs).")
 
