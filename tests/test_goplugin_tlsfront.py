@@ -11,6 +11,7 @@ import pytest
 
 from shim.goplugin import grpcutil, mtls, tlsfront
 from shim.goplugin.errors import TLSSetupError
+from tests.support.wait import wait_until
 
 
 def _echo(request, context):
@@ -133,3 +134,31 @@ def test_close_removes_sockets(tmp_path, backend, ids):
     channel.close()
     assert not os.path.exists(public) and not os.path.exists(client.dir)
     front.close()  # idempotent
+
+
+def test_refused_connections_log_one_line_per_interval_with_a_count(server_front, tmp_path, ids, caplog):
+    """Anyone who can reach the socket can make the front refuse a connection; a flood of them
+    gives one WARN line, then one per interval counting the others (on a fake clock)."""
+    _, plugin = ids
+    now = [1000.0]
+    server_front._clock = lambda: now[0]
+    caplog.set_level("WARNING", logger="shim.goplugin.tlsfront")
+
+    def stranger() -> None:
+        front = _client_front(server_front, tmp_path, mtls.generate_identity(), plugin.cert_der)
+        try:
+            with pytest.raises(TLSSetupError):
+                front.connect_check()
+        finally:
+            front.close()
+
+    for _ in range(5):
+        stranger()
+    wait_until(lambda: server_front.refusals == 5, "the front to refuse 5 connections")
+    lines = [r.getMessage() for r in caplog.records if "refused a TLS connection" in r.getMessage()]
+    assert len(lines) == 1 and "more refused" not in lines[0], lines
+    now[0] += tlsfront.REFUSAL_LOG_INTERVAL
+    stranger()
+    wait_until(lambda: server_front.refusals == 6, "the front to refuse a 6th connection")
+    lines = [r.getMessage() for r in caplog.records if "refused a TLS connection" in r.getMessage()]
+    assert len(lines) == 2 and "(4 more refused since the last such line)" in lines[1], lines

@@ -27,6 +27,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from typing import Callable
 
 from . import mtls
@@ -35,6 +36,7 @@ from .errors import TLSSetupError
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
+REFUSAL_LOG_INTERVAL = 60.0   # seconds between two WARN lines about refused connections
 _EARLY_DATA_LIMIT = 1 << 20
 
 
@@ -216,10 +218,28 @@ class _Front:
         self._closed = False
         self.last_error: BaseException | None = None
         self.connections_accepted = 0
+        self.refusals = 0
+        self._refusals_logged_at: float | None = None
+        self._refusals_unlogged = 0
+        self._clock = time.monotonic
 
     def _fail(self, what: str, exc: BaseException) -> None:
         self.last_error = exc
         log.warning("%s: %s", what, exc)
+
+    def _refused(self, what: str, exc: BaseException) -> None:
+        """A refused connection: anyone who can reach the socket can cause one, so at most
+        one WARN line per REFUSAL_LOG_INTERVAL, the next one counting those not logged."""
+        self.refusals += 1
+        self.last_error = exc
+        now = self._clock()
+        if self._refusals_logged_at is not None and now - self._refusals_logged_at < REFUSAL_LOG_INTERVAL:
+            self._refusals_unlogged += 1
+            return
+        more = (f" ({self._refusals_unlogged} more refused since the last such line)"
+                if self._refusals_unlogged else "")
+        self._refusals_logged_at, self._refusals_unlogged = now, 0
+        log.warning("%s: %s%s", what, exc, more)
 
     def _listen(self, path: str) -> None:
         """Listen on ``path`` now. From the loop's own thread (a broker rewrite inside the
@@ -318,7 +338,7 @@ class ServerFront(_Front):
                 return
             mtls.check_peer(tls.get_extra_info("ssl_object"), self.peer_der)
         except (ssl.SSLError, TLSSetupError) as exc:
-            self._fail(f"refused a TLS connection on {self.path}", exc)
+            self._refused(f"refused a TLS connection on {self.path}", exc)
             raw.abort()
             return
         except (OSError, asyncio.TimeoutError) as exc:  # the peer went away mid-handshake
