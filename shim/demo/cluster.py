@@ -411,6 +411,21 @@ class Cluster:
         raise ClusterError(f"{name} is not a healthy voter within {deadline:.0f} s (last: {last or 'no answer'}); "
                            + self._states() + f"; its log ends:\n{self.nodes[index].server.log_tail(15)}")
 
+    def wait_all_ready(self, deadline: float = READY_WAIT) -> bool:
+        """Until every node that should be up serves (a StatefulSet with OrderedReady pod
+        management terminates the next pod only when every pod is Running and Ready); False,
+        with a note, if that is not so within ``deadline`` (a crash loop), and the rollout goes
+        on."""
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            waiting = [n for n in self.nodes if n.wanted_up and self.health(n.index) not in (STANDBY, ACTIVE)]
+            if not waiting:
+                return True
+            time.sleep(POLL)
+        self.record("note", -1, f"not every pod is Ready within {deadline:.0f} s ({', '.join(n.name for n in waiting)} "
+                                "is not); the rollout goes on")
+        return False
+
     def wait_applied(self, deadline: float = 30.0) -> int:
         """Until every up node has applied the active node's committed Raft index (a standby
         reads the catalog from its own copy of the data); returns that index."""
@@ -444,7 +459,7 @@ class Cluster:
             self.record("note", index, f"step-down refused ({status}): {'; '.join(body.get('errors') or [])}")
             return False
         self.nodes[index].stepped_down = time.monotonic()
-        self.record("step-down", index)
+        self.record("step-down", index, log_offset=self.nodes[index].server.log_size())
         return True
 
     def hand_over(self, wanted: int | None, deadline: float = 90.0) -> int:

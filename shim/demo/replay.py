@@ -55,6 +55,7 @@ ENTRY_VERSION = "v" + OLD          # the catalog entry the mount runs
 KEYS = 8
 VIEWS = ("active", "any")
 REQUEST_TIMEOUT = 10.0
+SETTLE_WAIT = 15.0                 # a stepped-down node's mount set-up, at most
 
 PLUGIN_SIGNS = ("checksums did not match", "backend is nil", "invalid backend version",
                 "existence check", "plugin", "error verifying checksum",
@@ -438,6 +439,19 @@ class Replay:
             raise cl.ClusterError(f"the mount is not served by {[self.c.nodes[i].name for i in pending]}")
         return token
 
+    def _settle_step_downs(self, since: int) -> None:
+        """A node that steps down sets its mounts up again, a moment later. The step-downs
+        exist only to steer the schedule (a real rollout has none), so the pod's init container
+        waits until that set-up is done: otherwise an old-image node could meet the new
+        checksum there, a failure (and a crash loop) of the runner's making."""
+        for e in [e for e in self.c.events[since:] if e.kind == "step-down"]:
+            server = self.c.nodes[e.node].server
+            end = time.monotonic() + SETTLE_WAIT
+            while time.monotonic() < end and server.pid is not None:
+                if any(k in ("launch", "mount-failed") for _, k, _ in cl.log_events(server.log_text(e.data["log_offset"]))):
+                    break
+                time.sleep(cl.POLL)
+
     def _init_container(self, index: int) -> None:
         """The new pod's init container: re-register the catalog entry the mount runs with the
         sha256 of this image's own file, if it differs. It waits for an active node as long as
@@ -484,10 +498,13 @@ class Replay:
             try:
                 time.sleep(tm.lead_in)  # steady state before the rollout: the plan's own clock
                 for step in self.plan.steps:
+                    self.c.wait_all_ready()
                     was_active = self.c.active_now() == step.node
                     self.c.stop(step.node)
                     if was_active:
+                        before = len(self.c.events)
                         self.c.hand_over(step.leader_after)
+                        self._settle_step_downs(before)
                     self.c.install_image(step.node, "new")
                     self._init_container(step.node)
                     self.c.start_node(step.node)
