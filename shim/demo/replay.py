@@ -245,7 +245,7 @@ class Images:
             signed = versions / f"{PLUGIN}-{v}"
             shutil.copy2(self.plugins[v], signed)
             _cli("sign", "--secret-key", str(keys / "release.key"), "--name", PLUGIN, "--type", "secret",
-                 "--version", v, "--expires", "30d", str(signed))
+                 "--version", v, str(signed))
             self.dirs["shim"][v] = shim
 
     def command_sha256(self, run: str, version: str) -> str:

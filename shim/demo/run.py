@@ -132,7 +132,7 @@ class Workspace:
             versioned = image / "versions" / PLUGIN / f"{PLUGIN}-{version}"
             shutil.copy(plugin, versioned)
             _cli("sign", "--secret-key", str(keys / "k.key"), "--name", PLUGIN, "--type", "secret",
-                 "--version", version, "--expires", "30d", str(versioned))
+                 "--version", version, str(versioned))
             shutil.copy(self.launcher, image / f"{PLUGIN}-shim")
             self.images[version] = image
 
