@@ -25,6 +25,26 @@ class UsageError(ShimError):
     pass
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the vault CLI's exit codes: a usage error exits 1 (argparse's own default
+    is 2, which the vault CLI keeps for an error from the server)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
+def exit_status(exc: ShimError) -> int:
+    """1 for a local or usage error, 2 for an error of the server (``VaultOpsError``), as the
+    vault CLI exits."""
+    return getattr(exc, "exit_status", 1)
+
+
+def _emit(args, doc: dict, lines: list[str]) -> None:
+    """A command's result: ``--json`` prints ``doc``, otherwise the lines."""
+    print(json.dumps(doc, indent=2) if getattr(args, "json", False) else "\n".join(lines))
+
+
 # --- helpers ---------------------------------------------------------------------------
 
 def _password(args, *, confirm: bool) -> bytes:
@@ -107,6 +127,7 @@ def _policy_from_args(args, plugins_dir: str, *, keep_relative: bool = False):
     return Policy(name=args.name, type=args.type, plugins_dir=plugins_dir,
                   trusted_keys=tuple(_read_public_key(k) for k in args.trusted_key),
                   min_version=floor, mode=getattr(args, "mode", "exec"),
+                  on_refused_newer=getattr(args, "on_refused_newer", "fallback"),
                   **({"max_size": args.max_size} if getattr(args, "max_size", None) else {}))
 
 
@@ -129,8 +150,10 @@ def cmd_keygen(args) -> int:
         pub = PublicKey(signer.key_id, signer.public_key_raw())
         Path(args.public_key).write_text(pub.to_text(f"minisign public key {pub.key_id_hex} "
                                                      f"(Vault Transit key {args.from_transit})"))
-        print(f"public key {pub.key_id_hex} of Transit key {args.from_transit} version {signer.key_version} "
-              f"written to {args.public_key}")
+        _emit(args, {"key_id": pub.key_id_hex, "public_key": args.public_key, "transit_key": args.from_transit,
+                     "transit_key_version": signer.key_version},
+              [f"public key {pub.key_id_hex} of Transit key {args.from_transit} version {signer.key_version} "
+               f"written to {args.public_key}"])
         return 0
     key = SecretKey.generate()
     password = None if args.unencrypted else _password(args, confirm=True)
@@ -139,9 +162,11 @@ def cmd_keygen(args) -> int:
             os.unlink(path)
     _write_private(args.secret_key, key.to_text(password), 0o600)
     Path(args.public_key).write_text(key.public_key().to_text())
-    print(f"key id {key.public_key().key_id_hex}")
-    print(f"secret key: {args.secret_key} ({'unencrypted' if password is None else 'encrypted'}, mode 0600)")
-    print(f"public key: {args.public_key}")
+    _emit(args, {"key_id": key.public_key().key_id_hex, "secret_key": args.secret_key,
+                 "encrypted": password is not None, "public_key": args.public_key},
+          [f"key id {key.public_key().key_id_hex}",
+           f"secret key: {args.secret_key} ({'unencrypted' if password is None else 'encrypted'}, mode 0600)",
+           f"public key: {args.public_key}"])
     return 0
 
 
@@ -164,7 +189,8 @@ def cmd_sign(args) -> int:
         signer = transit_signer_from_env(args.transit_key, args.transit_mount, args.transit_key_version)
         signer.require_trusted([_read_public_key(k) for k in args.trusted_key])
         key_id, sign = signer.key_id, signer.sign
-        print(f"Transit key {args.transit_key} version {signer.key_version}: key id {minisign.key_id_hex(key_id)}")
+        if not args.json:
+            print(f"Transit key {args.transit_key} version {signer.key_version}: key id {minisign.key_id_hex(key_id)}")
     elif args.transit_key_version or args.trusted_key:
         raise UsageError("--transit-key-version and --trusted-key go with --transit-key")
     else:
@@ -173,9 +199,12 @@ def cmd_sign(args) -> int:
     manifest = sign_release(path, name=args.name, type=args.type, version=version, key_id=key_id, sign=sign,
                             issued_at=now, expires_at=parse_expiry(args.expires, now) if args.expires else None,
                             os_=args.os, arch=args.arch)
-    print(f"signed {manifest.type} plugin {manifest.name} {manifest.version} "
-          f"({manifest.os}/{manifest.arch}, sha256 {manifest.sha256}) with key {minisign.key_id_hex(key_id)}")
-    print(f"  {manifest_path(path)}\n  {signature_path(path)}")
+    _emit(args, {**json.loads(manifest.to_bytes()), "key_id": minisign.key_id_hex(key_id),
+                 "manifest": manifest_path(path), "signature": signature_path(path)},
+          [f"signed {manifest.type} plugin {manifest.name} {manifest.version} "
+           f"({manifest.os}/{manifest.arch}, sha256 {manifest.sha256}) with key {minisign.key_id_hex(key_id)}, "
+           + ("no expiry" if manifest.expires_at is None else f"expires {_time_or_none(manifest.expires_at)}"),
+           f"  {manifest_path(path)}", f"  {signature_path(path)}"])
     return 0
 
 
@@ -197,7 +226,7 @@ def cmd_verify(args) -> int:
         if policy is None:
             raise UsageError("has no embedded policy", path=args.launcher,
                              fix="a --policy-in-args launcher takes its policy from the catalog's args: "
-                                 "pass them with --arg (see `vault plugin info <type> <name>`)")
+                                 "pass them with --arg (see `vault plugin info -version=<version> <type> <name>`)")
         policy = policy.resolved(args.launcher)
         if directory:
             policy = policy.replace(plugins_dir=directory)
@@ -208,15 +237,22 @@ def cmd_verify(args) -> int:
     now = time.time()
     selection = report(policy, now)
     if only is None:
-        results, chosen = selection.candidates, selection.chosen
+        results, chosen, passed_over = selection.candidates, selection.chosen, selection.passed_over()
     else:  # one file: is it valid on its own?
         results = [c for c in selection.candidates if c.binary == only]
         chosen = next((c for c in results if c.error is None), None)
+        passed_over = [c for c in results if c.error is not None]
+    expected = _expected_version(args.expect_version)
+    problems = _verify_problems(policy, chosen, passed_over, expected)
     if args.json:
         print(json.dumps({
             "plugin": policy.name, "type": policy.type, "plugins_dir": policy.plugins_dir,
+            "on_refused_newer": policy.on_refused_newer, "ok": not problems,
             "would_launch": None if chosen is None else chosen.path,
-            "candidates": [_candidate_json(c) for c in results]}, indent=2))
+            "version": None if chosen is None else str(chosen.manifest.version),
+            "expires_at": None if chosen is None else _time_or_none(chosen.manifest.expires_at),
+            "passed_over": [c.path for c in passed_over], "problems": problems,
+            "candidates": [_candidate_json(c, now) for c in results]}, indent=2))
     else:
         print(f"{policy.type} plugin {policy.name!r}, plugins dir {policy.plugins_dir}")
         if not results:
@@ -225,16 +261,67 @@ def cmd_verify(args) -> int:
             if c.error is None:
                 mark = "LAUNCH" if c is chosen else "ok"
                 print(f"  [{mark:6}] {c.binary}: version {c.manifest.version}, sha256 {c.manifest.sha256}, "
-                      f"key {c.key.key_id_hex}")
+                      f"key {c.key.key_id_hex}, {_expiry_text(c.manifest, now)}")
             else:
                 print(f"  [REJECT] {c.binary}: {c.error.diagnostics()}")
-    return 0 if chosen is not None else 1
+        for problem in problems:
+            print(f"FAIL: {problem}")
+    return 1 if problems else 0
 
 
-def _candidate_json(c) -> dict:
+def _expected_version(text: str | None):
+    from shim.trust.manifest import Version
+
+    if text is None:
+        return None
+    try:
+        return Version.parse(text.removeprefix("v"))
+    except ValueError as exc:
+        raise UsageError(str(exc), fix="pass --expect-version as X.Y.Z") from None
+
+
+def _verify_problems(policy, chosen, passed_over, expected) -> list[str]:
+    """Why ``verify`` exits 1, one sentence each: nothing would launch, a newer version is
+    refused (the launcher falls back past it, or refuses), another version than expected."""
+    out = []
+    if chosen is None:
+        out.append(f"no version of {policy.type} plugin {policy.name!r} would launch")
+    elif passed_over:
+        what = ("the launcher refuses to start (on_refused_newer: refuse)" if policy.on_refused_newer == "refuse"
+                else f"the launcher falls back to the older {chosen.manifest.version}")
+        out += [f"{c.binary}"
+                + (f" (version {c.manifest.version})" if c.manifest is not None else " (version unknown)")
+                + f" is refused and {what}: {c.error.reason}" for c in passed_over]
+    if expected is not None and (chosen is None or str(chosen.manifest.version) != str(expected)):
+        out.append(f"--expect-version {expected}: "
+                   + ("nothing would launch" if chosen is None else f"version {chosen.manifest.version} would launch"))
+    return out
+
+
+def _time_or_none(ts):
+    from shim.trust.manifest import format_time
+
+    return None if ts is None else format_time(ts)
+
+
+def _expiry_text(manifest, now: float) -> str:
+    from shim.trust.verify import expires_soon
+
+    if manifest.expires_at is None:
+        return "no expiry"
+    left = expires_soon(manifest, now)
+    text = f"expires {_time_or_none(manifest.expires_at)}"
+    return text if left is None else f"{text} (WARNING: in {left / 86400:.1f} days: re-sign it, see README)"
+
+
+def _candidate_json(c, now: float) -> dict:
+    from shim.trust.verify import expires_soon
+
     out = {"file": c.path, "ok": c.error is None}
     if c.manifest is not None:
-        out.update(version=str(c.manifest.version), sha256=c.manifest.sha256, size=c.manifest.size)
+        out.update(version=str(c.manifest.version), sha256=c.manifest.sha256, size=c.manifest.size,
+                   issued_at=_time_or_none(c.manifest.issued_at), expires_at=_time_or_none(c.manifest.expires_at),
+                   expires_soon=expires_soon(c.manifest, now) is not None)
     if c.key is not None:
         out["key_id"] = c.key.key_id_hex
     if c.error is not None:
@@ -257,12 +344,21 @@ def cmd_launcher_build(args) -> int:
     sha = write_launcher(None if args.policy_in_args else policy, python, args.output, policy.mode, args.arch,
                          hot_swap=args.hot_swap)
     command = os.path.basename(args.output)
-    extra = f" -args={encode_arg(policy)}" if args.policy_in_args else ""
-    print(f"launcher: {args.output}")
-    print(f"sha256:   {sha}")
-    print(f"python:   {python} -I ({policy.mode} mode{', hot swap' if args.hot_swap else ''})")
-    print("register it once (the plugins dir may then change freely):")
-    print(f"  vault plugin register -sha256={sha} -command={command}{extra} {policy.type} {policy.name}")
+    catalog_args = [encode_arg(policy)] if args.policy_in_args else []
+    register = ["vault-plugin-shim", "register", policy.type, policy.name,
+                "--launcher", f"<plugin_directory>/{command}", *(f"--arg={a}" for a in catalog_args)]
+    extra = "".join(f" -args={a}" for a in catalog_args)
+    _emit(args, {"launcher": args.output, "sha256": sha, "python": python, "flags": ["-I"], "mode": policy.mode,
+                 "hot_swap": args.hot_swap, "command": command, "catalog_args": catalog_args,
+                 "policy": {**json.loads(policy.to_json()), "on_refused_newer": policy.on_refused_newer},
+                 "register": register},
+          [f"launcher: {args.output}", f"sha256:   {sha}",
+           f"python:   {python} -I ({policy.mode} mode{', hot swap' if args.hot_swap else ''})",
+           "register it once, where it is installed (the plugins dir may then change freely):",
+           "  " + " ".join(register),
+           "  (it probes the version, refuses to replace another launcher's entry, and can --pin and --mount;",
+           f"   the catalog entry it writes: vault plugin register -sha256={sha} -command={command}{extra} "
+           f"{policy.type} {policy.name}, with -version= what the plugin reports)"])
     return 0
 
 
@@ -301,7 +397,8 @@ def cmd_launcher_inspect(args) -> int:
         print(json.dumps({"path": info.path, "sha256": info.sha256, "interpreter": info.interpreter,
                           "flags": info.flags, "mode": info.mode, "files": info.files, "size": info.size,
                           "compiled": info.compiled, "hot_swap": info.hot_swap,
-                          "policy": None if info.policy is None else json.loads(info.policy.to_json())},
+                          "policy": None if info.policy is None else
+                          {**json.loads(info.policy.to_json()), "on_refused_newer": info.policy.on_refused_newer}},
                          indent=2))
         return 0
     print(f"launcher:    {info.path}")
@@ -317,6 +414,7 @@ def cmd_launcher_inspect(args) -> int:
         print(f"plugin:      {p.type} {p.name}")
         print(f"plugins dir: {p.plugins_dir}")
         print(f"min version: {p.min_version or '(none)'}")
+        print(f"newer refused: {p.on_refused_newer} (what a launch does when a newer version is refused)")
         for k in p.trusted_keys:
             print(f"trusted key: {k.key_id_hex} {k.to_text().splitlines()[1]}")
     return 0
@@ -339,7 +437,7 @@ def _plugin_args(p, *, required: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vault-plugin-shim", description=__doc__)
+    parser = Parser(prog="vault-plugin-shim", description=__doc__)
     parser.add_argument("--version", action="version", version=f"vault-plugin-shim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -354,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transit-key-version", type=int, metavar="N",
                    help="with --from-transit: this version of the key (default: its latest)")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--json", action="store_true", help="the key id and files as JSON")
     p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("sign", help="write PLUGIN_FILE.manifest.json and its .minisig")
@@ -370,9 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--type", required=True, choices=PLUGIN_TYPES)
     p.add_argument("--version", required=True, help="semantic version X.Y.Z")
-    p.add_argument("--expires", help="duration (180d, 12h) or YYYY-MM-DDTHH:MM:SSZ")
+    p.add_argument("--expires", help="opt-in expiry: duration (180d, 12h) or YYYY-MM-DDTHH:MM:SSZ; no launcher "
+                                     "starts the release after it, so re-sign before then (default: none)")
     p.add_argument("--os", help="GOOS of the binary (default: this machine's)")
     p.add_argument("--arch", help="GOARCH of the binary (default: this machine's)")
+    p.add_argument("--json", action="store_true", help="the signed manifest and the files written, as JSON")
     p.set_defaults(func=cmd_sign)
 
     p = sub.add_parser("verify", help="check plugin versions exactly as the launcher would")
@@ -381,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", help="take the policy from this launcher instead of flags")
     p.add_argument("--arg", dest="catalog_args", action="append", default=[], metavar="ARG",
                    help="with --launcher: a catalog argument (for launchers whose policy is in --shim-policy=...)")
+    p.add_argument("--expect-version", metavar="X.Y.Z",
+                   help="exit 1 unless this is the version that would launch (for image builds)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
 
@@ -400,9 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hot-swap", action="store_true",
                    help="proxy mode: swap a newly shipped signed version in while Vault runs (off by default)")
     p.add_argument("--max-size", type=int, help="largest plugin binary accepted, in bytes")
+    p.add_argument("--on-refused-newer", choices=("fallback", "refuse"), default="fallback",
+                   help="when a newer version is present but refused (tampered, untrusted key, expired): run "
+                        "the older valid version and log an ERROR (fallback, the default), or refuse to start")
     p.add_argument("--policy-in-args", action="store_true",
                    help="embed no policy; print it as a catalog -args value instead")
     p.add_argument("--output", required=True, metavar="LAUNCHER")
+    p.add_argument("--json", action="store_true", help="the launcher's sha256, policy and register command as JSON")
     p.set_defaults(func=cmd_launcher_build)
     p = lsub.add_parser("inspect", help="show a launcher's checksum and embedded policy")
     p.add_argument("launcher", metavar="LAUNCHER")
@@ -429,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ShimError as exc:
         print(f"vault-plugin-shim: error: {exc.diagnostics()}", file=sys.stderr)
-        return 1
+        return exit_status(exc)
     except OSError as exc:
         print(f"vault-plugin-shim: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
         return 1

@@ -32,47 +32,56 @@ def setup(tmp_path):
 def test_verify_reports_every_candidate_and_the_one_to_launch(tmp_path):
     d, pk = setup(tmp_path)
     p = cli("verify", "--trusted-key", pk, "--name", "kv", "--min-version", "1.1.0", d)
-    assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0] == f"secret plugin 'kv', plugins dir {d}"
-    assert any(ln.startswith("  [LAUNCH] kv-1.1.0: version 1.1.0") for ln in lines)
+    assert any(ln.startswith("  [LAUNCH] kv-1.1.0: version 1.1.0") and ln.endswith("no expiry") for ln in lines)
     assert any(ln.startswith("  [REJECT] kv-1.0.0:") and "below the minimum version 1.1.0" in ln for ln in lines)
     assert any(ln.startswith("  [REJECT] kv-2.0.0:") and "sha256 is" in ln and "Fix:" in ln for ln in lines)
+    # Issue 16, item 2: the newest version is refused, so the launcher falls back: never quietly.
+    assert p.returncode == 1, p.stdout
+    assert ("FAIL: kv-2.0.0 (version 2.0.0) is refused and the launcher falls back to the older 1.1.0: "
+            "sha256 is") in p.stdout
+    (d / "kv-2.0.0.manifest.json").unlink()   # without it: 1.0.0 is older and rightly skipped, no failure
+    p = cli("verify", "--trusted-key", pk, "--name", "kv", "--min-version", "1.1.0", d)
+    assert p.returncode == 0 and "FAIL" not in p.stdout, p.stdout
 
 
-def test_verify_json_and_single_file(tmp_path):
-    d, pk = setup(tmp_path)
-    p = cli("verify", "--trusted-key", pk, "--name", "kv", "--json", d / "kv-2.0.0")
-    assert p.returncode == 1
-    doc = json.loads(p.stdout)
-    assert doc["would_launch"] is None and len(doc["candidates"]) == 1
-    assert doc["candidates"][0]["error"]["error"] == "DigestMismatchError"
-    ok = json.loads(cli("verify", "--trusted-key", pk, "--name", "kv", "--json", d).stdout)
-    assert ok["would_launch"] == str(d / "kv-1.1.0")
+def test_verify_expect_version_and_expiry_in_json(tmp_path):
+    """--expect-version for image builds; expires_at in the JSON, and a warning within 30 days."""
+    import time
+
+    d = tmp_path / "plugins"
+    d.mkdir(mode=0o755)
+    keys = R.new_keys()
+    pk = tmp_path / "release.pub"
+    pk.write_text(keys.public.to_text())
+    now = int(time.time())
+    R.release(keys, R.script_plugin(d / "kv-1.0.0", "v1"), name="kv", version="1.0.0")
+    R.release(keys, R.script_plugin(d / "kv-1.1.0", "v11"), name="kv", version="1.1.0",
+              issued=now - 100, expires=now + 10 * 86400)
+    base = ("verify", "--trusted-key", pk, "--name", "kv")
+    p = cli(*base, "--expect-version", "1.1.0", d)
+    assert p.returncode == 0, p.stdout
+    assert "WARNING: in 10.0 days: re-sign it" in p.stdout
+    p = cli(*base, "--expect-version", "v2.0.0", d)
+    assert p.returncode == 1 and "FAIL: --expect-version 2.0.0: version 1.1.0 would launch" in p.stdout
+    doc = json.loads(cli(*base, "--json", d).stdout)
+    assert doc["ok"] is True and doc["version"] == "1.1.0" and doc["passed_over"] == []
+    assert doc["expires_at"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 10 * 86400))
+    by_version = {c["version"]: c for c in doc["candidates"]}
+    assert by_version["1.1.0"]["expires_soon"] is True and by_version["1.0.0"]["expires_at"] is None
+    assert by_version["1.1.0"]["issued_at"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 100))
 
 
-def test_verify_with_the_launchers_policy_and_inspect(tmp_path):
-    d, pk = setup(tmp_path)
-    out = tmp_path / "kv-shim"
-    b = cli("launcher", "build", "--trusted-key", pk, "--name", "kv", "--type", "secret", "--plugins-dir", d,
-            "--min-version", "1.0.0", "--output", out)
-    assert b.returncode == 0, b.stderr
-    v = cli("verify", "--launcher", out, "--json")
-    assert json.loads(v.stdout)["would_launch"] == str(d / "kv-1.1.0")
-    i = json.loads(cli("launcher", "inspect", out, "--json").stdout)
-    assert i["policy"]["name"] == "kv" and i["policy"]["min_version"] == "1.0.0"
-    assert i["sha256"] in b.stdout
-
-
-def test_usage_errors_are_clear(tmp_path):
-    p = cli("verify", "--name", "kv", tmp_path)
-    assert p.returncode == 1 and "verify needs --trusted-key" in p.stderr
-    p = cli("launcher", "build", "--name", "kv", "--plugins-dir", tmp_path, "--output", tmp_path / "x")
-    assert p.returncode == 1 and "at least one --trusted-key" in p.stderr
-    p = cli("sign", "--name", "kv", "--type", "secret", "--version", "1.0", tmp_path)
-    assert p.returncode == 1 and "exactly one of --secret-key and --transit-key" in p.stderr
-    p = cli("launcher", "inspect", ROOT / "README.md")
-    assert p.returncode == 1 and "not a vault-plugin-shim launcher" in p.stderr
+def test_launcher_build_can_refuse_instead_of_falling_back(tmp_path):
+    p = _build(tmp_path, "--on-refused-newer", "refuse")
+    assert p.returncode == 0, p.stderr
+    policy = json.loads(cli("launcher", "inspect", "--json", tmp_path / "lau").stdout)["policy"]
+    assert policy["on_refused_newer"] == "refuse"
+    (tmp_path / "lau").unlink()
+    assert _build(tmp_path).returncode == 0
+    policy = json.loads(cli("launcher", "inspect", "--json", tmp_path / "lau").stdout)["policy"]
+    assert policy["on_refused_newer"] == "fallback"
 
 
 def _sign(tmp_path, *extra, env=None):
@@ -140,3 +149,58 @@ def test_launcher_build_hot_swap_is_a_proxy_option_and_inspect_shows_it(tmp_path
     assert json.loads(out.stdout)["hot_swap"] is True
     p = _build(tmp_path, "--mode", "proxy")
     assert json.loads(cli("launcher", "inspect", "--json", tmp_path / "lau").stdout)["hot_swap"] is False
+
+
+def test_sign_under_a_small_memory_limit_fails_in_one_line_with_a_hint(tmp_path):
+    """Issue 16, item 8: scrypt needs 1 GiB to decrypt a minisign key; under `ulimit -v 900000`
+    (a small CI runner) sign used to end in a traceback (`ValueError: malloc failure`)."""
+    import os
+    import resource
+
+    keys = R.new_keys()
+    sk = tmp_path / "release.key"
+    sk.write_text(keys.secret.to_text(b"pw"))                      # encrypted, as keygen writes it
+    plugin = R.script_plugin(tmp_path / "kv-1.0.0", "v1")
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (900000 * 1024, 900000 * 1024))
+
+    p = subprocess.run([sys.executable, "-m", "shim.cli", "sign", "--secret-key", str(sk), "--name", "kv",
+                        "--type", "secret", "--version", "1.0.0", str(plugin)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120, env={**os.environ, "VAULT_PLUGIN_SHIM_PASSWORD": "pw"},
+                       preexec_fn=limit)
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "needs 1024 MiB of memory to decrypt" in p.stderr and str(sk) in p.stderr
+    assert "--transit-key" in p.stderr and "--unencrypted" in p.stderr
+    assert not Path(str(plugin) + ".manifest.json").exists()
+
+
+def test_every_command_that_prints_a_result_has_json(tmp_path):
+    """Issue 16, item 9: keygen, sign and launcher build too (verify, inspect, doctor and
+    register have theirs); usage errors exit 1, as the vault CLI's do."""
+    k = cli("keygen", "--secret-key", tmp_path / "k.sk", "--public-key", tmp_path / "k.pub", "--unencrypted", "--json")
+    assert k.returncode == 0, k.stderr
+    key = json.loads(k.stdout)
+    assert key["encrypted"] is False and key["public_key"] == str(tmp_path / "k.pub")
+    d = tmp_path / "plugins"
+    d.mkdir(mode=0o755)
+    plugin = R.script_plugin(d / "kv-1.0.0", "v1")
+    s = cli("sign", "--secret-key", tmp_path / "k.sk", "--name", "kv", "--type", "secret", "--version", "1.0.0",
+            "--json", plugin)
+    assert s.returncode == 0, s.stderr
+    signed = json.loads(s.stdout)
+    assert signed["version"] == "1.0.0" and signed["key_id"] == key["key_id"]
+    assert signed["expires_at"] is None                           # expiry is opt-in
+    assert "no expiry" in cli("sign", "--secret-key", tmp_path / "k.sk", "--name", "kv", "--type", "secret",
+                              "--version", "1.0.0", plugin).stdout
+    b = cli("launcher", "build", "--trusted-key", tmp_path / "k.pub", "--name", "kv", "--plugins-dir", d,
+            "--output", tmp_path / "kv-shim", "--json")
+    assert b.returncode == 0, b.stderr
+    built = json.loads(b.stdout)
+    assert built["register"][:5] == ["vault-plugin-shim", "register", "secret", "kv", "--launcher"]
+    assert built["sha256"] == json.loads(cli("launcher", "inspect", "--json", tmp_path / "kv-shim").stdout)["sha256"]
+    text = cli("launcher", "build", "--trusted-key", tmp_path / "k.pub", "--name", "kv", "--plugins-dir", d,
+               "--output", tmp_path / "kv-shim2").stdout
+    assert "  vault-plugin-shim register secret kv --launcher <plugin_directory>/kv-shim2" in text
+    assert cli("verify", "--nope").returncode == 1 and cli("sign").returncode == 1

@@ -62,3 +62,27 @@ def test_verify_launcher_takes_the_catalog_args_of_a_policy_in_args_launcher(bao
     assert "[LAUNCH] bao-secret-1.0.0: version 1.0.0" in verified.stdout
     doctor = openbao.shim("doctor", "--launcher", rel.launcher, *(f"--arg={a}" for a in registered), env=rel.env)
     assert doctor.returncode == 0 and "catalog args policy" in doctor.stdout
+
+
+def test_doctor_asks_the_server_for_the_catalog_entry(bao_dev, tmp_path, go_cache):
+    """Issue 16, item 9: `doctor --catalog TYPE/NAME` reads the entry from the server (sha256 and
+    args), instead of pointing at a `vault plugin info` that 404s on a versioned entry."""
+    rel = openbao.Release(bao_dev, tmp_path / "r", "doctor-catalog", extra_build=("--policy-in-args",))
+    rel.add(openbao.build_plugin("secret", "1.0.0", rel.versions, go_cache), "1.0.0")
+    [arg] = catalog_args(rel)
+    assert rel.register(f"--arg={arg}").returncode == 0
+    plain = bao_dev.bao("plugin", "info", "secret", rel.name, check=False)
+    assert plain.returncode == 2 and "404" in plain.stderr             # what the old hint sent people to
+
+    doctor = openbao.shim("doctor", "--launcher", rel.launcher, "--catalog", f"secret/{rel.name}",
+                          "--no-interpreter-check", env=rel.env)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "matches the catalog" in doctor.stdout and "catalog args policy" in doctor.stdout
+
+    with open(rel.launcher, "ab") as fh:                               # the node's file is not the registered one
+        fh.write(b"\n")
+    doctor = openbao.shim("doctor", "--launcher", rel.launcher, "--catalog", f"secret/{rel.name}",
+                          "--no-interpreter-check", env=rel.env)
+    assert doctor.returncode == 1 and "differs from the catalog's" in doctor.stdout
+    missing = openbao.shim("doctor", "--launcher", rel.launcher, "--catalog", "secret/no-such-plugin", env=rel.env)
+    assert missing.returncode == 2 and "the catalog has no entry of secret/no-such-plugin" in missing.stderr

@@ -217,3 +217,34 @@ def test_relative_plugins_dir_is_resolved_from_the_launcher(tmp_path):
     findings = diagnose(str(lau))
     assert str(vault_plugins / "versions") in by(findings, "plugins-dir")[0].subject
     assert verdict(findings).status == "ok", render(findings)
+
+
+def test_a_refused_newer_version_is_a_named_fallback_and_expiry_is_shown(setup, tmp_path):
+    """Issue 16, items 2 and 3: the fallback past a tampered newer release is its own failure
+    (never only a candidate line), a launch within 30 days of expiry is warned about, and
+    --json carries each candidate's expires_at."""
+    keys, plugins, pol, lau = setup
+    now = time.time()
+    release(keys, script_plugin(plugins / "myplugin-1.0.0", "one"), version="1.0.0", issued=int(now) - 100,
+            expires=int(now) + 20 * 86400)
+    newer = script_plugin(plugins / "myplugin-2.0.0", "two")
+    release(keys, newer, version="2.0.0")
+    with open(newer, "ab") as fh:
+        fh.write(b"# one byte more\n")
+    findings = diagnose(str(lau), now=now, check_interpreter=False)
+    [fallback] = by(findings, "fallback")
+    assert fallback.status == "fail" and fallback.subject.endswith("myplugin-2.0.0")
+    assert "version 2.0.0 newer than 1.0.0 is present and refused" in fallback.message
+    assert "falls back to the older 1.0.0" in fallback.message
+    assert any(f.status == "warn" and "in 20.0 days" in f.message for f in by(findings, "clock"))
+    assert verdict(findings).status == "ok" and "an older version" in verdict(findings).message
+    assert exit_code(findings) == 1
+    code, out, _ = run_cli("--launcher", str(lau), "--no-interpreter-check", "--json")
+    assert code == 1
+    doc = json.loads(out)
+    [ok] = [f for f in doc if f["check"] == "candidate" and f["status"] == "ok"]
+    assert ok["details"]["expires_at"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(now) + 20 * 86400))
+
+    strict = launcher(lau.parent, pol.replace(on_refused_newer="refuse"), name="strict-launcher")
+    findings = diagnose(str(strict), now=now, check_interpreter=False)
+    assert verdict(findings).status == "fail" and "refuses to fall back" in verdict(findings).message

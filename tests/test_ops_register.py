@@ -164,9 +164,11 @@ def test_plan_on_openbao_tunes_instead_of_pinning():
 def test_plan_refusals_come_before_the_write():
     steps = [(c.method, c.path, c.query) for c in plan(reg(version="v1.2.0", mount_path="m"))]
     catalog = "sys/plugins/catalog/secret/myplugin"
+    trial = "sys/mounts/vault-plugin-shim-probe-myplugin"
     assert steps == [("GET", "sys/mounts", ""), ("PUT", catalog, ""),
+                     ("POST", trial, ""), ("DELETE", trial, ""),
                      ("DELETE", catalog, f"version={PROBE_VERSION}"),
-                     ("GET", catalog, "version=v1.2.0"), ("PUT", catalog, ""), ("POST", "sys/mounts/m", "")]
+                     ("GET", "sys/plugins/catalog", ""), ("PUT", catalog, ""), ("POST", "sys/mounts/m", "")]
 
 
 @pytest.mark.parametrize("body, product, pins", [
@@ -222,7 +224,7 @@ def test_dry_run_prints_cli_and_http_and_sends_nothing(vault, launcher, monkeypa
     common = {"sha256": sha(), "command": "vault-plugin-shim-launcher",
               "args": ["--policy", "/vault/shim/policy.json"], "env": ["SHIM_LOG=info"]}
     assert puts == [{**common, "version": PROBE_VERSION}, {**common, "version": "v1.2.3"}]   # probe, write
-    assert "GET /v1/sys/plugins/catalog/secret/myplugin?version=v1.2.3" in lines
+    assert "GET /v1/sys/plugins/catalog" in lines
     assert "vault write sys/plugins/pins/secret/myplugin version=v1.2.3" in lines
     assert "POST /v1/sys/plugins/pins/secret/myplugin" in lines
     assert "vault secrets list -format=json" in lines and "GET /v1/sys/mounts" in lines

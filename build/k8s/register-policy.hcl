@@ -3,8 +3,9 @@
 #   vault policy write vault-plugin-shim-register build/k8s/register-policy.hcl
 #   vault token create -policy=vault-plugin-shim-register -ttl=15m -use-limit=10 -field=token
 # Checked with: tests/test_ops_recipes.py (it grants every path `register` calls), and loaded
-# into a real OpenBao 2.7.2 whose token then registers, pins and mounts
-# (tests/test_openbao_ops_register.py::test_the_recipes_policy_is_enough_on_a_real_server).
+# into a real OpenBao 2.7.2 whose token then registers, pins and mounts, a versioned and an
+# unversioned plugin, and whose `token capabilities` on other mounts are `deny`
+# (tests/test_openbao_ops_register.py::test_the_recipes_policy_*).
 # HashiCorp Vault itself cannot be installed here: on Vault, --pin uses sys/plugins/pins.
 
 # Register the launcher (the catalog requires sudo). read: compare with the entry already
@@ -24,9 +25,17 @@ path "sys/plugins/pins/secret/myplugin" {
   capabilities = ["create", "update", "sudo"]
 }
 
-# --pin on OpenBao (no pins there): move each mount of the plugin with secrets tune.
-path "sys/mounts/+/tune" {
-  capabilities = ["read", "update"]
+# --pin on OpenBao (no pins there): move the plugin's mount with secrets tune. Only that
+# mount: a `+` here would let the token tune every mount on the server. If the plugin is
+# mounted at more paths, add one block per path (register names a path it could not tune).
+path "sys/mounts/myplugin/tune" {
+  capabilities = ["update"]
+}
+
+# A plugin that reports no version: register enables it once here to learn whether the
+# server can run the launcher at all, then disables it again (auth plugins: sys/auth/...).
+path "sys/mounts/vault-plugin-shim-probe-myplugin" {
+  capabilities = ["create", "update", "delete", "sudo"]
 }
 
 # --mount: see what is enabled, enable the plugin if it is missing.

@@ -25,9 +25,10 @@ import time
 from shim.goplugin import hclog
 from shim.goplugin.errors import Diagnostic
 from shim.launch.errors import LaunchError
-from shim.trust.errors import DigestMismatchError, PolicyError, RejectedError
+from shim.trust.errors import DigestMismatchError, NewerVersionRefusedError, PolicyError, RejectedError
+from shim.trust.manifest import format_time
 from shim.trust.policy import COOKIES, Policy, split_args
-from shim.trust.verify import Candidate, PluginDir, check_digest, select
+from shim.trust.verify import Candidate, PluginDir, check_digest, expires_soon, select
 
 EXIT_REFUSED = 1
 HAND_RUN_TEXT = """\
@@ -243,7 +244,34 @@ def select_sealed(policy: Policy, now: float, *, tmpdir: str | None = None,
     if selection.chosen is None:
         raise selection.refusal(policy)
     fd, how = selection.value
+    try:
+        _no_quiet_fallback(selection, policy, now)
+    except BaseException:
+        os.close(fd)
+        raise
     return selection.chosen, fd, how
+
+
+def _no_quiet_fallback(selection, policy: Policy, now: float) -> None:
+    """Issue 16, the launch side: refuse to fall back past a refused newer version when the
+    policy says so (``on_refused_newer: refuse``; the default runs the older one, and the
+    refusal was logged at ERROR above), and warn at each launch within
+    :data:`~shim.trust.verify.EXPIRY_WARNING` of the chosen manifest's expiry."""
+    chosen = selection.chosen
+    passed_over = selection.passed_over()
+    if passed_over and policy.on_refused_newer == "refuse":
+        first = passed_over[0]
+        raise NewerVersionRefusedError(
+            f"{len(passed_over)} version(s) newer than {chosen.manifest.version} are present and refused, "
+            f"and this launcher's policy refuses to fall back (on_refused_newer: refuse)",
+            path=first.path)
+    left = expires_soon(chosen.manifest, now)
+    if left is not None:
+        hclog.warn(f"vault-plugin-shim: {policy.type} plugin {policy.name} {chosen.manifest.version} expires at "
+                   f"{format_time(chosen.manifest.expires_at)}, in {left / 86400:.1f} days: after that no launcher "
+                   f"starts it", plugin=policy.name, file=chosen.path,
+                   fix="re-sign the same binary with a later --expires (or none) and ship the new manifest "
+                       "and .minisig")
 
 
 def _shared_copy(cand: Candidate, name: str) -> int | None:

@@ -9,6 +9,7 @@ returning an exit status. :func:`transit_signer_from_env` is re-exported for
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from shim.errors import ShimError
@@ -61,6 +62,7 @@ def add_register_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--description", default="", help="description for a mount created by --mount")
     p.add_argument("--dry-run", action="store_true",
                    help="print the vault CLI commands and HTTP calls; send nothing")
+    p.add_argument("--json", action="store_true", help="what was written (or, with --dry-run, the plan) as JSON")
     p.set_defaults(func=run_register)
     return p
 
@@ -85,7 +87,9 @@ def _registration(ns: argparse.Namespace):
 
 
 def run_register(ns: argparse.Namespace, *, stdout=None, stderr=None) -> int:
-    from shim.ops.register import apply, render_dry_run
+    from dataclasses import asdict
+
+    from shim.ops.register import apply, plan, render_dry_run
     from shim.ops.vaultenv import VaultEnv
 
     stdout = stdout or sys.stdout
@@ -94,13 +98,14 @@ def run_register(ns: argparse.Namespace, *, stdout=None, stderr=None) -> int:
         reg = _registration(ns)
         env = VaultEnv.from_environ()
         if ns.dry_run:
-            stdout.write(render_dry_run(reg, env))
+            stdout.write(json.dumps([asdict(c) for c in plan(reg)], indent=2) + "\n" if ns.json
+                         else render_dry_run(reg, env))
             return 0
         result = apply(env.client(), reg, force=ns.force)
     except ShimError as exc:
         stderr.write(f"vault-plugin-shim register: {exc.diagnostics()}\n")
-        return 1
-    stdout.write(result.summary(reg) + "\n")
+        return getattr(exc, "exit_status", 1)
+    stdout.write((json.dumps(result.to_json(reg), indent=2) if ns.json else result.summary(reg)) + "\n")
     return 0
 
 

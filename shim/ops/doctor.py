@@ -14,8 +14,9 @@ and reports, one finding per check:
 * ``vm.memfd_noexec`` (the launcher then falls back to a private copy);
 * a one-line answer: what Vault gets on its next launch.
 
-Doctor changes nothing and never contacts Vault. It imports no hvac, so it also runs from
-inside the launcher file itself (``sys.path`` entry), as the Dockerfile's build check does.
+Doctor changes nothing and contacts Vault only with ``--catalog`` (to read the catalog entry
+it compares with). Without it, it imports no hvac, so it also runs from inside the launcher
+file itself (``sys.path`` entry), as the Dockerfile's build check does.
 """
 
 from __future__ import annotations
@@ -27,14 +28,13 @@ import stat
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from shim.errors import ShimError
 from shim.trust.manifest import format_time as _iso
 from shim.trust.verify import digest_file
 
-SOON = 14 * 86400
 STATUSES = ("ok", "info", "warn", "fail")
 
 
@@ -45,6 +45,7 @@ class Finding:
     message: str
     fix: str = ""
     subject: str = ""
+    details: dict = field(default_factory=dict)   # for --json: e.g. a candidate's version and expires_at
 
     def line(self) -> str:
         head = f"[{self.status.upper():4}] {self.check}: "
@@ -88,7 +89,9 @@ def _check_launcher(launcher: str, plugin_directory: str | None, expected: str |
                            subject=launcher, fix="chmod 0755: Vault would refuse a modified launcher (checksum), "
                                                  "but nobody else should be able to break the plugin"))
     if expected is None:
-        out.append(Finding("launcher", "ok", f"sha256 {digest} (compare with `vault plugin info <type> <name>`)",
+        out.append(Finding("launcher", "ok", f"sha256 {digest} (not compared with the catalog: pass --catalog "
+                                             f"<type>/<name> to ask the server, or --sha256 from `vault plugin info "
+                                             f"-version=<version> <type> <name>`)",
                            subject=launcher))
     elif expected.strip().lower() == digest:
         out.append(Finding("launcher", "ok", f"sha256 {digest} matches the catalog", subject=launcher))
@@ -265,12 +268,12 @@ def _memory_finding(policy, chosen) -> Finding:
 
 
 def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args: Sequence[str] = (),
-             plugin_directory: str | None = None, now: float | None = None, soon: float = SOON,
+             plugin_directory: str | None = None, now: float | None = None, soon: float | None = None,
              check_interpreter: bool = True, uid: int | None = None, tmpdir: str | None = None) -> list[Finding]:
     """All findings, in the order an operator should read them."""
     from shim.launch.build import inspect
     from shim.trust.policy import split_args
-    from shim.trust.verify import CLOCK_SKEW, PluginDir, report
+    from shim.trust.verify import CLOCK_SKEW, EXPIRY_WARNING, PluginDir, expires_soon, report
 
     now = time.time() if now is None else now
     out: list[Finding] = []
@@ -298,7 +301,7 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
             policy = None
         if policy is None:
             out.append(Finding("policy", "fail", "no embedded policy and no --shim-policy= catalog argument given",
-                               fix="pass the catalog's args with --arg (see `vault plugin info <type> <name>`)"))
+                               fix="pass the catalog's args with --arg (see `vault plugin info -version=<version> <type> <name>`)"))
             out.append(Finding("next-launch", "fail", "cannot tell: the launcher's policy is unknown"))
             return out
     if hasattr(policy, "resolved"):
@@ -335,22 +338,43 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
         if not name.endswith((".manifest.json", ".manifest.json.minisig")) and name not in listed:
             out.append(Finding("candidate", "info", "ignored: no NAME.manifest.json next to it",
                                subject=os.path.join(policy.plugins_dir, name)))
+    soon = EXPIRY_WARNING if soon is None else soon
     for c in candidates:
+        details = {} if c.manifest is None else {
+            "version": str(c.manifest.version),
+            "expires_at": None if c.manifest.expires_at is None else _iso(c.manifest.expires_at)}
         if c.error is None:
             tag = "would launch" if c is chosen else "valid, not the highest"
+            expiry = "no expiry" if c.manifest.expires_at is None else f"expires {_iso(c.manifest.expires_at)}"
             out.append(Finding("candidate", "ok", f"{tag}: version {c.manifest.version}, "
-                                                  f"signed by {c.key.key_id_hex}", subject=c.path))
-            if c.manifest.expires_at is not None and c.manifest.expires_at - now < soon:
-                days = (c.manifest.expires_at - now) / 86400
+                                                  f"signed by {c.key.key_id_hex}, {expiry}", subject=c.path,
+                               details=details))
+            left = expires_soon(c.manifest, now, soon)
+            if left is not None:
                 out.append(Finding("clock", "warn", f"manifest for {c.manifest.version} expires "
-                                                    f"{_iso(c.manifest.expires_at)} (in {days:.1f} days)",
-                                   subject=c.manifest_path,
-                                   fix="ship a freshly signed manifest (re-run `vault-plugin-shim sign`) before then"))
+                                                    f"{_iso(c.manifest.expires_at)} (in {left / 86400:.1f} days); "
+                                                    f"no launcher starts it after that",
+                                   subject=c.manifest_path, details=details,
+                                   fix="re-sign the same binary with a later --expires (or none): `vault-plugin-shim "
+                                       "sign` writes a new manifest and .minisig for it; ship those (README: "
+                                       "re-signing)"))
         else:
-            out.append(Finding("candidate", "fail", c.error.reason, c.error.fix, subject=c.error.path or c.path))
+            out.append(Finding("candidate", "fail", c.error.reason, c.error.fix, subject=c.error.path or c.path,
+                               details=details))
             if "in the future of this node" in c.error.reason:
                 out.append(Finding("clock", "fail", "a manifest is issued after this node's clock "
                                                     f"(+{CLOCK_SKEW} s allowed)", fix="fix NTP on the node"))
+    passed_over = selection.passed_over() if chosen is not None else []
+    for c in passed_over:
+        what = (f"the launcher refuses to start (its policy: on_refused_newer refuse)"
+                if policy.on_refused_newer == "refuse" else
+                f"the launcher falls back to the older {chosen.manifest.version}, and logs an ERROR at each launch")
+        out.append(Finding("fallback", "fail",
+                           f"{'version ' + str(c.manifest.version) if c.manifest is not None else 'a version'} "
+                           f"newer than {chosen.manifest.version} is present and refused: {what}",
+                           subject=c.path, details=details,
+                           fix="ship the release again as it was signed (binary, manifest and .minisig from the "
+                               "same release), or remove it if the older version is meant to run"))
     _check_as_vault_user(policy, check_uid, how, out)
     _memfd_finding(out, tmpdir if tmpdir is not None else os.environ.get("TMPDIR"))
     if chosen is not None:
@@ -366,9 +390,18 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
                           f"the launcher would refuse: no valid version of {policy.name} in {policy.plugins_dir} "
                           "(Vault logs each rejection, then `plugin exited before we could connect`)",
                           fix="ship a signed version that passes the checks above")
+    elif passed_over and policy.on_refused_newer == "refuse":
+        verdict = Finding("next-launch", "fail",
+                          f"the launcher would refuse: a newer version than {chosen.manifest.version} is present "
+                          f"and refused, and its policy refuses to fall back (on_refused_newer: refuse)",
+                          fix="ship the newer release intact, or remove it")
     else:
         verdict = Finding("next-launch", "ok", f"Vault runs the launcher, which executes {chosen.path} "
-                                               f"version {chosen.manifest.version} (sha256 {chosen.manifest.sha256})")
+                                               f"version {chosen.manifest.version} (sha256 {chosen.manifest.sha256})"
+                                               + (" (an older version: see fallback above)" if passed_over else ""),
+                          details={"version": str(chosen.manifest.version),
+                                   "expires_at": None if chosen.manifest.expires_at is None
+                                   else _iso(chosen.manifest.expires_at)})
     out.append(running_version_note(policy.type, policy.name))
     out.append(verdict)          # the one-line answer stays last
     return out
@@ -393,15 +426,41 @@ def exit_code(findings: Sequence[Finding]) -> int:
     return 1 if any(f.status == "fail" for f in findings) else 0
 
 
+def from_catalog(spec: str, launcher: str) -> tuple[str, list[str]]:
+    """(sha256, args) of the catalog entry that runs ``launcher``, asked of the server itself
+    (VAULT_ADDR and a token, as the vault CLI reads them): ``spec`` is TYPE/NAME. The entry is
+    the one whose command is the launcher's file name. The only part of doctor that talks to
+    Vault, and only with --catalog."""
+    from shim.ops.register import catalog_entries
+    from shim.ops.vaultenv import VaultConfigError, VaultEnv, VaultRequestError
+
+    plugin_type, sep, name = spec.partition("/")
+    if not sep or not name:
+        raise VaultConfigError(f"--catalog {spec!r} is not TYPE/NAME", fix="e.g. --catalog secret/my-plugin")
+    command = os.path.basename(launcher)
+    entries = [e for e in catalog_entries(VaultEnv.from_environ().client(), plugin_type, name)
+               if e.command == command]
+    if len({(e.sha256, e.args) for e in entries}) != 1:
+        found = "no entry" if not entries else "entries that differ: " + "; ".join(
+            f"{e.version or '(unversioned)'} names {e.describe()}" for e in entries)
+        raise VaultRequestError(f"the catalog has {found} of {plugin_type}/{name} with command {command}",
+                                fix="register this launcher (`vault-plugin-shim register`), or pass --sha256 "
+                                    "and --arg by hand")
+    return entries[0].sha256, list(entries[0].args)
+
+
 def main(ns: argparse.Namespace, *, stdout=None, stderr=None) -> int:
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     try:
-        findings = diagnose(ns.launcher, expected_sha256=ns.sha256, catalog_args=ns.args,
+        expected, args = ns.sha256, list(ns.args)
+        if ns.catalog:
+            expected, args = from_catalog(ns.catalog, ns.launcher)
+        findings = diagnose(ns.launcher, expected_sha256=expected, catalog_args=args,
                             plugin_directory=ns.plugin_directory, check_interpreter=not ns.no_interpreter_check,
                             uid=ns.vault_uid, tmpdir=ns.tmpdir)
     except ShimError as exc:
         stderr.write(f"vault-plugin-shim doctor: {exc.diagnostics()}\n")
-        return 1
+        return getattr(exc, "exit_status", 1)
     if ns.json:
         stdout.write(json.dumps([asdict(f) for f in findings], indent=2) + "\n")
     else:
@@ -418,9 +477,12 @@ def add_doctor_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--launcher", metavar="PATH", required=True,
                    help="the launcher file in Vault's plugin_directory")
     p.add_argument("--sha256", metavar="HEX",
-                   help="the sha256 in the catalog (`vault plugin info TYPE NAME`) to compare with")
+                   help="the sha256 in the catalog (`vault plugin info -version=V TYPE NAME`) to compare with")
     p.add_argument("--arg", dest="args", action="append", default=[], metavar="ARG",
                    help="a catalog argument (for launchers whose policy is in --shim-policy=...)")
+    p.add_argument("--catalog", metavar="TYPE/NAME",
+                   help="ask the server (VAULT_ADDR, VAULT_TOKEN) for the catalog entry of this launcher and "
+                        "compare with its sha256 and args, instead of --sha256/--arg")
     p.add_argument("--plugin-directory", metavar="DIR",
                    help="Vault's plugin_directory (default: the launcher's directory)")
     p.add_argument("--vault-uid", type=int, metavar="UID",
@@ -437,7 +499,9 @@ def add_doctor_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(argv: Sequence[str]) -> int:
     """Entry point without the full CLI (what `L doctor` runs)."""
-    parser = argparse.ArgumentParser(prog="vault-plugin-shim")
+    from shim.cli import Parser
+
+    parser = Parser(prog="vault-plugin-shim")
     add_doctor_parser(parser.add_subparsers(dest="command", required=True))
     ns = parser.parse_args(["doctor", *argv])
     return main(ns, stdout=sys.stdout, stderr=sys.stderr)

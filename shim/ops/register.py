@@ -15,11 +15,17 @@ Steps; each refusal comes before anything is written:
    working launcher fails the write with ``plugin version mismatch`` naming the reported
    version. If the server could not run it (checksum, the launcher refused, no interpreter)
    it stores the entry anyway and only logs ``[WARN] core: Error determining plugin
-   version``: the probe entry is removed and register fails with where to look. A plugin
-   that reports ``1.2.3`` instead of ``v1.2.3`` is refused here too: mounts could never find it.
-4. ``GET`` the entry at that version: another sha256 (or command, args) there is another
-   launcher's entry, e.g. a re-run of an old Job after a key rotation; refused without
-   ``--force``.
+   version``. A plugin that reports no version (most plugins written before plugin
+   versioning) gets the same answer, so only running it tells the two apart: register
+   enables the probe entry at a throwaway mount (:func:`trial_mount`, secret and auth
+   plugins), where the server starts the plugin and a failure comes back with its reason.
+   It serves: the plugin is unversioned, and an unversioned entry is registered. It fails:
+   register fails naming the reason (checksum, the launcher refused). The probe entry is
+   removed either way. A plugin that reports ``1.2.3`` instead of ``v1.2.3`` is refused
+   here too: mounts could never find it.
+4. ``GET sys/plugins/catalog``: an entry of the name, at any version, that names another
+   sha256 (or command, args) belongs to another launcher, e.g. a re-run of an old Job after
+   a key rotation; refused without ``--force``.
 5. ``PUT`` the entry with that version (sudo).
 6. ``--pin``: ``POST sys/plugins/pins/:type/:name`` on Vault 1.16+. OpenBao has no pins:
    each mount of the name is moved with ``POST sys/mounts/:path/tune`` (``plugin_version``;
@@ -40,7 +46,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from shim.errors import ShimError
@@ -51,6 +57,7 @@ from shim.ops.vaultenv import (
     ServerInfo,
     VaultEnv,
     VaultOpsError,
+    VaultPermissionError,
     VaultRequestError,
     VaultServerError,
     call,
@@ -61,6 +68,9 @@ _ENV_KEY = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z", re.ASCII)
 RECORDED = "<reported version>"
 # Requested in the probe write; no plugin reports it, so a working launcher gets a mismatch.
 PROBE_VERSION = "v0.0.0-vault-plugin-shim.probe"
+# Where the probe entry is enabled for a moment when the plugin reported no version.
+TRIAL_MOUNT = "vault-plugin-shim-probe-{name}"
+UNVERSIONED = "(unversioned)"
 _MISMATCH = re.compile(r"reported version \((?P<reported>[^)]*)\) did not match requested version \((?P<requested>[^)]*)\)")
 
 DATABASE_NOTE = (
@@ -249,15 +259,28 @@ def plan(reg: Registration, server: ServerInfo | None = None) -> list[ApiCall]:
                          "the server runs the launcher on its active node; a working one answers "
                          "`plugin version mismatch: ... reported version (vX.Y.Z)` and nothing is "
                          "stored" + (f"; it must report {reg.version}" if reg.version else "")))
-    calls.append(ApiCall("only if the probe entry was stored (the launcher did not run): remove "
-                         "it, and stop", "DELETE", reg.catalog_path, None,
+    if reg.plugin_type != "database":
+        trial = TRIAL_MOUNT.format(name=reg.name)
+        calls.append(ApiCall(f"only if the probe entry was stored (the plugin reports no version, or the "
+                             f"launcher did not run): run it by enabling it at {trial}/", "POST",
+                             f"{reg.mounts_path}/{trial}",
+                             {"type": reg.name, "plugin_version": PROBE_VERSION,
+                              "config": {"plugin_version": PROBE_VERSION}},
+                             _q("vault", kind, "enable", f"-path={trial}", f"-plugin-version={PROBE_VERSION}",
+                                reg.name),
+                             "it serves: an unversioned plugin, registered without a version; it fails: "
+                             "the server's reason is reported and nothing is registered", conditional=True))
+        calls.append(ApiCall(f"then disable {trial}/ again", "DELETE", f"{reg.mounts_path}/{trial}", None,
+                             _q("vault", kind, "disable", trial), conditional=True))
+    calls.append(ApiCall("only if the probe entry was stored: remove it", "DELETE", reg.catalog_path, None,
                          _q("vault", "plugin", "deregister", f"-version={PROBE_VERSION}",
                             reg.plugin_type, reg.name), conditional=True, query=f"version={PROBE_VERSION}"))
     version = reg.version or RECORDED
-    calls.append(ApiCall("compare with the entry that would be replaced", "GET", reg.catalog_path, None,
-                         _q("vault", "plugin", "info", f"-version={version}", reg.plugin_type, reg.name),
-                         "another launcher's sha256 (or args) there: refuse unless --force",
-                         query=f"version={version}"))
+    calls.append(ApiCall("compare with every entry of the name", "GET", "sys/plugins/catalog", None,
+                         _q("vault", "plugin", "list", "-detailed", "-format=json"),
+                         "another launcher's sha256 (or args) at any version: refuse unless --force; "
+                         "each entry of the name is then read (`vault plugin info -version=V "
+                         f"{reg.plugin_type} {reg.name}`)"))
     calls.append(ApiCall("register the launcher in the plugin catalog (sudo)", "PUT",
                          reg.catalog_path, {**reg.catalog_body(), "version": version},
                          register_cli(version),
@@ -357,6 +380,9 @@ class CatalogEntry:
         args = f" args={list(self.args)}" if self.args else ""
         return f"sha256 {self.sha256} (command {self.command}{args})"
 
+    def same_launcher(self, other: "CatalogEntry") -> bool:
+        return (self.sha256, self.command, self.args) == (other.sha256, other.command, other.args)
+
 
 @dataclass
 class RegisterResult:
@@ -367,6 +393,8 @@ class RegisterResult:
     version: str = ""                 # the catalog version written
     registered: bool = False
     replaced: CatalogEntry | None = None
+    other_launchers: list[CatalogEntry] = field(default_factory=list)   # left in place (--force)
+    mount_version: str | None = None  # the version a present --mount names
     pinned: bool = False              # sys/plugins/pins written (Vault 1.16+)
     pinned_version: str = ""
     tuned: list[str] = field(default_factory=list)        # mounts moved with tune (OpenBao)
@@ -376,7 +404,8 @@ class RegisterResult:
     def written(self, reg: Registration) -> list[str]:
         out = []
         if self.registered:
-            out.append(f"catalog entry {reg.plugin_type}/{reg.name} {self.version} -> sha256 {reg.sha256}")
+            out.append(f"catalog entry {reg.plugin_type}/{reg.name} {self.version or UNVERSIONED} -> "
+                       f"sha256 {reg.sha256}")
         if self.pinned:
             out.append(f"pin {reg.plugin_type}/{reg.name} -> {self.pinned_version}")
         out += [f"mount {m} tuned to plugin_version {self.version}" for m in self.tuned]
@@ -401,13 +430,36 @@ class RegisterResult:
         left = "; ".join(self.not_written(reg)) or "nothing"
         return f"written: {done}. Not written: {left}"
 
+    def to_json(self, reg: Registration) -> dict:
+        """``register --json``: what was written, in the words of :meth:`summary`."""
+        return {"server": {"product": self.server.product, "version": self.server.version},
+                "type": reg.plugin_type, "name": reg.name, "command": reg.command, "sha256": reg.sha256,
+                "args": list(reg.args), "version": self.version, "reported_version": self.reported_version,
+                "registered": self.registered,
+                "replaced": None if self.replaced is None else asdict(self.replaced),
+                "other_launchers": [asdict(e) for e in self.other_launchers],
+                "pinned": self.pinned_version if self.pinned else None, "tuned": list(self.tuned),
+                "mount": None if reg.mount_path is None else
+                {"path": f"{reg.mount_path}/", "state": self.mount, "version": self.mount_version}}
+
     def summary(self, reg: Registration) -> str:
         lines = [f"registered {reg.plugin_type} plugin {reg.name!r} on {self.server.label}: "
-                 f"command={reg.command} sha256={reg.sha256}",
-                 f"  catalog version: {self.version} (the plugin the launcher started on the "
-                 f"active node reported {self.reported_version})"]
+                 f"command={reg.command} sha256={reg.sha256}"]
+        if self.version:
+            lines.append(f"  catalog version: {self.version} (the plugin the launcher started on the "
+                         f"active node reported {self.reported_version})")
+        else:
+            lines.append(f"  catalog version: {UNVERSIONED} (the plugin the launcher started reports no version; "
+                         + ("a trial mount ran it and it served; " if reg.plugin_type != "database" else
+                            "database plugins have no trial mount: run `vault-plugin-shim doctor` on a node; ")
+                         + "mount it without -plugin-version)")
         if self.replaced is not None:
-            lines.append(f"  replaced the entry {self.version} that named {self.replaced.describe()} (--force)")
+            lines.append(f"  replaced the entry {self.version or UNVERSIONED} that named "
+                         f"{self.replaced.describe()} (--force)")
+        for e in self.other_launchers:
+            lines.append(f"  left the entry {e.version or UNVERSIONED} that names {e.describe()} (--force): "
+                         + ("--pin moved the mounts of the name off it; deregister it once no node needs it"
+                            if reg.pin else "mounts naming it still run that launcher; --pin moves them"))
         if self.pinned:
             lines.append(f"pinned {reg.plugin_type}/{reg.name} to {self.pinned_version}")
         for m in self.tuned:
@@ -417,6 +469,9 @@ class RegisterResult:
             lines.append(f"no mounts of {reg.name} to move to {self.version}")
         if self.mount == "created":
             lines.append(f"enabled {reg.name} at {reg.mount_path}/")
+        elif self.mount == "present" and (self.mount_version or "") != self.version:
+            lines.append(f"{reg.mount_path}/ already runs {reg.name} {self.mount_version or UNVERSIONED}, "
+                         f"not this entry: left unchanged (--pin moves it)")
         elif self.mount == "present":
             lines.append(f"{reg.mount_path}/ already runs {reg.name}: left unchanged")
         return "\n".join(lines)
@@ -427,7 +482,11 @@ class CatalogOwnedError(VaultOpsError):
 
 
 class LauncherDidNotRunError(VaultOpsError):
-    """The server could not run the launcher (or the plugin reports no version)."""
+    """The server could not run the launcher (a trial mount of the probe entry failed)."""
+
+
+class UnversionedPluginError(VaultOpsError):
+    """The plugin reports no version, and the request names one (--version, --pin)."""
 
 
 class BareVersionError(VaultOpsError):
@@ -459,17 +518,26 @@ def _where_to_look(client) -> str:
     return f"the active node ({address})" if address else "the active node"
 
 
-def _did_not_run(reg: Registration, server: ServerInfo, node: str) -> LauncherDidNotRunError:
-    doctor = (f"vault-plugin-shim doctor --launcher <plugin_directory>/{reg.command} --sha256 {reg.sha256}"
-              + "".join(f" --arg={shlex.quote(a)}" for a in reg.args))
+def _doctor_command(reg: Registration) -> str:
+    return (f"vault-plugin-shim doctor --launcher <plugin_directory>/{reg.command} --sha256 {reg.sha256}"
+            + "".join(f" --arg={shlex.quote(a)}" for a in reg.args))
+
+
+def _did_not_run(reg: Registration, server: ServerInfo, node: str, answer: str, fix: str) -> LauncherDidNotRunError:
     return LauncherDidNotRunError(
-        f"{server.label} could not run the launcher to learn the plugin's version (or the plugin "
-        f"reports no version): it accepts such a registration anyway and only logs "
-        f"`[WARN] core: Error determining plugin version` on {node}, without the launcher's "
-        f"reason (its stderr is not logged at registration); nothing was registered",
-        fix=(f"on that node run `{doctor}`: it names the cause (the file {reg.command} in "
-             f"plugin_directory is not sha256 {reg.sha256}; no valid signed version; an untrusted "
-             f"key; a missing interpreter); the plugin must report a version vX.Y.Z"))
+        f"{server.label} could not run the launcher: registering it learned no version (the server "
+        f"accepts that and only logs `[WARN] core: Error determining plugin version` on {node}, "
+        f"without the launcher's reason), and a trial mount that makes it start the plugin "
+        f"failed: {answer}; nothing was registered",
+        fix=fix if "vault-plugin-shim doctor" in fix else f"{fix}; `{_doctor_command(reg)}` on that node names the cause")
+
+
+def _server_answer(reason: str) -> str:
+    """The gist of a failed mount's reason: the request and the server's first words, without
+    go-plugin's repeated paragraph of guesses."""
+    head = reason.split("failed (", 1)[-1]
+    head = head.split(" This usually means", 1)[0].split(" Additional notes", 1)[0]
+    return head.removesuffix(")").replace("2 errors occurred: ", "")
 
 
 def _bare_version(reg: Registration, reported: str, server: ServerInfo) -> BareVersionError:
@@ -482,15 +550,17 @@ def _bare_version(reg: Registration, reported: str, server: ServerInfo) -> BareV
              f"return v{reported}, ship that build, then register again"))
 
 
-def probe_version(client, reg: Registration, server: ServerInfo) -> str:
-    """The version the plugin reports through the launcher, learned without writing an entry.
+def probe_version(client, reg: Registration, server: ServerInfo, namespace: str = "") -> str:
+    """The version the plugin reports through the launcher, learned without keeping an entry;
+    ``""`` for a plugin that reports none.
 
     The catalog write runs the command on the active node and compares the plugin's reported
     version with the requested one. Asking for :data:`PROBE_VERSION`, which no plugin reports,
     makes a working launcher fail with ``plugin version mismatch`` naming the reported
-    version, and nothing is stored. If the server could not run the launcher (or the plugin
-    reports no version), it stores the probe entry instead: that entry is deleted again and
-    :class:`LauncherDidNotRunError` raised.
+    version, and nothing is stored. The server stores the probe entry instead in two cases
+    it does not tell apart: the plugin reports no version, or the launcher did not run. Then
+    :func:`trial_mount` runs it: it serves (``""``), or :class:`LauncherDidNotRunError` names
+    why it did not. The probe entry is deleted again in both cases.
     """
     probe = Registration(plugin_type=reg.plugin_type, name=reg.name, command=reg.command,
                          sha256=reg.sha256, args=reg.args, env=reg.env, version=PROBE_VERSION)
@@ -509,18 +579,72 @@ def probe_version(client, reg: Registration, server: ServerInfo) -> str:
              fixes={403: _CATALOG_403.format(path=reg.catalog_path)}, classify=classify)
     except _Reported:
         return reported[0]
-    node = _where_to_look(client)
-    error = _did_not_run(reg, server, node)
+    error: ShimError | None = None
+    try:
+        trial_mount(client, reg, server, namespace)
+    except ShimError as exc:
+        error = exc
     try:
         call("removing the probe entry", "DELETE", reg.catalog_path,
              lambda: client.adapter.delete(f"/v1/{reg.catalog_path}", params={"version": PROBE_VERSION}))
     except VaultOpsError as exc:
-        raise LauncherDidNotRunError(
-            f"{error.reason}. The probe entry {reg.name} {PROBE_VERSION} it stored could not be "
+        first = error or VaultOpsError("the plugin reports no version", fix="")
+        raise type(first)(
+            f"{first.reason}. The probe entry {reg.name} {PROBE_VERSION} it stored could not be "
             f"removed ({exc.reason})",
-            fix=f"{error.fix}; remove the probe: `vault plugin deregister -version={PROBE_VERSION} "
-                f"{reg.plugin_type} {reg.name}`") from exc
-    raise error
+            fix=f"{first.fix}; remove the probe: `vault plugin deregister -version={PROBE_VERSION} "
+                f"{reg.plugin_type} {reg.name}`".lstrip("; ")) from exc
+    if error is not None:
+        raise error
+    return ""
+
+
+def _token_is_invalid(client) -> bool:
+    """A 403 has two causes the server words alike (``permission denied``): a token that is not
+    valid at all, or one whose policy lacks the path. ``auth/token/lookup-self``, which every
+    token's default policy allows, tells them apart."""
+    try:
+        call("looking the token up", "GET", "auth/token/lookup-self",
+             lambda: client.adapter.get("/v1/auth/token/lookup-self"))
+    except VaultPermissionError:
+        return True
+    except VaultOpsError:
+        return False
+    return False
+
+
+def trial_mount(client, reg: Registration, server: ServerInfo, namespace: str = "") -> None:
+    """Make the server run the stored probe entry: enable it at :data:`TRIAL_MOUNT`, then
+    disable that again. Enabling a secret or auth plugin starts it on the server (and a
+    failure comes back with the server's reason), which the catalog write alone never says.
+    Database plugins have no mount: nothing is run, and doctor on the node has the last word."""
+    if reg.plugin_type == "database":
+        return
+    trial = replace(reg, mount_path=TRIAL_MOUNT.format(name=reg.name),
+                    description="vault-plugin-shim register: trial of an unversioned plugin (removed again)")
+    target = _in(namespace, f"{trial.mounts_path}/{trial.mount_path}")
+    node = _where_to_look(client)
+    try:
+        enable_mount(client, trial, PROBE_VERSION, server, namespace)
+    except (MountStepError, MountConflictError) as exc:
+        if "already in use" in exc.reason:
+            raise MountConflictError(
+                f"{trial.mount_path}/ is already mounted (left by an interrupted register?): {exc.reason}",
+                fix=f"disable it (`vault secrets disable {trial.mount_path}`) and run register again") from None
+        raise _did_not_run(reg, server, node, _server_answer(exc.reason), exc.fix) from None
+    except VaultPermissionError as exc:
+        raise VaultPermissionError(
+            f"the plugin reported no version, or the launcher did not run; to tell which, register "
+            f"enables it once at {trial.mount_path}/ and disables it again, and that failed: {exc.reason}",
+            fix=f"grant {_trial_policy(trial)} (build/k8s/register-policy.hcl has it)") from None
+    call(f"disabling the trial mount {trial.mount_path}/", "DELETE", target,
+         lambda: client.adapter.delete(f"/v1/{target}"),
+         fixes={403: f"grant {_trial_policy(trial)}, and disable {trial.mount_path}/ by hand"})
+
+
+def _trial_policy(trial: Registration) -> str:
+    return (f'path "{trial.mounts_path}/{trial.mount_path}" '
+            '{ capabilities = ["create", "update", "delete", "sudo"] }')
 
 
 class _Reported(Exception):
@@ -541,6 +665,32 @@ def _read_entry(client, reg: Registration, version: str) -> CatalogEntry | None:
         return None
     data = resp.get("data") if isinstance(resp, dict) else None
     return CatalogEntry.from_api(data) if isinstance(data, dict) else None
+
+
+def _entries_of(client, reg: Registration) -> list[CatalogEntry]:
+    """Every catalog entry of ``reg``'s type and name, at any version (the probe's aside)."""
+    listing = call("listing the plugin catalog", "GET", "sys/plugins/catalog",
+                   lambda: client.adapter.get("/v1/sys/plugins/catalog"),
+                   fixes={403: 'the token needs read on the catalog listing: path "sys/plugins/catalog" '
+                               '{ capabilities = ["read"] }'})
+    data = listing.get("data") if isinstance(listing, dict) else None
+    detailed = (data or {}).get("detailed") or []
+    versions = sorted({d.get("version") or "" for d in detailed
+                       if isinstance(d, dict) and d.get("type") == reg.plugin_type and d.get("name") == reg.name
+                       and not d.get("builtin") and d.get("version") != PROBE_VERSION})
+    return [e for e in (_read_entry(client, reg, v) for v in versions) if e is not None]
+
+
+def catalog_entries(client, plugin_type: str, name: str) -> list[CatalogEntry]:
+    """Every catalog entry of (type, name), at any version: what ``doctor --catalog`` compares
+    a node's launcher with."""
+    reg = Registration(plugin_type=plugin_type, name=name, command="x", sha256="0" * 64)
+    original = getattr(client.adapter, "namespace", None)
+    client.adapter.namespace = None   # the catalog exists only in the root namespace
+    try:
+        return _entries_of(client, reg)
+    finally:
+        client.adapter.namespace = original
 
 
 def _in(namespace: str, path: str) -> str:
@@ -610,6 +760,13 @@ def apply(client, reg: Registration, *, force: bool = False) -> RegisterResult:
     client.adapter.namespace = None
     try:
         return _apply(client, reg, force, (original or "").strip("/"))
+    except VaultPermissionError as exc:
+        if not _token_is_invalid(client):
+            raise
+        raise VaultPermissionError(
+            f"{exc.reason}: the token itself is not valid (expired, revoked, mistyped, or from another "
+            f"server: auth/token/lookup-self, which the default policy allows, is refused too)",
+            fix="log in again (`vault login`) or set VAULT_TOKEN (BAO_TOKEN) to a current token") from None
     finally:
         client.adapter.namespace = original
 
@@ -633,32 +790,47 @@ def _apply(client, reg: Registration, force: bool, namespace: str) -> RegisterRe
                 f"{reg.mount_path}/ is already enabled with type {existing.get('type')!r}, not {reg.name!r}",
                 fix=f"pick another --mount path, or disable {reg.mount_path}/ first if it is unused")
 
-    reported = probe_version(client, reg, server)
+    reported = probe_version(client, reg, server, namespace)
     result.reported_version = reported
-    if not reported.startswith("v"):
+    if reported and not reported.startswith("v"):
         raise _bare_version(reg, reported, server)
+    if not reported and reg.version:
+        raise UnversionedPluginError(
+            f"the plugin that the launcher started on the active node reports no version, so "
+            f"--version {reg.version} would name an entry the plugin contradicts; nothing was written",
+            fix="leave --version out: an unversioned entry is registered, and mounts of it need no "
+                "-plugin-version")
+    if not reported and reg.pin:
+        raise UnversionedPluginError(
+            "--pin: the plugin reports no version, and a pin or a tune names a version; nothing was written",
+            fix="leave --pin out: mounts without -plugin-version run the unversioned entry")
     if reg.version and reported != reg.version:
         raise PluginVersionMismatchError(reg.name, reported, reg.version)
     version = result.version = reg.version or reported
 
-    before = _read_entry(client, reg, version)
     ours = CatalogEntry(version, reg.sha256, reg.command, reg.args)
-    if before is not None and (before.sha256, before.command, before.args) != (ours.sha256, ours.command, ours.args):
-        if not force:
-            raise CatalogOwnedError(
-                f"the catalog entry {reg.plugin_type}/{reg.name} {version} names "
-                f"{before.describe()}; this registration would replace it with {ours.describe()}; "
-                f"nothing was written",
-                fix="if this is a deliberate launcher rotation, re-run with --force; if it is a "
-                    "re-run of an old Job or an old image, register the launcher the nodes now run "
-                    "(`vault plugin info " + f"{reg.plugin_type} {reg.name} -version={version}` shows it)")
-        result.replaced = before
+    others = [e for e in _entries_of(client, reg) if not e.same_launcher(ours)]
+    if others and not force:
+        same = next((e for e in others if e.version == version), None)
+        what = (f"replace it with {ours.describe()}" if same is not None else
+                f"add {ours.describe()} as {version or UNVERSIONED} beside them, while mounts of "
+                f"{reg.name} keep running the version they name")
+        raise CatalogOwnedError(
+            f"the catalog entr{'y' if len(others) == 1 else 'ies'} {reg.plugin_type}/{reg.name} "
+            + "; ".join(f"{e.version or UNVERSIONED} names {e.describe()}" for e in others)
+            + f" (another launcher); this registration would {what}; nothing was written",
+            fix="if this is a deliberate launcher rotation, re-run with --force --pin (--pin moves the "
+                "mounts to the new entry); if it is a re-run of an old Job or an old image, register the "
+                "launcher the nodes now run (`vault plugin info " + f"{reg.plugin_type} {reg.name} "
+                f"-version={others[0].version}` shows it)")
+    result.replaced = next((e for e in others if e.version == version), None)
+    result.other_launchers = [e for e in others if e.version != version]
 
     pin_mounts: list[str] = []
     if reg.pin and not server.has_plugin_pins and reg.plugin_type != "database":
         pin_mounts = sorted(p for p, m in _mounts_of(client, reg, namespace).items()
                             if m.get("type") == reg.name and m.get("plugin_version") != version
-                            and p != f"{reg.mount_path}/")
+                            and not (existing is None and p == f"{reg.mount_path}/"))
 
     write = reg.catalog_body()
     write["version"] = version
@@ -689,6 +861,8 @@ def _apply(client, reg: Registration, force: bool, namespace: str) -> RegisterRe
         if reg.mount_path is not None:
             if existing is not None:
                 result.mount = "present"
+                result.mount_version = (version if f"{reg.mount_path}/" in result.tuned
+                                        else existing.get("plugin_version") or "")
             else:
                 enable_mount(client, reg, version, server, namespace)
                 result.mount = "created"
@@ -716,7 +890,7 @@ __all__ = [
     "ApiCall", "BareVersionError", "CatalogEntry", "CatalogOwnedError", "DATABASE_NOTE",
     "LauncherDidNotRunError", "LauncherFileError", "MountConflictError", "MountStepError",
     "PLUGIN_TYPES", "PROBE_VERSION", "PartialRegistrationError", "PluginVersionMismatchError",
-    "RegisterResult", "Registration", "RegistrationError", "apply", "enable_mount", "plan",
+    "RegisterResult", "Registration", "RegistrationError", "UnversionedPluginError", "catalog_entries", "apply", "enable_mount", "plan",
     "probe_version",
     "render_dry_run", "sha256_file",
 ]

@@ -37,11 +37,17 @@ T = TypeVar("T")
 # --- errors --------------------------------------------------------------------------
 
 class VaultOpsError(ShimError):
-    """Base for failures while talking to Vault (or OpenBao)."""
+    """Base for failures while talking to Vault (or OpenBao): the server refused or failed, could
+    not be reached, or holds what stops the operation. The CLI exits 2 for these, as the
+    ``vault`` CLI does for an error of the server; 1 for a local or usage error."""
+
+    exit_status = 2
 
 
 class VaultConfigError(VaultOpsError):
     """The environment does not say how to reach or authenticate to Vault."""
+
+    exit_status = 1
 
 
 class VaultUnreachableError(VaultOpsError):
@@ -81,11 +87,16 @@ def parse_go_bool(value: str, name: str) -> bool:
 
 
 def _get(environ: Mapping[str, str], name: str) -> str | None:
+    return _named(environ, name)[1]
+
+
+def _named(environ: Mapping[str, str], name: str) -> tuple[str, str | None]:
+    """(the variable that gives ``name``, its value): ``VAULT_<name>``, else ``BAO_<name>``."""
     for key in (f"VAULT_{name}", f"BAO_{name}"):
         value = environ.get(key)
         if value:
-            return value
-    return None
+            return key, value
+    return f"VAULT_{name}", None
 
 
 @dataclass(frozen=True)
@@ -105,10 +116,9 @@ class VaultEnv:
         environ = os.environ if environ is None else environ
         addr = (_get(environ, "ADDR") or DEFAULT_ADDR).rstrip("/")
 
-        token, source = _get(environ, "TOKEN"), None
-        if token:
-            source = "VAULT_TOKEN"
-        else:
+        source, token = _named(environ, "TOKEN")
+        if not token:
+            source = None
             base = Path(home) if home is not None else Path(environ.get("HOME") or Path.home())
             token_file = base / TOKEN_FILE
             try:

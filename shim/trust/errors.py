@@ -26,6 +26,10 @@ class KeyPasswordError(TrustError):
     default_fix = "check the password (prompt, or the environment variable named by --password-env)"
 
 
+class KeyMemoryError(TrustError):
+    """Decrypting (or encrypting) a secret key needs more memory than this process may use."""
+
+
 class SignatureFormatError(TrustError):
     """A .minisig file cannot be parsed."""
 
@@ -121,3 +125,11 @@ class NoValidVersionError(TrustError):
     """No candidate in the plugins directory passed every check."""
 
     default_fix = "see the errors logged above for each candidate"
+
+
+class NewerVersionRefusedError(TrustError):
+    """A newer version is present and refused, and the policy says not to fall back past it
+    (``on_refused_newer: refuse``)."""
+
+    default_fix = ("ship the newer release intact (binary, manifest and .minisig from the same release), or "
+                   "remove it if the older version is meant to run")

@@ -26,6 +26,7 @@ from shim._record import Record
 from shim.trust.errors import (
     BadSignatureError,
     KeyFormatError,
+    KeyMemoryError,
     KeyPasswordError,
     LegacySignatureError,
     SignatureFormatError,
@@ -236,7 +237,18 @@ def _scrypt_stream(password: bytes, salt: bytes, opslimit: int, memlimit: int, l
     if n_log2 > 24 or p < 1 or need > MAX_SCRYPT_MEMORY:
         raise KeyFormatError(
             f"scrypt parameters (N=2^{n_log2}, r={r}, p={p}) are outside the supported range", path=path)
-    return hashlib.scrypt(password, salt=salt, n=1 << n_log2, r=r, p=p, maxmem=need + (1 << 20), dklen=length)
+    try:
+        return hashlib.scrypt(password, salt=salt, n=1 << n_log2, r=r, p=p, maxmem=need + (1 << 20), dklen=length)
+    except (MemoryError, ValueError) as exc:  # OpenSSL reports a refused allocation as "malloc failure"
+        if not isinstance(exc, MemoryError) and "malloc" not in str(exc):
+            raise
+        raise KeyMemoryError(
+            f"the secret key is scrypt-encrypted (N=2^{n_log2}, r={r}, as by minisign -G), which needs "
+            f"{need >> 20} MiB of memory to decrypt, and this process could not allocate it (a memory "
+            f"limit: ulimit -v, a container or CI runner limit)", path=path, cause=exc,
+            fix=f"give this step at least {(need >> 20) + 256} MiB; or sign with Vault Transit "
+                f"(--transit-key: the key never leaves Vault); or keep an unencrypted key (keygen "
+                f"--unencrypted) in the CI secret store, as a file that exists only for the sign step") from None
 
 
 def _checksum(key_id: bytes, sk: bytes) -> bytes:

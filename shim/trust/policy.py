@@ -25,12 +25,17 @@ SCHEMA = "vault-plugin-shim/policy/v1"
 MODES = ("exec", "proxy")
 ARG_PREFIX = "--shim-policy="
 MAX_POLICY_BYTES = 64 * 1024
+# What a launcher does when a version newer than the one it would run is present and refused
+# (tampered, untrusted key, expired...): run the older valid one and log the refusal at ERROR
+# (the default, which keeps the plugin up), or refuse to start at all.
+ON_REFUSED_NEWER = ("fallback", "refuse")
 
 
 class Policy(Record):
     __slots__ = _fields = ("name", "type", "plugins_dir", "trusted_keys", "min_version", "mode", "max_size",
-                           "source")
-    _defaults = {"min_version": None, "mode": "exec", "max_size": MAX_BINARY_SIZE, "source": "embedded"}
+                           "on_refused_newer", "source")
+    _defaults = {"min_version": None, "mode": "exec", "max_size": MAX_BINARY_SIZE, "on_refused_newer": "fallback",
+                 "source": "embedded"}
     _uncompared = ("source",)
 
     def _validate(self):
@@ -56,6 +61,8 @@ class Policy(Record):
             raise PolicyError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         if not 0 < self.max_size <= MAX_BINARY_SIZE:
             raise PolicyError(f"max_size must be within 1..{MAX_BINARY_SIZE}")
+        if self.on_refused_newer not in ON_REFUSED_NEWER:
+            raise PolicyError(f"on_refused_newer {self.on_refused_newer!r} is not one of {', '.join(ON_REFUSED_NEWER)}")
 
     def resolved(self, launcher_path: str) -> "Policy":
         """A relative plugins_dir is relative to the directory Vault ran the launcher from
@@ -82,6 +89,8 @@ class Policy(Record):
             "mode": self.mode,
             "max_size": self.max_size,
         }
+        if self.on_refused_newer != "fallback":  # absent by default: older launchers' bytes stay the same
+            doc["on_refused_newer"] = self.on_refused_newer
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -96,7 +105,8 @@ class Policy(Record):
             raise PolicyError("policy is not valid JSON", cause=exc) from None
         if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
             raise PolicyError(f"policy schema must be {SCHEMA!r}")
-        allowed = {"schema", "name", "type", "plugins_dir", "trusted_keys", "min_version", "mode", "max_size"}
+        allowed = {"schema", "name", "type", "plugins_dir", "trusted_keys", "min_version", "mode", "max_size",
+                   "on_refused_newer"}
         if set(doc) - allowed:
             raise PolicyError(f"unknown policy field(s): {', '.join(sorted(set(doc) - allowed))}")
         keys = doc.get("trusted_keys")
@@ -114,6 +124,7 @@ class Policy(Record):
                 min_version=None if floor is None else Version.parse(_str(doc, "min_version")),
                 mode=_str(doc, "mode"),
                 max_size=max_size,
+                on_refused_newer=_str(doc, "on_refused_newer") if "on_refused_newer" in doc else "fallback",
                 source=source)
         except (KeyFormatError, UnicodeEncodeError, ValueError) as exc:
             raise PolicyError(f"invalid policy: {exc}") from None

@@ -41,6 +41,7 @@ from shim.trust.policy import Policy
 MANIFEST_SUFFIX = ".manifest.json"
 SIGNATURE_SUFFIX = ".manifest.json.minisig"
 CLOCK_SKEW = 300  # seconds a manifest's issue time may lie in the node's future
+EXPIRY_WARNING = 30 * 86400  # a launch this close to a manifest's expiry warns (and doctor, verify)
 _GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
            "i686": "386", "i386": "386", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x",
            "riscv64": "riscv64"}
@@ -238,17 +239,29 @@ class PluginDir:
         is newer, so both are refused rather than decided by file name.
         """
         checked = [self.check_manifest(c, now) for c in self.candidates()]
-        good = sorted((c for c in checked if c.error is None),
-                      key=lambda c: (c.manifest.version.precedence, c.manifest.issued_at), reverse=True)
+        good = sorted((c for c in checked if c.error is None), key=launch_order, reverse=True)
         for a, b in zip(good, good[1:]):
-            if (a.manifest.version.precedence, a.manifest.issued_at) == (b.manifest.version.precedence,
-                                                                         b.manifest.issued_at):
+            if launch_order(a) == launch_order(b):
                 for c, other in ((a, b), (b, a)):
                     c.error = AmbiguousVersionError(
                         f"version {c.manifest.version} has the same precedence and issue time as "
                         f"{other.binary} ({other.manifest.version}); the launcher cannot tell which is newer",
                         path=c.path)
         return [c for c in good if c.error is None], [c for c in checked if c.error is not None]
+
+
+def launch_order(cand: Candidate) -> tuple:
+    """Sort key of the launch order (highest first): version precedence, then the signed
+    ``issued_at``."""
+    return cand.manifest.version.precedence, cand.manifest.issued_at
+
+
+def expires_soon(manifest: Manifest, now: float, window: float = EXPIRY_WARNING) -> float | None:
+    """Seconds until ``manifest`` expires when that is within ``window`` (a launch then warns);
+    None for a manifest without expiry or further away."""
+    if manifest.expires_at is None or manifest.expires_at - now >= window:
+        return None
+    return manifest.expires_at - now
 
 
 def digest_of(fd: int, size: int) -> str:
@@ -295,6 +308,17 @@ class Selection:
         self.chosen = chosen          # the version that launches, or None
         self.value = value            # what ``accept`` returned for it (e.g. the sealed fd)
         self.candidates = candidates  # all of them, by file name, each with its verdict
+
+    def passed_over(self) -> list[Candidate]:
+        """The refused candidates that would have run before the chosen one: a newer version, or
+        one whose version is unknown (its manifest did not verify, so it cannot be shown to be
+        older). Non-empty means the launcher falls back past a release that was shipped to run
+        (or refuses, if its policy says ``on_refused_newer: refuse``); ``verify`` and ``doctor``
+        fail on it. An older version refused (expired, below the floor) is not passed over."""
+        refused = [c for c in self.candidates if c.error is not None]
+        if self.chosen is None:
+            return refused
+        return [c for c in refused if c.manifest is None or launch_order(c) > launch_order(self.chosen)]
 
     def refusal(self, policy: Policy) -> NoValidVersionError:
         total = len(self.candidates)
