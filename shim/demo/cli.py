@@ -68,14 +68,17 @@ def main(args) -> int:
     return _real(args, settings, rate)
 
 
+ENVIRONMENT_BROKEN = 2   # no bao, no Go, a cluster that cannot start; 1: the shim run had plugin failures
+
+
 def _missing(what: str) -> int:
     print(f"vault-plugin-shim demo: {what}", file=sys.stderr)
     print("Without it, `vault-plugin-shim demo --model` replays the upgrade on a model of Vault.", file=sys.stderr)
-    return 1
+    return ENVIRONMENT_BROKEN
 
 
 def _real(args, settings, rate: float) -> int:
-    from shim.demo import bao, gobuild, render, replay, schedule
+    from shim.demo import bao, cluster, gobuild, render, replay, schedule
 
     try:
         bao.find_bao()
@@ -109,11 +112,12 @@ def _real(args, settings, rate: float) -> int:
         print("vault-plugin-shim demo: interrupted; every node was stopped and its directory removed",
               file=sys.stderr)
         return 130
-    except bao.BaoError as exc:  # a cluster that could not be run as planned: say what, no traceback
+    except bao.BaoError as exc:  # the environment: a cluster that cannot start, a port, a build
         progress.done()
-        print(f"vault-plugin-shim demo: the replay could not go on: {exc}; every node was stopped and its "
-              "directory removed", file=sys.stderr)
-        return 2
+        first = str(exc).splitlines()[0].rstrip(":; ")
+        print(f"vault-plugin-shim demo: the replay could not go on: {first}; every node was stopped and its "
+              f"directory removed (run with {cluster.KEEP_ENV}=1 to keep the nodes' logs)", file=sys.stderr)
+        return ENVIRONMENT_BROKEN
     finally:
         signal.signal(signal.SIGTERM, previous)
     progress.done()

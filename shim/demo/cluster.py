@@ -48,6 +48,7 @@ STABILIZATION = "1s"
 # autopilot looks at the servers every 10 s and 2 s by default: new voters would wait for it
 RAFT_OPTIONS = {"autopilot_reconcile_interval": "1s", "autopilot_update_interval": "500ms"}
 POLL = 0.1
+KEEP_ENV = "VAULT_PLUGIN_SHIM_DEMO_KEEP"     # keep the demo's directories (nodes' logs) for a post-mortem
 CRASH_WAIT = 30.0   # a crashed node the schedule wants as leader: its first restart is at once, the next after 10 s
 # The kubelet's restart back-off (pkg/kubelet: flowcontrol.Backoff, 10 s doubling to 5 min): the
 # first restart after a crash is at once (no back-off entry yet), then 10 s, 20 s, 40 s ... 300 s.
@@ -154,7 +155,7 @@ class Cluster:
         self.bootstrap = size - 1 if bootstrap is None else bootstrap
         self.slow_stop = dict(slow_stop or {})
         self.on_event = on_event
-        self.keep = bool(os.environ.get("VAULT_PLUGIN_SHIM_DEMO_KEEP"))  # for post-mortems
+        self.keep = bool(os.environ.get(KEEP_ENV))  # for post-mortems
         self.t0 = time.monotonic()
         self.events: list[Event] = []
         self._lock = threading.Lock()

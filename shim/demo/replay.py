@@ -610,7 +610,7 @@ def run_demo(settings: sched.Settings, *, rate: float = 50.0, runs=("baseline", 
             raise errors[0]
         return [results[name] for name in runs]
     finally:
-        if not os.environ.get("VAULT_PLUGIN_SHIM_DEMO_KEEP"):
+        if not os.environ.get(cl.KEEP_ENV):
             shutil.rmtree(root, ignore_errors=True)
 
 
