@@ -39,6 +39,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+# The Go modules (SDK plugins, go-plugin current-release peers): fill the module cache from the
+# Go module proxy with the machine's Go (>= the go.mod's go line; Debian's 1.19 is too old).
+.venv/bin/python -m shim.demo.gomod download shim/demo/sdkplugin shim/demo/sdkplugin/vaultsdk tests/gopeer
 # The demo's Go plugin, built once and cached (a cold build compiles gRPC: about a minute).
 .venv/bin/vault-plugin-shim demo --prepare
 echo "install.sh: ready. Try: .venv/bin/vault-plugin-shim demo"

@@ -20,9 +20,17 @@ def go_build(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "gopeer-cache"
     out = tmp_path_factory.mktemp("go-bin")
 
-    class Build:
-        host = staticmethod(lambda: gopeer.build_host(out, cache_dir=cache))
-        plugin = staticmethod(lambda version, mult: gopeer.build_plugin(out, version, mult, cache_dir=cache))
+    def built(make):
+        try:
+            return make()
+        except gopeer.gobuild.GoUnavailable as e:  # the current release needs the machine's Go
+            pytest.fail(str(e), pytrace=False)
+
+    class Build:  # release: "1.0.1" (Debian, GOPATH mode) or "current" (tests/gopeer/go.mod)
+        host = staticmethod(lambda release="1.0.1": built(
+            lambda: gopeer.build_host(out, cache_dir=cache, release=release)))
+        plugin = staticmethod(lambda version, mult, release="1.0.1": built(
+            lambda: gopeer.build_plugin(out, version, mult, cache_dir=cache, release=release)))
 
     return Build
 

@@ -217,12 +217,31 @@ def test_a_compressed_setup_refuses_the_swap():
     assert "compressed" in capture.plan().refusal
 
 
-def test_a_multiplexing_plugin_is_refused():
+def test_a_multiplexed_plugin_replays_every_mount_and_forgets_a_removed_one():
+    """One process, several mounts: each mount's Setup (its own multiplex_id and broker id)
+    and Initialize are replayed in the order the mounts came, MultiplexingSupport is compared,
+    and a mount's Cleanup removes only that mount from the next plan."""
     capture = cap.SetupCapture("secret")
     router = _fresh_router(capture)
     _one_call(router, 1, cap.MULTIPLEXING, b"", b"\x08\x01")
-    _one_call(router, 3, cap.SETUP, _setup_body(2, {}, "u"), b"")
-    assert "several mounts in one process" in capture.plan().refusal
+    sid = 3
+    for broker, key in ((2, "m-a"), (5, "m-b"), (9, "m-c")):
+        mid = (("multiplex_id", key),)
+        _one_call(router, sid, cap.SETUP, _setup_body(broker, {}, f"u-{key}"), b"", extra=mid)
+        _one_call(router, sid + 2, cap.INITIALIZE, b"", b"", extra=mid)
+        sid += 4
+    plan = capture.plan()
+    assert plan.refusal == "" and plan.waiting == ""
+    assert [(c.path, c.key) for c in plan.replay] == [
+        (cap.SETUP, "m-a"), (cap.INITIALIZE, "m-a"), (cap.SETUP, "m-b"), (cap.INITIALIZE, "m-b"),
+        (cap.SETUP, "m-c"), (cap.INITIALIZE, "m-c")]
+    assert plan.broker_ids == [2, 5, 9]
+    assert [c.path for c in plan.compare] == [cap.MULTIPLEXING]
+    _one_call(router, sid, cap.CLEANUP, b"", b"", extra=(("multiplex_id", "m-b"),))
+    plan = capture.plan()
+    assert [(c.path, c.key) for c in plan.replay] == [
+        (cap.SETUP, "m-a"), (cap.INITIALIZE, "m-a"), (cap.SETUP, "m-c"), (cap.INITIALIZE, "m-c")]
+    assert plan.broker_ids == [2, 9]
 
 
 def test_closing_the_connection_ends_its_calls_in_flight():

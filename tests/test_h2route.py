@@ -321,6 +321,49 @@ def test_fail_streams_synthesizes_unavailable_without_touching_vaults_table():
     assert p.router.streams == {}
 
 
+def _held_pair(seen: list) -> Pair:
+    """Vault's broker stream (1) and a finished call (3), then a swap holds the connection."""
+    pair = Pair(from_vault=lambda info: info.rewrite("unix", "/front/" + info.address.rsplit("/", 1)[-1]))
+    pair.open(1, "/plugin.GRPCBroker/StartStream")
+    pair.open(3, "/pb.Backend/HandleRequest", end=True)
+    assert not pair.router.hold_broker(seen.append), "a call is still open"
+    pair.router.receive_child(h.frame(h.HEADERS, h.END_HEADERS | h.END_STREAM, 3, b"\x88"))
+    pair.router.data_to_vault()
+    pair.router.goaway()
+    assert [f.type for f in parse(pair.router.data_to_vault())] == [h.GOAWAY]
+    assert pair.router.hold_broker(seen.append)
+    assert pair.router.data_to_child() == b""
+    return pair
+
+
+def test_a_held_connection_passes_vaults_conninfo_on_and_answers_vault_itself():
+    seen: list = []
+    pair = _held_pair(seen)
+    msg = conninfo_msg(7, "unix", "/vault/broker7.sock")
+    pair.router.receive_vault(h.frame(h.DATA, 0, 1, msg[:9]) + h.frame(h.DATA, 0, 1, msg[9:]))
+    assert seen == [ConnInfo(7, "unix", "/front/broker7.sock")]
+    out = parse(pair.router.data_to_vault())
+    credit = [(f.stream_id, int.from_bytes(f.payload, "big")) for f in out if f.type == h.WINDOW_UPDATE]
+    assert sorted(credit) == [(0, 9), (0, len(msg) - 9), (1, 9), (1, len(msg) - 9)]
+    pair.router.receive_vault(h.frame(h.PING, 0, 0, b"pingpong") + settings_frame(max_frame_size=32768))
+    out = parse(pair.router.data_to_vault())
+    assert [(f.type, f.flags, f.payload) for f in out] == [(h.PING, h.ACK, b"pingpong"), (h.SETTINGS, h.ACK, b"")]
+    assert pair.router.data_to_child() == b""
+
+
+def test_a_held_connection_refuses_new_streams_and_needs_a_broker_stream():
+    seen: list = []
+    pair = _held_pair(seen)
+    pair.router.receive_vault(h.frame(h.HEADERS, h.END_HEADERS, 5, pair.enc.encode(request_headers("/pb.Backend/Type"))))
+    [refused] = parse(pair.router.data_to_vault())
+    assert (refused.type, refused.stream_id, int.from_bytes(refused.payload, "big")) == (h.RST_STREAM, 5, h.REFUSED_STREAM)
+    assert pair.router.data_to_child() == b"" and seen == []
+
+    plain = Pair()
+    plain.open(1, "/plugin.GRPCStdio/StreamStdio")
+    assert not plain.router.hold_broker(seen.append) and plain.router.held is None
+
+
 def test_hpack_integers_follow_rfc7541_examples():
     assert h._hpack_int(10, 5) == b"\x0a"
     assert h._hpack_int(1337, 5) == b"\x1f\x9a\x0a"

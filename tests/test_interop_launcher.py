@@ -1,4 +1,5 @@
-"""Exec mode against HashiCorp's go-plugin (Debian 1.0.1) as host AND plugin.
+"""Exec mode against HashiCorp's go-plugin as host AND plugin: Debian's 1.0.1, and the
+current release (tests/gopeer/go.mod).
 
 The host behaves like Vault: SecureConfig sha256 of the registered file, AutoMTLS, gRPC,
 the backend magic cookie, stderr re-logged at each line's hclog level. The launcher file
@@ -16,11 +17,13 @@ from tests.support import releases as R
 pytestmark = pytest.mark.interop
 
 
-@pytest.fixture(scope="module")
-def peer(go_build, go_host, tmp_path_factory):
+@pytest.fixture(scope="module", params=gopeer.RELEASES, ids=lambda r: f"go-plugin-{r}")
+def peer(go_build, tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("vault")
-    return {"host": go_host, "v0.9": go_build.plugin("0.9.0", 1), "v1": go_build.plugin("1.0.0", 2),
-            "v2": go_build.plugin("2.0.0", 3), "tmp": tmp}
+    release = request.param
+    return {"host": go_build.host(release=release), "v0.9": go_build.plugin("0.9.0", 1, release=release),
+            "v1": go_build.plugin("1.0.0", 2, release=release), "v2": go_build.plugin("2.0.0", 3, release=release),
+            "tmp": tmp}
 
 
 class Node:

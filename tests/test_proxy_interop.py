@@ -1,6 +1,7 @@
-"""Proxy mode end to end: HashiCorp go-plugin 1.0.1 (Debian) as host, a launcher built with
-mode "proxy", and a real plugin behind it (the Go peer, or a Python plugin on our server
-library). The same scenarios run in exec mode where go-plugin 1.0.1 allows it.
+"""Proxy mode end to end: HashiCorp go-plugin as host, a launcher built with mode "proxy",
+and a real plugin behind it (the Go peer, or a Python plugin on our server library). The
+same scenarios run in exec mode where go-plugin allows it. Every test runs with the Go peers
+of go-plugin 1.0.1 (Debian) and of the current release (tests/gopeer/go.mod).
 
 The host behaves like Vault: sha256 of the registered launcher, AutoMTLS, the backend
 cookie, stderr re-logged at each line's hclog level, Kill = Shutdown then SIGKILL.
@@ -26,12 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 MODES = ["proxy", "exec"]
 
 
-@pytest.fixture(scope="module")
-def peer(go_build, go_host, tmp_path_factory):
+@pytest.fixture(scope="module", params=gopeer.RELEASES, ids=lambda r: f"go-plugin-{r}")
+def peer(go_build, tmp_path_factory, request):
     py = tmp_path_factory.mktemp("pyplugin") / "py-plugin"
     py.write_text(f"#!{sys.executable}\n" + PLUGIN_SOURCE)
     py.chmod(0o755)
-    return {"host": go_host, "go": go_build.plugin("1.0.0", 2), "py": py}
+    release = request.param
+    return {"host": go_build.host(release=release), "go": go_build.plugin("1.0.0", 2, release=release), "py": py,
+            "release": release}
 
 
 class Node:
@@ -128,7 +131,7 @@ def test_broker_plugin_dials_an_id_the_host_serves(node):
     it; in exec mode the Go plugin dials Vault's mTLS listener itself and hits go-plugin
     1.0.1's bug (no ServerName under AutoMTLS), exactly as it does when run directly."""
     res = node.host("broker", "plugin-dials")
-    if node.mode == "exec":
+    if node.mode == "exec" and node.peer["release"] == "1.0.1":
         assert not res.ok and gopeer.BROKER_BUG_101 in res.error, res.describe()
         return
     assert res.ok, res.describe()
@@ -139,7 +142,8 @@ def test_broker_plugin_dials_an_id_the_host_serves(node):
 
 def test_broker_plugin_dials_in_exec_mode_with_go_plugin_1_4_4s_fix(go_build, peer, tmp_path):
     """The same plugin built with go-plugin 1.4.4's broker fix (applied to a private copy of
-    1.0.1): in exec mode its own dial of Vault's mTLS listener now works through the launcher."""
+    1.0.1): in exec mode its own dial of Vault's mTLS listener now works through the launcher
+    (under either release's host)."""
     fixed = gopeer.build_plugin(tmp_path / "bin", "1.0.0", 2, broker_fix=True)
     (tmp_path / "node").mkdir()
     n = Node({**peer, "go": fixed}, tmp_path / "node", "exec")

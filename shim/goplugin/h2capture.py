@@ -380,16 +380,6 @@ class SetupCapture:
         mux = calls.get((MULTIPLEXING, ""))
         if mux is None:
             mux = next((c for (p, _), c in calls.items() if p == MULTIPLEXING), None)
-        if mux is not None and mux.reply is not None:
-            try:
-                if multiplexing_supported(mux.reply):
-                    plan.refusal = ("the plugin serves several mounts in one process (it answers "
-                                    "MultiplexingSupport with supported=true); hot swap does not carry "
-                                    "that over")
-                    return plan
-            except WireError as exc:
-                plan.refusal = f"its MultiplexingSupport answer cannot be read ({exc})"
-                return plan
         keys = sorted({key for (_, key) in calls}, key=lambda k: min(c.seq for (p, kk), c in calls.items()
                                                                     if kk == k))
         for key in keys:

@@ -14,7 +14,10 @@ connection to the plugin child. Almost every frame passes byte for byte; the
   UNAVAILABLE status (for a plugin that died), then GOAWAY;
 * for a hot swap, :meth:`Router.goaway` asks Vault to move to a new connection (a graceful
   GOAWAY: nothing is refused), :meth:`Router.open_calls` tells when the calls left have
-  drained, and a tap (:mod:`shim.goplugin.h2capture`) sees the set-up calls' messages.
+  drained, and a tap (:mod:`shim.goplugin.h2capture`) sees the set-up calls' messages;
+  :meth:`Router.hold_broker` then keeps Vault's broker stream after its child is gone
+  (Vault opens it once per plugin client): the router answers Vault on that connection
+  itself and hands Vault's later ConnInfo to a callback.
 
 Nothing here touches a socket: bytes go in with :meth:`Router.receive_vault` /
 :meth:`Router.receive_child`, bytes come out with :meth:`Router.data_to_child` /
@@ -41,7 +44,7 @@ END_HEADERS = 0x4
 PADDED = 0x8
 PRIORITY_FLAG = 0x20
 SETTINGS_HEADER_TABLE_SIZE = 0x1
-NO_ERROR, CANCEL = 0x0, 0x8
+NO_ERROR, REFUSED_STREAM, CANCEL = 0x0, 0x7, 0x8
 
 MAX_FRAME_OUT = 16384            # every peer accepts frames this large (SETTINGS_MAX_FRAME_SIZE floor)
 MAX_BROKER_MESSAGE = 64 << 10    # larger is no ConnInfo: pass it unread rather than hold it
@@ -327,6 +330,7 @@ class Router:
         self.owed_to_child = Withheld()   # filters WINDOW_UPDATEs Vault sends to the child
         self.finished = False
         self._preface_sent = False
+        self.held: Callable | None = None   # hold_broker's callback: no child any more
 
     # output
 
@@ -341,6 +345,9 @@ class Router:
     # Vault -> child
 
     def receive_vault(self, data: bytes) -> None:
+        if self.held is not None:
+            self._receive_held(data)
+            return
         frames = self._vault_in.feed(data)
         out = self._to_child
         if not self._preface_sent and not self._vault_in._preface:
@@ -500,6 +507,59 @@ class Router:
     def _send_goaway(self) -> None:
         self._goaway_held = False
         self._to_vault.append(frame(GOAWAY, 0, 0, LAST_STREAM_ID.to_bytes(4, "big") + NO_ERROR.to_bytes(4, "big")))
+
+    def hold_broker(self, on_conninfo: Callable) -> bool:
+        """A hot swap retires this connection's child, but Vault's broker stream runs here:
+        Vault opens it once per plugin client, so a mount set up later (a multiplexed
+        plugin's) announces its Storage broker id on it. From now on the router is Vault's
+        only peer on this connection: it answers SETTINGS and PING, grants flow-control credit
+        for what Vault sends, refuses new streams (REFUSED_STREAM: gRPC retries them on
+        another connection), and passes each ConnInfo from Vault through ``from_vault`` to
+        ``on_conninfo``. Only after a drain (:meth:`open_calls` is 0) and a GOAWAY. False,
+        and nothing changed, when no broker stream from Vault is open here."""
+        if self.finished or self._child_in_block or self._block is not None or self.open_calls():
+            return False
+        if not any(st.broker is not None for st in self.streams.values()):
+            return False
+        self.held = on_conninfo
+        self._to_child.clear()
+        return True
+
+    def _held_conninfo(self, info):
+        new = self.rewrite_from_vault(info)
+        if new is not None:
+            self.held(new)
+        return None   # nothing is forwarded: there is no child here
+
+    def _receive_held(self, data: bytes) -> None:
+        out = self._to_vault
+        for f in self._vault_in.feed(data):
+            t = f.type
+            if t == DATA:
+                st = self.streams.get(f.stream_id)
+                if st is not None and st.broker is not None and not st.broker[0].passthrough:
+                    for message in st.broker[0].feed(unpadded_payload(DATA, f.flags, f.payload)[0]):
+                        rewrite_conninfo(message, self._held_conninfo)
+                size = len(f.raw) - 9
+                if size:   # consumed at once: give the credit back
+                    out.append(frame(WINDOW_UPDATE, 0, 0, size.to_bytes(4, "big")))
+                    if st is not None and not f.flags & END_STREAM:
+                        out.append(frame(WINDOW_UPDATE, 0, f.stream_id, size.to_bytes(4, "big")))
+                if f.flags & END_STREAM:
+                    self._forget(f.stream_id)
+            elif t == HEADERS:
+                if f.stream_id in self.streams:
+                    if f.flags & END_STREAM:
+                        self._forget(f.stream_id)
+                elif f.stream_id > self.last_stream:
+                    self.last_stream = f.stream_id
+                    out.append(frame(RST_STREAM, 0, f.stream_id, REFUSED_STREAM.to_bytes(4, "big")))
+            elif t == RST_STREAM:
+                self._forget(f.stream_id, reset=True)
+            elif t == PING and not f.flags & ACK:
+                out.append(frame(PING, ACK, 0, f.payload))
+            elif t == SETTINGS and not f.flags & ACK:
+                out.append(frame(SETTINGS, ACK, 0))
 
     @staticmethod
     def _broker_data(f: Frame, splitter: MessageSplitter, rewrite: Callable, out: list[bytes],

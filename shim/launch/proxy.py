@@ -178,7 +178,7 @@ class RoutedConnection:
         connection goes to the generation current now, for its whole life."""
         self.proxy = proxy
         self.gen = proxy.current
-        self.router = Router(from_vault=proxy.bridge.from_vault, from_child=proxy.bridge.from_child,
+        self.router = Router(from_vault=self._from_vault, from_child=proxy.bridge.from_child,
                              on_shutdown=proxy.vault_shutdown,
                              tap=None if proxy.capture is None else proxy.capture.tap())
         self.vault: asyncio.Transport | None = vault
@@ -216,8 +216,19 @@ class RoutedConnection:
         if self.vault is not None:
             self.vault.resume_reading()
 
+    def _from_vault(self, info: ConnInfo) -> ConnInfo | None:
+        """Vault's ConnInfo, bridged. Between a swap's switch and the end of its drain, the
+        broker stream still runs to the old child: the current one must hear it too (a mount
+        enabled in that window sets up there)."""
+        new = self.proxy.bridge.from_vault(info)
+        if new is not None and self.router.held is None and self.gen is not self.proxy.current:
+            self.proxy.vault_conninfo(new)
+        return new
+
     def received(self, from_vault: bool, data: bytes) -> None:
         if self._ending:  # Vault's open calls have their answer already
+            return
+        if not from_vault and self.router.held is not None:  # the retired child's last bytes
             return
         router = self.router
         try:
@@ -246,10 +257,26 @@ class RoutedConnection:
             self.router.goaway()
             self.flush()
 
+    def hold_broker(self) -> bool:
+        """A swap retires this connection's child, but Vault's broker stream runs here (Vault
+        opens it once per plugin client; a multiplexed plugin's later mounts announce their
+        Storage on it): keep the connection to Vault, answered by the router alone, and close
+        the one to the child. False when Vault's broker stream is not here."""
+        if self._ending or not self.router.hold_broker(self.proxy.vault_conninfo):
+            return False
+        child, self.child = self.child, None
+        if child is not None:
+            child.close()
+        if self in self.gen.routed:
+            self.gen.routed.discard(self)
+            self.gen.calls_done += self.router.calls_done
+        self.flush()
+        return True
+
     def lost(self, vault: bool) -> None:
         if vault:
             self.abort()
-        elif not self._ending:
+        elif not self._ending and self.router.held is None:
             spawn(self.finish(), "ending Vault's open calls")
 
     async def finish(self, reason: str | None = None) -> None:
@@ -260,7 +287,8 @@ class RoutedConnection:
         self._ending = True
         if self.child is not None:
             self.child.close()
-        message = reason or await self.proxy.explain(self.gen)
+        # a held broker stream outlived its child: it ends with the current one
+        message = reason or await self.proxy.explain(None if self.router.held is not None else self.gen)
         self.router.fail_streams(message)
         out = self.router.data_to_vault()
         if self.vault is not None and not self.vault.is_closing():
@@ -579,6 +607,17 @@ class Proxy:
         run_in_loop(self._watch_child(gen), timeout=10)
         return gen
 
+    def vault_conninfo(self, info: ConnInfo) -> None:
+        """Vault announced a broker id on the broker stream a swap kept (a mount set up after
+        the swap, already bridged by :class:`BrokerBridge`): pass it to the current child on
+        the broker stream we host for it, as a swap's replay does (loop thread)."""
+        broker = getattr(self.current.child, "broker", None)
+        if broker is None:
+            log.warning("Vault announced broker id %d, but the plugin process has no broker stream of ours; ignored",
+                        info.service_id)
+            return
+        broker.announce(info)
+
     def _late_conninfo(self, info: ConnInfo) -> None:
         log.warning("a swapped-in plugin announced broker id %d; Vault cannot be told after a swap, ignored",
                     info.service_id)
@@ -629,7 +668,7 @@ class Proxy:
             await asyncio.sleep(0.02)
         cut, done = old.calls()
         message = reason if not cut else f"{reason}; the call was still open {timeout:g} s after the switch"
-        conns = list(old.routed)
+        conns = [conn for conn in list(old.routed) if not conn.hold_broker()]
         for conn in conns:
             await conn.finish(message)
         if conns:

@@ -238,6 +238,8 @@ def replay(channel, plan: cap.Plan, *, announce: Callable[[int], None], timeout:
                 raise SwapError(f"the new version did not answer {c.path} within {timeout:g} s") from None
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED and c.path == cap.INITIALIZE:
                 return b""  # as Vault's SDK client: a plugin without Initialize is fine
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED and c.path == cap.MULTIPLEXING:
+                return b""  # as Vault: no multiplexing service means "not supported" (plugin.Serve)
             raise SwapError(f"the new version failed {c.path}: {exc.code().name}: {exc.details()}") from None
 
     for c in plan.replay:

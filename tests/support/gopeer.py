@@ -1,13 +1,20 @@
 """Helpers for the real go-plugin interop peer (tests/gopeer/{host,plugin}).
 
-The peer is built from Debian packages (Go 1.19, HashiCorp go-plugin 1.0.1)
-offline, in GOPATH mode, with CGO disabled (static binaries, no C compiler
-needed).
+The same sources are built against both ends of go-plugin's history, CGO disabled
+(static binaries, no C compiler needed):
+
+* release "1.0.1": Debian packages (HashiCorp go-plugin 1.0.1), offline, in GOPATH mode
+  (shim/demo/gobuild.py);
+* release "current": the go-plugin tests/gopeer/go.mod requires (1.8.0), in module mode
+  with the machine's Go (shim/demo/gomod.py), with `-tags goplugin_current`
+  (plugin/current.go: the test service's methods added after 1.0.1).
 
 API:
     require_go()                       -> None, or RuntimeError naming missing Debian packages
-    build_host(dest_dir, cache_dir=None)                                   -> Path
-    build_plugin(dest_dir, version, multiplier, name=None, cache_dir=None) -> Path
+    RELEASES                           -> ("1.0.1", "current")
+    current_release()                  -> the go-plugin version of release "current" ("1.8.0")
+    build_host(dest_dir, cache_dir=None, release="1.0.1")                                   -> Path
+    build_plugin(dest_dir, version, multiplier, name=None, cache_dir=None, release="1.0.1") -> Path
     run_host(host, plugin_path, *action_args, sha256=None, env=None, timeout=60, ...) -> HostResult
     start_host(host, plugin_path, *action_args, ...)  -> RunningHost  (--hold-stdin runs)
     find_marked_processes("KEY=VALUE") -> list[int]
@@ -70,8 +77,29 @@ def require_go(go: str | None = None, gocode_src: Path | str | None = None) -> N
 
 # ---------------------------------------------------------------- building
 
+RELEASES = ("1.0.1", "current")
+CURRENT_TAG = "goplugin_current"
+
+
+def current_release() -> str:
+    """The go-plugin version tests/gopeer/go.mod requires (release "current")."""
+    import re
+
+    m = re.search(r"^\s*github\.com/hashicorp/go-plugin v(\S+)", (GOPEER_DIR / "go.mod").read_text(), re.M)
+    if m is None:
+        raise RuntimeError(f"{GOPEER_DIR / 'go.mod'} does not require github.com/hashicorp/go-plugin")
+    return m.group(1)
+
+
 def _build(kind: str, src: Path, ldflags: str, dest_dir: Path | str, name: str,
-           cache_dir: Path | str | None, broker_fix: bool = False) -> Path:
+           cache_dir: Path | str | None, broker_fix: bool = False, release: str = "1.0.1") -> Path:
+    if release == "current":
+        from shim.demo import gomod
+
+        return gomod.build(GOPEER_DIR, f"./{src.name}", dest_dir=dest_dir, name=name, ldflags=ldflags,
+                           tags=(CURRENT_TAG,), cache_dir=cache_dir, label=f"gopeer-{kind}-current")
+    if release != "1.0.1":
+        raise ValueError(f"release must be one of {RELEASES}, not {release!r}")
     # Plain Debian go-plugin 1.0.1 by default (the tests show BROKER_BUG_101 with it);
     # broker_fix applies go-plugin 1.4.4's fix to a private copy, as the OpenBao plugins do.
     return gobuild.go_build(kind + ("-fixed" if broker_fix else ""), src, ldflags=ldflags, dest_dir=dest_dir,
@@ -79,22 +107,26 @@ def _build(kind: str, src: Path, ldflags: str, dest_dir: Path | str, name: str,
                             patch_go_plugin=broker_fix)
 
 
-def build_host(dest_dir: Path | str, cache_dir: Path | str | None = None) -> Path:
-    """Build (or fetch from cache) the Go host into dest_dir/gopeer-host."""
-    return _build("host", HOST_SRC, "", dest_dir, "gopeer-host", cache_dir)
+def build_host(dest_dir: Path | str, cache_dir: Path | str | None = None, release: str = "1.0.1") -> Path:
+    """Build (or fetch from cache) the Go host into dest_dir/gopeer-host[-current]."""
+    suffix = "-current" if release == "current" else ""
+    return _build("host", HOST_SRC, "", dest_dir, f"gopeer-host{suffix}", cache_dir, release=release)
 
 
 def build_plugin(dest_dir: Path | str, version: str, multiplier: int, name: str | None = None,
-                 cache_dir: Path | str | None = None, *, broker_fix: bool = False) -> Path:
+                 cache_dir: Path | str | None = None, *, broker_fix: bool = False, release: str = "1.0.1") -> Path:
     """Build the Go plugin with main.version/main.multiplier set at link time."""
     if not isinstance(multiplier, int):
         raise TypeError("multiplier must be an int")
     for ch in " '\"\\":
         if ch in version:
             raise ValueError(f"version must not contain {ch!r}")
+    if broker_fix and release != "1.0.1":
+        raise ValueError("broker_fix patches go-plugin 1.0.1; the current release has the fix")
     ldflags = f"-X main.version={version} -X main.multiplier={multiplier}"
-    return _build("plugin", PLUGIN_SRC, ldflags, dest_dir,
-                  name or f"gopeer-plugin-{version}{'-fixed' if broker_fix else ''}", cache_dir, broker_fix)
+    suffix = "-fixed" if broker_fix else "-current" if release == "current" else ""
+    return _build("plugin", PLUGIN_SRC, ldflags, dest_dir, name or f"gopeer-plugin-{version}{suffix}", cache_dir,
+                  broker_fix, release)
 
 
 def sha256_file(path: Path | str) -> str:
