@@ -42,6 +42,6 @@ fi
 # The Go modules (SDK plugins, go-plugin current-release peers): fill the module cache from the
 # Go module proxy with the machine's Go (>= the go.mod's go line; Debian's 1.19 is too old).
 .venv/bin/python -m shim.demo.gomod download shim/demo/sdkplugin shim/demo/sdkplugin/vaultsdk tests/gopeer
-# The demo's Go plugin, built once and cached (a cold build compiles gRPC: about a minute).
+# The demo's Go plugin (a module on OpenBao's SDK), built once and cached (cold: about 2 minutes).
 .venv/bin/vault-plugin-shim demo --prepare
 echo "install.sh: ready. Try: .venv/bin/vault-plugin-shim demo"

@@ -169,3 +169,22 @@ def test_a_replay_that_cannot_go_on_ends_with_one_line_and_no_traceback(monkeypa
     assert "Traceback" not in err
     [line] = err.splitlines()  # one line
     assert "vault-0 is not a healthy voter within 60 s" in line and "every node was stopped" in line
+
+
+def test_a_plugin_that_cannot_be_built_ends_the_demo_with_one_line(monkeypatch, capsys):
+    """No module proxy, a broken Go cache: the environment, so exit 2 and one line, before and
+    during the replay (the plugin is built while the nodes start)."""
+    from shim import cli
+    from shim.demo import gobuild, gomod, replay
+
+    def failed(*args, **kwargs):
+        raise gobuild.GoBuildError("go build in /x failed (rc=1):\ngo: module lookup disabled by GOPROXY=off")
+
+    monkeypatch.setattr(gomod, "build_sdk_plugin", failed)
+    monkeypatch.setattr(replay, "run_demo", lambda *a, **k: failed())
+    for argv in (["demo", "--prepare"], ["demo"]):
+        assert cli.main(argv) == 2
+        _out, err = capsys.readouterr()
+        [line] = err.splitlines()
+        assert line.startswith("vault-plugin-shim demo: the demo's plugin could not be built: go build in /x failed")
+        assert "GOPROXY=off" in line

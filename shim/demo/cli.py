@@ -78,19 +78,22 @@ def _missing(what: str) -> int:
 
 
 def _real(args, settings, rate: float) -> int:
-    from shim.demo import bao, cluster, gobuild, render, replay, schedule
+    from shim.demo import bao, cluster, gobuild, gomod, render, replay, schedule
 
     try:
         bao.find_bao()
     except bao.BaoMissing as exc:
         return _missing(str(exc))
     try:
-        gobuild.require_go(what="the demo's plugin")
+        gomod.find_go(gomod.SDK_PLUGINS["secret"][0])  # the demo's plugin is a Go module on OpenBao's SDK
     except gobuild.GoUnavailable as exc:
         return _missing(str(exc))
     if args.prepare:
         started = time.monotonic()
-        cache = replay.prepare()
+        try:
+            cache = replay.prepare()
+        except gobuild.GoBuildError as exc:
+            return _build_failed(exc)
         print(f"vault-plugin-shim demo: plugin built and cached in {cache} ({time.monotonic() - started:.0f} s)")
         return 0
     plan = schedule.plan(settings)
@@ -112,7 +115,10 @@ def _real(args, settings, rate: float) -> int:
         print("vault-plugin-shim demo: interrupted; every node was stopped and its directory removed",
               file=sys.stderr)
         return 130
-    except bao.BaoError as exc:  # the environment: a cluster that cannot start, a port, a build
+    except gobuild.GoBuildError as exc:
+        progress.done()
+        return _build_failed(exc)
+    except bao.BaoError as exc:  # the environment: a cluster that cannot start, a port
         progress.done()
         first = str(exc).splitlines()[0].rstrip(":; ")
         print(f"vault-plugin-shim demo: the replay could not go on: {first}; every node was stopped and its "
@@ -140,6 +146,14 @@ def _real(args, settings, rate: float) -> int:
         print("\nFAIL: the shim run had plugin failures", file=sys.stderr)
         return 1
     return 0
+
+
+def _build_failed(exc: Exception) -> int:
+    """The demo's plugin did not build (no module proxy, a broken Go cache): one line, exit 2."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    print(f"vault-plugin-shim demo: the demo's plugin could not be built: {lines[0] if lines else exc}"
+          + (f" ({lines[-1]})" if len(lines) > 1 else ""), file=sys.stderr)
+    return ENVIRONMENT_BROKEN
 
 
 def _interrupt(signum, frame):

@@ -581,12 +581,14 @@ class Cluster:
         return {n.index: n.state for n in self.nodes}
 
 
+_SDK_START = re.compile(r"sdkplugin \S+ v\S+ starting")   # shim/demo/sdkplugin's start-up line
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z \[(\w+)\]\s+(.*)$")
 
 
 def log_events(text: str) -> list[tuple[float, str, str]]:
     """What a node's log says about its plugin: ``(unix time, kind, detail)`` with kind
-    ``launch`` (a plugin process started: its version and pid), ``mount-failed`` (mount set-up
+    ``launch`` (a plugin process started: its version and pid; the demo's SDK plugin and the
+    GOPATH-built test plugins each log one start-up line), ``mount-failed`` (mount set-up
     could not start the plugin: OpenBao's error, multi-line error folded into one line) and
     ``exited`` (a plugin process ended)."""
     out = []
@@ -597,7 +599,7 @@ def log_events(text: str) -> list[tuple[float, str, str]]:
             continue
         when = datetime.datetime.fromisoformat(m.group(1)).replace(tzinfo=datetime.timezone.utc).timestamp()
         msg = m.group(3)
-        if "baoplugin starting:" in msg:
+        if "baoplugin starting:" in msg or _SDK_START.search(msg):
             version = re.search(r"plugin_version=(\S+)", msg)
             pid = re.search(r"\bpid=(\d+)", msg)
             out.append((when, "launch", f"{version.group(1) if version else '?'} pid {pid.group(1) if pid else '?'}"))

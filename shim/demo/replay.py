@@ -1,8 +1,8 @@
 """The rolling upgrade on a real OpenBao cluster, twice: ``baseline`` and ``shim``.
 
 Both runs replay the same :class:`shim.demo.schedule.Plan` on a fresh 3-node Raft cluster
-(:mod:`shim.demo.cluster`), with the demo's Go secrets engine (:mod:`shim.demo.gobuild`)
-mounted at ``demo/``:
+(:mod:`shim.demo.cluster`), with the demo's Go secrets engine (``shim/demo/sdkplugin``, on
+OpenBao's SDK, built by :mod:`shim.demo.gomod`) mounted at ``demo/``:
 
 * **baseline**: the plugin binary is registered directly by its sha256. The mount runs the
   catalog entry ``demo-kv`` ``v1.0.0``. Each new pod's "init container" compares the sha256 of
@@ -216,14 +216,14 @@ class Images:
     ``root/<run>/<version>/`` is copied into a node's plugin_directory."""
 
     def __init__(self, root: Path, cache_dir: Path | None = None):
-        from shim.demo import gobuild
+        from shim.demo import gomod
 
         self.root = Path(root)
         bins = self.root / "bin"
-        with ThreadPoolExecutor(max_workers=2) as pool:  # two go builds at once
-            futures = {v: pool.submit(gobuild.build_bao_plugin, "secret", v, bins, cache_dir=cache_dir,
-                                      name=f"{PLUGIN}-{v}") for v in (OLD, NEW)}
-            self.plugins = {v: f.result() for v, f in futures.items()}
+        # the secrets engine of shim/demo/sdkplugin, on OpenBao's SDK and served as users serve
+        # theirs (plugin.ServeMultiplex); the two versions differ by what they report
+        self.plugins = {v: gomod.build_sdk_plugin("secret", v, bins, multiplex=True, cache_dir=cache_dir,
+                                                  name=f"{PLUGIN}-{v}") for v in (OLD, NEW)}
         keys = self.root / "keys"
         keys.mkdir()
         _cli("keygen", "--unencrypted", "--secret-key", str(keys / "release.key"),

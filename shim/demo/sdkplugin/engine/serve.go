@@ -12,7 +12,7 @@ import (
 // Returns the process's exit status.
 func Serve(kind, version string, multiplexed bool) int {
 	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Trace, Output: os.Stderr, JSONFormat: true})
-	logger.Info(Describe(kind, version, multiplexed))
+	logger.Info(Describe(kind, version, multiplexed), "plugin_version", version, "pid", os.Getpid())
 	opts := &plugin.ServeOpts{BackendFactoryFunc: Factory(kind, version, multiplexed), Logger: logger}
 	serve := plugin.Serve
 	if multiplexed {
