@@ -69,7 +69,12 @@ def test_as_root_it_checks_as_the_vault_user(setup):
     bad = [f for f in by(findings, "plugins-dir") if f.status == "fail"]
     assert bad and "cannot be read by uid 4242" in bad[0].message, render(findings)
     assert by(findings, "vault-user")[0].status == "fail"
+    (verdict,) = by(findings, "next-launch")
+    assert verdict.status == "fail" and "running as uid 4242" in verdict.message, render(findings)
+    assert verdict.subject == str(plugins / "myplugin-1.0.0.manifest.json")
     assert exit_code(diagnose(str(lau), uid=0)) == 0
+    (verdict,) = by(diagnose(str(lau), uid=0), "next-launch")
+    assert verdict.status == "ok", "root's own launch reads it"
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from typing import Sequence
 
 from shim.errors import ShimError
 from shim.trust.manifest import format_time as _iso
-from shim.trust.verify import digest_file
+from shim.trust.verify import SIGNATURE_SUFFIX, digest_file
 
 STATUSES = ("ok", "info", "warn", "fail")
 
@@ -190,8 +190,9 @@ def _groups_of(uid: int) -> set[int]:
     return {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem}
 
 
-def _check_as_vault_user(policy, uid: int, how: str, out: list[Finding]) -> None:
-    """Ownership and readability as Vault sees them (root can read anything; Vault cannot)."""
+def _check_as_vault_user(policy, uid: int, how: str, out: list[Finding]) -> set[str]:
+    """Ownership and readability as Vault sees them (root can read anything; Vault cannot).
+    Returns the paths that uid's launcher could not use."""
     gids = _groups_of(uid)
     bad = []
     for name in [None, *sorted(os.listdir(policy.plugins_dir))]:
@@ -213,6 +214,7 @@ def _check_as_vault_user(policy, uid: int, how: str, out: list[Finding]) -> None
     out.extend(bad)
     out.append(Finding("vault-user", "ok" if not bad else "fail",
                        f"checked as uid {uid}, {how}", subject=policy.plugins_dir))
+    return {f.subject for f in bad}
 
 
 def _memfd_finding(out: list[Finding], tmpdir: str | None, proc: str = "/proc/sys/vm/memfd_noexec") -> None:
@@ -375,7 +377,9 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
                            subject=c.path, details=details,
                            fix="ship the release again as it was signed (binary, manifest and .minisig from the "
                                "same release), or remove it if the older version is meant to run"))
-    _check_as_vault_user(policy, check_uid, how, out)
+    unusable = _check_as_vault_user(policy, check_uid, how, out)
+    blocked = [] if chosen is None else [p for p in (policy.plugins_dir, chosen.path, chosen.manifest_path,
+                                                     chosen.path + SIGNATURE_SUFFIX) if p in unusable]
     _memfd_finding(out, tmpdir if tmpdir is not None else os.environ.get("TMPDIR"))
     if chosen is not None:
         out.append(_memory_finding(policy, chosen))
@@ -390,6 +394,11 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
                           f"the launcher would refuse: no valid version of {policy.name} in {policy.plugins_dir} "
                           "(Vault logs each rejection, then `plugin exited before we could connect`)",
                           fix="ship a signed version that passes the checks above")
+    elif blocked:
+        verdict = Finding("next-launch", "fail",
+                          f"the launcher, running as uid {check_uid} ({how}), could not use {blocked[0]}: it would "
+                          f"refuse version {chosen.manifest.version} (the checks above read as root)",
+                          subject=blocked[0], fix="see the plugins-dir findings above")
     elif passed_over and policy.on_refused_newer == "refuse":
         verdict = Finding("next-launch", "fail",
                           f"the launcher would refuse: a newer version than {chosen.manifest.version} is present "
