@@ -160,3 +160,31 @@ def test_doctor_shows_a_hot_swapping_launchers_pending_and_refused_swaps(setup):
     assert any(f.status == "warn" and "SpecialPaths differ" in f.message for f in swaps), render(findings)
     (interp,) = by(findings, "interpreter")
     assert "watchdog.observers" in interp.message
+    assert by(findings, "next-launch")[0].status == "ok", "a version that needs a reload launches fine"
+
+
+def test_doctor_says_the_next_launch_runs_a_version_hot_swap_refused(setup):
+    """Issue #17 case 1: a refusal lives only in the launcher that refused; the next launch
+    (a crash, a reload, a restart) selects afresh and starts that version. doctor says so."""
+    from shim.launch import swap
+
+    tmp, keys, plugins = setup
+    release(keys, script_plugin(plugins / "myplugin-3.0.0", "three"), version="3.0.0")
+    lau = tmp / "plugins" / "shim"
+    write_launcher(policy(plugins, keys).replace(mode="proxy"), sys.executable, str(lau), hot_swap=True)
+    run_dir = tmp / "vault-tmp"
+    (run_dir / "vps.doctortest").mkdir(parents=True, mode=0o700)
+    board = swap.StatusBoard("myplugin", str(run_dir / "vps.doctortest"))
+    try:
+        board.update(running={"version": "1.0.0", "file": str(plugins / "myplugin-1.0.0")}, watching="inotify",
+                     refused=[{"version": "3.0.0", "file": str(plugins / "myplugin-3.0.0"),
+                               "reason": "it did not answer Setup within 10 s", "level": "error"}])
+        findings = diagnose(str(lau), tmpdir=str(run_dir))
+    finally:
+        board.close()
+    (verdict,) = by(findings, "next-launch")
+    assert verdict.status == "fail" and "which a running launcher's hot swap refused" in verdict.message, \
+        render(findings)
+    assert "did not answer Setup" in verdict.message and "remove that release" in verdict.fix
+    refused = [f for f in by(findings, "hot-swap") if "swap to 3.0.0" in f.message]
+    assert refused and "the plugin's next launch starts it" in refused[0].message

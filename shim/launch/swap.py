@@ -187,6 +187,18 @@ def find_status(plugin: str, tmpdir: str | None = None) -> list[dict]:
     return found
 
 
+# A refusal lives in the refusing launcher only: the next launch selects afresh, and the
+# highest valid version is the one hot swap refused.
+NEXT_LAUNCH_FIX = "remove that release from the plugins directory, or ship a fixed one"
+
+
+def refused_files(states: list[dict]) -> dict[str, str]:
+    """file -> reason of every release a running launcher refused to swap to (not the 'needs a
+    reload' kind, which a launch runs fine)."""
+    return {e["file"]: e.get("reason", "") for st in states for e in st.get("refused", [])
+            if e.get("level") != "warn" and e.get("file")}
+
+
 def describe_status(state: dict) -> list[tuple[str, str]]:
     """(level, text) lines for doctor: ok, info, warn or fail."""
     out = []
@@ -200,7 +212,8 @@ def describe_status(state: dict) -> list[tuple[str, str]]:
     for entry in state.get("refused", []):
         level = "warn" if entry.get("level") == "warn" else "fail"
         out.append((level, f"swap to {entry.get('version')} ({entry.get('file')}) refused: {entry.get('reason')}; "
-                           "not tried again until its files change"))
+                           "not tried again until its files change"
+                           + ("" if level == "warn" else f"; the plugin's next launch starts it ({NEXT_LAUNCH_FIX})")))
     if state.get("no_valid_version"):
         out.append(("fail", f"no valid version is left in the plugins directory: {state['no_valid_version']}; "
                             "the running version keeps serving"))
@@ -417,8 +430,9 @@ class Swapper:
                        f"needs a plugin reload; keeping {self.running.version} running", **fields)
         else:
             hclog.error(f"vault-plugin-shim: cannot swap {self.plugin} to {new.version} ({new.file}): {exc.reason}; "
-                        f"keeping {self.running.version} running; this file is not tried again until it changes",
-                        **fields)
+                        f"keeping {self.running.version} running; this launcher does not try this file again until "
+                        f"it changes, but the plugin's next launch (a crash, a plugin reload, a restart, a "
+                        f"leadership change) starts it", **{"fix": NEXT_LAUNCH_FIX, **fields})
         self.status.update(pending=None, refused=self.memory.entries())
 
     def _swap(self, cand: "Candidate", new: Release, fd: int, how: str, reason: str) -> int | None:

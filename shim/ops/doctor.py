@@ -134,9 +134,9 @@ def _check_interpreter(python: str, flags: list[str], mode: str, out: list[Findi
                                             f"({', '.join(mode_imports(mode, hot_swap))})"))
 
 
-def _hot_swap_findings(name: str, tmpdir: str | None, out: list[Finding]) -> None:
+def _hot_swap_findings(name: str, tmpdir: str | None, out: list[Finding]) -> dict[str, str]:
     """What each running hot-swapping launcher of this plugin reports: the version it runs,
-    a swap pending, and every swap it refused, with why."""
+    a swap pending, and every swap it refused, with why. Returns the refused files (and why)."""
     from shim.launch import swap
 
     states = swap.find_status(name, tmpdir)
@@ -146,6 +146,7 @@ def _hot_swap_findings(name: str, tmpdir: str | None, out: list[Finding]) -> Non
     for state in states:
         for level, text in swap.describe_status(state):
             out.append(Finding("hot-swap", level, text))
+    return swap.refused_files(states)
 
 
 def vault_uid(explicit: int | None) -> tuple[int, str]:
@@ -383,8 +384,10 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
     _memfd_finding(out, tmpdir if tmpdir is not None else os.environ.get("TMPDIR"))
     if chosen is not None:
         out.append(_memory_finding(policy, chosen))
+    refused_by_swap = {}
     if info.hot_swap:
-        _hot_swap_findings(policy.name, tmpdir if tmpdir is not None else os.environ.get("TMPDIR"), out)
+        refused_by_swap = _hot_swap_findings(policy.name, tmpdir if tmpdir is not None else os.environ.get("TMPDIR"),
+                                             out)
 
     if not checksum_ok:
         verdict = Finding("next-launch", "fail", "Vault would refuse the launcher before running it "
@@ -394,6 +397,13 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
                           f"the launcher would refuse: no valid version of {policy.name} in {policy.plugins_dir} "
                           "(Vault logs each rejection, then `plugin exited before we could connect`)",
                           fix="ship a signed version that passes the checks above")
+    elif chosen.path in refused_by_swap:
+        from shim.launch.swap import NEXT_LAUNCH_FIX
+
+        verdict = Finding("next-launch", "fail",
+                          f"the next launch runs {chosen.path} version {chosen.manifest.version}, which a running "
+                          f"launcher's hot swap refused: {refused_by_swap[chosen.path]}",
+                          subject=chosen.path, fix=NEXT_LAUNCH_FIX)
     elif blocked:
         verdict = Finding("next-launch", "fail",
                           f"the launcher, running as uid {check_uid} ({how}), could not use {blocked[0]}: it would "
