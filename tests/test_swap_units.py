@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,40 @@ def test_a_file_replaced_between_verification_and_start_changes_nothing(faults, 
     finally:
         child.terminate()
         os.close(fd)
+
+
+def test_a_release_still_being_copied_in_is_a_warning_in_a_rescan_and_an_error_at_launch(tmp_path, capfd):
+    """Issue #17 case 12: a hot swap's rescan that meets a release whose binary is still being
+    written (shorter than signed, changed a moment ago) says WARN and that the next rescan
+    looks again; a launch, or a release that has not changed for a while, is an ERROR."""
+    from shim.launch import entry
+    from tests.support.releases import new_keys, policy, release, script_plugin
+
+    keys = new_keys()
+    plugins = tmp_path / "versions"
+    plugins.mkdir(mode=0o755)
+    release(keys, script_plugin(plugins / "myplugin-1.0.0", "one"), version="1.0.0")
+    v2 = script_plugin(plugins / "myplugin-2.0.0", "two")
+    release(keys, v2, version="2.0.0")
+    data = v2.read_bytes()
+    v2.write_bytes(data[: len(data) // 2])  # half copied
+    pol = policy(plugins, keys)
+
+    def lines() -> list[dict]:
+        return [json.loads(ln) for ln in capfd.readouterr().err.splitlines() if "rejected candidate" in ln]
+
+    for rescan, level in ((True, "warn"), (False, "error")):
+        cand, fd, _ = entry.select_sealed(pol, time.time(), tmpdir=str(tmp_path), rescan=rescan)
+        os.close(fd)
+        assert str(cand.manifest.version) == "1.0.0"
+        (line,) = lines()
+        assert line["@level"] == level, line
+        assert ("still being copied in" in line["@message"]) == rescan, line
+    old = time.time() - 60
+    os.utime(v2, (old, old))
+    for suffix in (".manifest.json", ".manifest.json.minisig"):
+        os.utime(str(v2) + suffix, (old, old))
+    cand, fd, _ = entry.select_sealed(pol, time.time(), tmpdir=str(tmp_path), rescan=True)
+    os.close(fd)
+    (line,) = lines()
+    assert line["@level"] == "error", "a release that stopped changing and is still wrong is an error"

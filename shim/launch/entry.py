@@ -28,7 +28,7 @@ from shim.launch.errors import LaunchError
 from shim.trust.errors import DigestMismatchError, NewerVersionRefusedError, PolicyError, RejectedError
 from shim.trust.manifest import format_time
 from shim.trust.policy import COOKIES, Policy, split_args
-from shim.trust.verify import Candidate, PluginDir, check_digest, expires_soon, select
+from shim.trust.verify import SIGNATURE_SUFFIX, Candidate, PluginDir, check_digest, expires_soon, select
 
 EXIT_REFUSED = 1
 HAND_RUN_TEXT = """\
@@ -176,14 +176,30 @@ def _main(embedded_policy, argv, env, clock, launcher_path, mode, hot_swap=False
 
 
 MAX_REJECTION_LINES = 10  # per launch; the rest are counted in one line (doctor lists them all)
+STILL_WRITTEN = 10.0      # a hot swap's rescan: files changed this recently may still be being copied in
 QUIET_WHEN_NEWER_RUNS = ("ExpiredError", "RollbackError")
 
 
-def _log_rejections(selection, policy: Policy) -> None:
+def _being_written(cand: Candidate, now: float) -> float | None:
+    """Seconds since the newest change to any of the release's files, if that is within
+    STILL_WRITTEN (a release is copied in as three files, a large binary slowly); else None."""
+    newest = 0.0
+    for path in (cand.path, cand.manifest_path, cand.path + SIGNATURE_SUFFIX):
+        try:
+            newest = max(newest, os.lstat(path).st_mtime)
+        except OSError:
+            continue
+    age = now - newest
+    return age if newest and age < STILL_WRITTEN else None
+
+
+def _log_rejections(selection, policy: Policy, rescan_at: float | None = None) -> None:
     """One line per rejected candidate, at the level it deserves, at most
     ``MAX_REJECTION_LINES`` of them. An older version that is rightly skipped (expired, below
     the floor) while a newer one runs is routine: debug. Anything else that was refused is
-    an error: a tampered or untrusted newer version is exactly what an operator must see."""
+    an error: a tampered or untrusted newer version is exactly what an operator must see.
+    In a hot swap's rescan (``rescan_at``: its wall-clock time) a release whose files changed
+    moments ago is most likely still being copied in: a WARN, and the next rescan looks again."""
     chosen = selection.chosen
     loud = 0
     for cand in selection.candidates:
@@ -193,11 +209,18 @@ def _log_rejections(selection, policy: Policy) -> None:
         older = (chosen is not None and cand.manifest is not None
                  and cand.manifest.version < chosen.manifest.version)
         level = "debug" if older and type(exc).__name__ in QUIET_WHEN_NEWER_RUNS else "warn" if older else "error"
+        note = ""
+        if level == "error" and rescan_at is not None:
+            age = _being_written(cand, rescan_at)
+            if age is not None:
+                level = "warn"
+                note = (f" (its files changed {age:.1f} s ago: still being copied in? the next rescan, once the "
+                        "directory is quiet, looks again)")
         if level != "debug":
             loud += 1
             if loud > MAX_REJECTION_LINES:
                 continue
-        hclog.log(level, f"vault-plugin-shim: rejected candidate {exc.path or cand.path}: {exc.reason}",
+        hclog.log(level, f"vault-plugin-shim: rejected candidate {exc.path or cand.path}: {exc.reason}{note}",
                   candidate=cand.binary, **exc.fields())
     if loud > MAX_REJECTION_LINES:
         hclog.error(f"vault-plugin-shim: {loud - MAX_REJECTION_LINES} more rejected candidates in "
@@ -207,12 +230,13 @@ def _log_rejections(selection, policy: Policy) -> None:
 
 
 def select_sealed(policy: Policy, now: float, *, tmpdir: str | None = None,
-                  skip=None) -> tuple[Candidate, int, str]:
+                  skip=None, rescan: bool = False) -> tuple[Candidate, int, str]:
     """The one selection path of both modes: the highest candidate whose binary, copied
     into a sealed memfd (or the private-copy fallback), hashes to its signed manifest.
     Returns (candidate, fd of the verified copy, how it was made). ``skip(candidate)``
     (hot swap) may return why a candidate is not to be tried (it failed to take over
-    before): it is then rejected with that reason, before its bytes are read."""
+    before): it is then rejected with that reason, before its bytes are read. ``rescan``: a
+    hot swap's look at the directory, where a release still being copied in is expected."""
     from shim.launch import memexec
 
     def seal(pdir: PluginDir, cand: Candidate) -> tuple[int, str]:
@@ -240,7 +264,7 @@ def select_sealed(policy: Policy, now: float, *, tmpdir: str | None = None,
         return fd, how
 
     selection = select(policy, now, seal)
-    _log_rejections(selection, policy)
+    _log_rejections(selection, policy, rescan_at=time.time() if rescan else None)
     if selection.chosen is None:
         raise selection.refusal(policy)
     fd, how = selection.value

@@ -386,7 +386,7 @@ class Swapper:
             self.status.update(watching=self.watcher.mode)
         self.status.update(last_rescan={"at": round(self.clock(), 3), "trigger": reason})
         try:
-            cand, fd, how = select_sealed(self.policy, self.clock(), tmpdir=self.tmpdir, skip=self._skip)
+            cand, fd, how = select_sealed(self.policy, self.clock(), tmpdir=self.tmpdir, skip=self._skip, rescan=True)
         except Diagnostic as exc:
             hclog.error(f"vault-plugin-shim: no valid version of {self.plugin} is left in {self.policy.plugins_dir}; "
                         f"keeping {self.running.version} running", plugin=self.policy.name,
