@@ -1,7 +1,18 @@
 """Memory per plugin process on a real OpenBao (2.7.2 dev server, loopback): direct, exec
-launcher and proxy launcher of the same ~12 MB Go secrets engine, for 1 and for N mounts.
+launcher and proxy launcher of the same ~12 MB Go secrets engine, for 1 and for N mounts; and
+memory per mount of a multiplexed plugin, direct, exec and proxy, for 1 and for N mounts.
 
     python -m benchmarks.bao_memory [--rounds 2] [--mounts 10] [--quick]
+
+The multiplexed plugin is the OpenBao-SDK secrets engine (shim/demo/sdkplugin, built by
+shim.demo.gomod with ``plugin.ServeMultiplex``, ~23 MB): OpenBao starts one plugin process for
+every mount of a catalog entry, so through a proxy launcher one launcher (and its one child)
+serves all N mounts. Its three targets are added to the same image directory under names of
+their own (``benchmux-*``, versions in ``versions-mux/``) and measured in the same run, the
+same way, interleaved with the three above; their ratios are against the direct registration
+of that same multiplexed plugin. For them the numbers are per *mount* (the server's growth, or
+the plugin trees' total, divided by the mounts); for the one-process-per-mount targets above,
+per process and per mount are the same thing.
 
 Two accountings, both printed:
 
@@ -29,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -39,9 +51,65 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import baostage as S  # noqa: E402
+from shim.demo import gomod  # noqa: E402
 from shim.demo.bao import descendants  # noqa: E402
 
 MB = 1024 * 1024
+MUX_NAME = "benchmux"            # the multiplexed plugin's name in its manifest and launchers' policies
+MUX_VERSIONS = "versions-mux"    # its launchers' (relative) plugins dir, beside the image's versions/
+MUX = {t: f"mux_{t}" for t in S.TARGETS}   # target -> result key of the multiplexed plugin's target
+
+
+class MuxStage:
+    """The multiplexed SDK secrets engine, registered directly and through an exec and a proxy
+    launcher, its files added to ``image``'s directory (the server's plugin_directory)."""
+
+    def __init__(self, image: S.Image):
+        work = image.root / "mux-work"
+        work.mkdir()
+        versions = image.dir / MUX_VERSIONS
+        versions.mkdir(mode=0o755)
+        built = gomod.build_sdk_plugin("secret", S.VERSION, work / "bin", multiplex=True)
+        binary = versions / f"{MUX_NAME}-{S.VERSION}"
+        shutil.copyfile(built, binary)
+        binary.chmod(0o755)
+        self.commands = {"direct": f"{MUX_NAME}-direct", "exec": f"{MUX_NAME}-exec-launcher",
+                         "proxy": f"{MUX_NAME}-proxy-launcher"}
+        self.catalog = {t: f"{MUX_NAME}-{t}" for t in S.TARGETS}
+        shutil.copyfile(binary, image.dir / self.commands["direct"])
+        (image.dir / self.commands["direct"]).chmod(0o755)
+        sk, pk = work / "key.sk", work / "key.pub"
+        S._cli("keygen", "--secret-key", sk, "--public-key", pk, "--unencrypted", cwd=work)
+        S._cli("sign", binary, "--secret-key", sk, "--name", MUX_NAME, "--type", "secret",
+               "--version", S.VERSION, cwd=work)
+        for mode in ("exec", "proxy"):
+            S._cli("launcher", "build", "--trusted-key", pk, "--name", MUX_NAME, "--type", "secret",
+                   "--plugins-dir", MUX_VERSIONS, "--mode", mode, "--output", image.dir / self.commands[mode],
+                   cwd=work)
+        self.binary = binary
+        self.size = binary.stat().st_size
+        self.files = {t: image.dir / self.commands[t] for t in S.TARGETS}
+        self.sha256 = {t: S.sha256_file(f) for t, f in self.files.items()}
+
+    def register(self, client: S.Client) -> None:
+        for t in S.TARGETS:
+            client.ok("PUT", f"sys/plugins/catalog/secret/{self.catalog[t]}",
+                      {"sha256": self.sha256[t], "command": self.commands[t], "version": f"v{S.VERSION}"})
+
+
+_MUX: dict[Path, MuxStage] = {}
+
+
+def mux_stage(image: S.Image) -> MuxStage:
+    """One per image (its files are added once; the image is shared by the run's benchmarks)."""
+    if image.dir not in _MUX:
+        _MUX[image.dir] = MuxStage(image)
+    return _MUX[image.dir]
+
+
+def mount(client: S.Client, catalog: str, path: str) -> None:
+    """As baostage.mount, by catalog name."""
+    client.ok("POST", f"sys/mounts/{path}", {"type": catalog, "config": {"plugin_version": f"v{S.VERSION}"}})
 
 
 class Cgroup:
@@ -189,7 +257,15 @@ def proc_view(server) -> dict[str, float]:
     view["memfd_copies"] = len(memfds)
     view["anon+memfd"] = view.get("RssAnon", 0) + view.get("memfd", 0)
     view["processes"] = len(kids)
+    view["tree_processes"] = sum(1 + len(descendants(kid)) for kid in kids)
     return view
+
+
+def per_mount(view: dict[str, float], mounts: int) -> dict[str, float]:
+    """``proc_view``'s per-process means as per-mount shares (the trees' total / mounts)."""
+    scale = view.get("processes", 0) / mounts
+    return {k: (v if k in ("processes", "tree_processes", "memfd_copies") else v * scale)
+            for k, v in view.items()}
 
 
 def _parent(pid: int) -> int:
@@ -217,11 +293,14 @@ def measure(rounds: int = 2, mounts: int = 10, quick: bool = False) -> dict:
     if quick:
         rounds, mounts = 1, 3
     cg = Cgroup("memory")
-    samples: dict[str, list[dict]] = {t: [] for t in S.TARGETS}
+    keys = [*S.TARGETS, *MUX.values()]
+    samples: dict[str, list[dict]] = {k: [] for k in keys}
     try:
         with tempfile.TemporaryDirectory(prefix="vps-bm-") as tmp:
             tmp = Path(tmp)
             image = S.shared_image()
+            mux = mux_stage(image)
+            catalog = {**S.CATALOG, **{MUX[t]: mux.catalog[t] for t in S.TARGETS}}
             server = S.dev_server(tmp / "bao", image)
             server.start()
             try:
@@ -229,24 +308,30 @@ def measure(rounds: int = 2, mounts: int = 10, quick: bool = False) -> dict:
                     cg.add(server.pid)  # its plugins are born in the cgroup
                 client = S.Client(server.addr, server.token)
                 S.register(client, image)
-                files = [image.binary, *image.files.values()]
+                mux.register(client)
+                files = [image.binary, *image.files.values(), mux.binary, *mux.files.values()]
                 for r in range(rounds):
-                    for t in S.TARGETS:
+                    for t in keys:
                         S.wait_plugins_gone(server)
                         drop_cache(files)
                         read = cg.usage if cg.path is not None else (lambda: {"charged": 0})
                         base = settle(read)
-                        paths = [f"mm-{t}-{r}-{i}" for i in range(mounts)]
-                        S.mount(client, t, paths[0])
+                        paths = [f"mm-{t.replace('_', '-')}-{r}-{i}" for i in range(mounts)]
+                        mount(client, catalog[t], paths[0])
                         S.first_read(client, paths[0])
                         one = settle(read)
                         proc_one = proc_view(server)
                         for p in paths[1:]:
-                            S.mount(client, t, p)
+                            mount(client, catalog[t], p)
                         for p in paths[1:]:
                             S.first_read(client, p)
                         many = settle(read)
                         proc_many = proc_view(server)
+                        if t not in S.TARGETS:  # multiplexed: per mount, not per (the one) process
+                            if proc_many["processes"] != 1:
+                                raise S.StageError(f"{catalog[t]}: OpenBao ran {proc_many['processes']} plugin "
+                                                   f"processes for {mounts} mounts of a multiplexed plugin, not 1")
+                            proc_one, proc_many = per_mount(proc_one, 1), per_mount(proc_many, mounts)
                         samples[t].append({"base": base, "one": one, "many": many,
                                            "proc_one": proc_one, "proc_many": proc_many})
                         for p in paths:
@@ -260,10 +345,10 @@ def measure(rounds: int = 2, mounts: int = 10, quick: bool = False) -> dict:
                 raise S.StageError(f"processes left by the benchmark's OpenBao server: {left}")
     finally:
         cg.close()
-    out = {"rounds": rounds, "mounts": mounts, "plugin_mb": image.size / 1e6,
+    out = {"rounds": rounds, "mounts": mounts, "plugin_mb": image.size / 1e6, "mux_plugin_mb": mux.size / 1e6,
            "accounting": f"cgroup v{cg.version}" if cg.path is not None else "/proc",
            "why_no_cgroup": cg.why_not}
-    for t in S.TARGETS:
+    for t in keys:
         if cg.path is not None:
             for key in ("charged", "unreclaimable", "shmem"):
                 out[f"{t}_one_{key}_mb"] = S.median([(s["one"][key] - s["base"][key]) / MB for s in samples[t]])
@@ -273,6 +358,8 @@ def measure(rounds: int = 2, mounts: int = 10, quick: bool = False) -> dict:
                     "anon:plugin"):
             out[f"{t}_proc_one_{key}_mb"] = S.median([s["proc_one"].get(key, 0) / MB for s in samples[t]])
             out[f"{t}_proc_many_{key}_mb"] = S.median([s["proc_many"].get(key, 0) / MB for s in samples[t]])
+        for key in ("processes", "tree_processes", "memfd_copies"):
+            out[f"{t}_proc_many_{key}"] = max(s["proc_many"].get(key, 0) for s in samples[t])
     return out
 
 
@@ -290,6 +377,17 @@ def rows(r: dict) -> list[tuple[str, str, str, str]]:
                         {t: r[f"{t}_proc_one_anon+memfd_mb"] for t in S.TARGETS})
     out += S.ratio_rows(f"OpenBao memory per plugin process, {n} mounts, /proc RssAnon + memfd", "MB",
                         {t: r[f"{t}_proc_many_anon+memfd_mb"] for t in S.TARGETS})
+    mux = "OpenBao memory per mount, multiplexed SDK plugin"   # against its own direct registration
+    if r["accounting"].startswith("cgroup"):
+        for key, what in (("charged", "charged"), ("unreclaimable", "unreclaimable (anon + shmem)")):
+            out += S.ratio_rows(f"{mux}, 1 mount, {acct} {what}", "MB",
+                                {t: r[f"{MUX[t]}_one_{key}_mb"] for t in S.TARGETS})
+            out += S.ratio_rows(f"{mux}, {n} mounts, {acct} {what}", "MB",
+                                {t: r[f"{MUX[t]}_many_{key}_mb"] for t in S.TARGETS})
+    out += S.ratio_rows(f"{mux}, 1 mount, /proc RssAnon + memfd", "MB",
+                        {t: r[f"{MUX[t]}_proc_one_anon+memfd_mb"] for t in S.TARGETS})
+    out += S.ratio_rows(f"{mux}, {n} mounts, /proc RssAnon + memfd", "MB",
+                        {t: r[f"{MUX[t]}_proc_many_anon+memfd_mb"] for t in S.TARGETS})
     return out
 
 
@@ -303,9 +401,10 @@ def main(argv=None) -> int:
     for row in rows(res):
         print(" | ".join(row))
     print(f"accounting: {res['accounting']} {res['why_no_cgroup']}")
+    print(f"plugins: {res['plugin_mb']:.1f} MB (one process per mount), {res['mux_plugin_mb']:.1f} MB (multiplexed)")
     for k, v in res.items():
         if "_proc_" in k:
-            print(f"{k}: {v:.2f}")
+            print(f"{k}: {v:.2f}" if isinstance(v, float) else f"{k}: {v}")
     return 0
 
 

@@ -31,7 +31,9 @@ def test_openbao_benchmarks_run_and_report_numbers():
     assert done.returncode == 0, f"benchmarks.run failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-4000:]}"
     rows = [m.groups() for m in map(ROW.match, done.stdout.splitlines()) if m]
     for what in ("mount -> first read", "storage read over HTTP, p50", "storage read over HTTP, p99",
-                 "takeover", "memory per plugin process, 1 mount", "memory per plugin process, 3 mounts"):
+                 "takeover", "memory per plugin process, 1 mount", "memory per plugin process, 3 mounts",
+                 "memory per mount, multiplexed SDK plugin, 1 mount",
+                 "memory per mount, multiplexed SDK plugin, 3 mounts"):
         modes = {mode for mode, label, *_ in rows if label.startswith(what)}
         assert modes == {"exec", "proxy"}, f"no {what!r} rows for both modes in:\n{done.stdout}"
     for mode, label, direct, shim, ratio, _ in rows:
