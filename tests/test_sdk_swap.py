@@ -121,7 +121,7 @@ class MultiLoad:
     ``slow`` that take SLOW_MS each (2 threads), so that calls on every mount are in flight
     when a swap switches processes. Started and stopped together."""
 
-    SLOW_MS = 300
+    SLOW_MS = 1500   # wide enough that a call in flight at the switch ends after v2's first answer, on a busy machine
 
     def __init__(self, server, mounts: list[str], clients: int = 3, slow: bool = True):
         self.loads = {m: S.Load(server.addr, server.token, f"{m}/kv/seed", f"{m}/kv", clients=clients)
@@ -150,14 +150,14 @@ class MultiLoad:
         return sum(len(load.snapshot()) for load in self.loads.values())
 
     def in_flight_across(self, old: str, new: str) -> dict[str, bool]:
-        """Per mount: did a slow call answered by ``old`` end after ``new`` had answered there
-        (a call in flight on the old process when the switch happened, finished there)?"""
-        out = {}
-        for m, load in self.loads.items():
-            switched = load.first(lambda v: v == new)
-            out[m] = switched is not None and any(
-                s.served_by == old and s.end > switched for s in self.slow[m].snapshot())
-        return out
+        """Per mount: did a slow call answered by ``old`` end after ``new`` had first answered
+        (a call in flight on the old process when the switch happened, finished there)? One
+        process serves every mount, so the switch is one moment for all of them: the first
+        answer by ``new`` on any mount."""
+        firsts = [t for load in self.loads.values() if (t := load.first(lambda v: v == new)) is not None]
+        switched = min(firsts) if firsts else None
+        return {m: switched is not None and any(s.served_by == old and s.end > switched for s in slow.snapshot())
+                for m, slow in self.slow.items()}
 
 
 def _seed(server, mount: str, version: str) -> None:

@@ -253,6 +253,12 @@ def test_a_release_still_being_copied_in_is_a_warning_in_a_rescan_and_an_error_a
         (line,) = lines()
         assert line["@level"] == level, line
         assert ("still being copied in" in line["@message"]) == rescan, line
+    v2.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # the signed size, other bytes: tampered, not growing
+    cand, fd, _ = entry.select_sealed(pol, time.time(), tmpdir=str(tmp_path), rescan=True)
+    os.close(fd)
+    (line,) = lines()
+    assert line["@level"] == "error" and "still being copied" not in line["@message"], line
+    v2.write_bytes(data[: len(data) // 2])
     old = time.time() - 60
     os.utime(v2, (old, old))
     for suffix in (".manifest.json", ".manifest.json.minisig"):

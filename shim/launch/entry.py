@@ -181,8 +181,15 @@ QUIET_WHEN_NEWER_RUNS = ("ExpiredError", "RollbackError")
 
 
 def _being_written(cand: Candidate, now: float) -> float | None:
-    """Seconds since the newest change to any of the release's files, if that is within
-    STILL_WRITTEN (a release is copied in as three files, a large binary slowly); else None."""
+    """For a binary shorter than its signed size (a release is copied in as three files, a
+    large binary slowly): seconds since the newest change to any of its files, if that is
+    within STILL_WRITTEN; else None. A binary of the signed size or longer with other bytes
+    is not being written: it is wrong."""
+    try:
+        if cand.manifest is None or os.lstat(cand.path).st_size >= cand.manifest.size:
+            return None
+    except OSError:
+        return None
     newest = 0.0
     for path in (cand.path, cand.manifest_path, cand.path + SIGNATURE_SUFFIX):
         try:
@@ -198,8 +205,9 @@ def _log_rejections(selection, policy: Policy, rescan_at: float | None = None) -
     ``MAX_REJECTION_LINES`` of them. An older version that is rightly skipped (expired, below
     the floor) while a newer one runs is routine: debug. Anything else that was refused is
     an error: a tampered or untrusted newer version is exactly what an operator must see.
-    In a hot swap's rescan (``rescan_at``: its wall-clock time) a release whose files changed
-    moments ago is most likely still being copied in: a WARN, and the next rescan looks again."""
+    In a hot swap's rescan (``rescan_at``: its wall-clock time) a binary shorter than signed
+    whose files changed moments ago is most likely still being copied in: a WARN, and the next
+    rescan looks again."""
     chosen = selection.chosen
     loud = 0
     for cand in selection.candidates:
