@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Rebuild the static launcher stubs from shim/launch/stubs/stub.c, reproducibly.
+# Rebuild the static launcher stubs from shim/launch/stubs/stub.c, and the native exec-mode
+# launchers from shim/launch/stubs/native/ (linked with libsodium, built for musl by
+# build/build_libsodium.sh, which fetches its pinned source once and caches the builds),
+# reproducibly.
 #   bash build/build_stubs.sh           rebuild shim/launch/stubs/launcher-linux-{amd64,arm64}
+#                                       and launcher-native-linux-{amd64,arm64}
 #   bash build/build_stubs.sh --check   rebuild into a temp dir; fail if any byte differs
 #                                       from the committed stubs (CI runs this)
 #   bash build/build_stubs.sh --symbols DIR   build copies that keep their symbol tables into
@@ -55,6 +59,12 @@ elif [ -n "$symbols" ]; then
   STRIP=()
 fi
 
+# The native launchers: the verifier's sources and its main, nothing else (not nv_explain.c,
+# a test program). One section per function, and --gc-sections: only what is called stays.
+NATIVE=shim/launch/stubs/native
+NATIVE_SOURCES=(nv_text.c nv_minisign.c nv_manifest.c nv_policy.c nv_select.c nv_hclog.c nv_launcher.c)
+bash build/build_libsodium.sh >/dev/null
+
 for entry in "${TOOLS[@]}"; do
   read -r arch cc objcopy musl_lib packages <<<"$entry"
   if ! command -v "$cc" >/dev/null || ! command -v "$objcopy" >/dev/null \
@@ -70,15 +80,24 @@ for entry in "${TOOLS[@]}"; do
   "${CLEAN_ENV[@]}" "$objcopy" --remove-section=.comment "$out_dir/$name.tmp"
   chmod 0755 "$out_dir/$name.tmp"
   mv "$out_dir/$name.tmp" "$out_dir/$name"
+
+  sodium="$(bash build/build_libsodium.sh --prefix "$arch")"
+  name="launcher-native-linux-$arch"
+  "${CLEAN_ENV[@]}" "$cc" -specs "$musl_lib/musl-gcc.specs" "${CFLAGS[@]}" -ffunction-sections -fdata-sections \
+    -I"$sodium/include" "${LDFLAGS[@]}" -Wl,--gc-sections ${STRIP[@]+"${STRIP[@]}"} -o "$out_dir/$name.tmp" \
+    "${NATIVE_SOURCES[@]/#/$NATIVE/}" "$sodium/lib/libsodium.a"
+  "${CLEAN_ENV[@]}" "$objcopy" --remove-section=.comment "$out_dir/$name.tmp"
+  chmod 0755 "$out_dir/$name.tmp"
+  mv "$out_dir/$name.tmp" "$out_dir/$name"
 done
 
 if [ "$check" -eq 1 ]; then
   status=0
-  for built in "$out_dir"/launcher-linux-*; do
+  for built in "$out_dir"/launcher-linux-* "$out_dir"/launcher-native-linux-*; do
     name="$(basename "$built")"
     if ! cmp -s "$built" "$STUBS/$name"; then
       echo "build_stubs.sh: $STUBS/$name differs from a rebuild of stub.c" \
-           "(sha256 committed $(sha256sum < "$STUBS/$name" 2>/dev/null | cut -c1-16 || echo none)," \
+           "(sha256 committed $( (sha256sum < "$STUBS/$name" || echo none) 2>/dev/null | cut -c1-16)," \
            "rebuilt $(sha256sum < "$built" | cut -c1-16)); run bash build/build_stubs.sh and commit" >&2
       status=1
     else
@@ -87,6 +106,6 @@ if [ "$check" -eq 1 ]; then
   done
   exit "$status"
 fi
-for f in "$out_dir"/launcher-linux-*; do
+for f in "$out_dir"/launcher-linux-* "$out_dir"/launcher-native-linux-*; do
   echo "build_stubs.sh: wrote $f ($(stat -c %s "$f") bytes, sha256 $(sha256sum < "$f" | cut -c1-64))"
 done

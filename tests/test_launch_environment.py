@@ -5,7 +5,7 @@ the host, the Go peer as the plugin, a launcher built as `launcher build` builds
   run no code in the launcher: the static stub ignores them and starts the interpreter with
   a fixed environment. The signed version still runs and answers.
 * The plugin gets exactly the environment the host gave the launcher, byte for byte and in
-  order: in exec mode all of it; in proxy mode all of it but the documented handful the
+  order: in exec mode (Python or native launcher) all of it; in proxy mode all of it but the documented handful the
   proxy owns (the child talks plaintext to the launcher on a private socket directory).
 """
 
@@ -22,7 +22,7 @@ from tests.support import gopeer
 from tests.support import releases as R
 from tests.test_stub import evil  # noqa: F401  (the hostile-library fixture)
 
-MODES = ["exec", "proxy"]
+MODES = ["exec", "proxy", "native"]   # native: the static exec-mode launcher, no interpreter
 PROXY_OWNED = {b"PLUGIN_CLIENT_CERT", b"PLUGIN_UNIX_SOCKET_DIR", b"PLUGIN_UNIX_SOCKET_GROUP",
                b"PLUGIN_MULTIPLEX_GRPC", b"TMPDIR"}
 ODD = [b"SHIM_TEST_ODD=caf\xc3\xa9 \xff\xfe tab\tend", b"SHIM_TEST_EMPTY=", b"SHIM_TEST_EQ==a=b="]
@@ -40,8 +40,14 @@ class Node:
         versions.mkdir(mode=0o755)
         (tmp / "vault-plugins").mkdir()
         keys = R.new_keys()
-        self.launcher = R.launcher(tmp / "vault-plugins", R.policy(versions, keys).replace(mode=mode),
-                                   name="myplugin-shim")
+        if mode == "native":
+            from shim.launch.build import write_launcher
+
+            self.launcher = tmp / "vault-plugins" / "myplugin-shim"
+            write_launcher(R.policy(versions, keys), None, str(self.launcher), native=True)
+        else:
+            self.launcher = R.launcher(tmp / "vault-plugins", R.policy(versions, keys).replace(mode=mode),
+                                       name="myplugin-shim")
         dst = versions / "myplugin-1.0.0"
         shutil.copy(plugin, dst)
         dst.chmod(0o755)
@@ -110,7 +116,7 @@ def test_the_plugin_gets_the_hosts_environment_byte_for_byte(node, go_host, plug
         return entry.split(b"=", 1)[0]
     # The client certificate is new on every launch; everything else is the host's doing.
     want_ = [e for e in want if key(e) != b"PLUGIN_CLIENT_CERT"]
-    if node.mode == "exec":
+    if node.mode in ("exec", "native"):
         got_ = [e for e in got if key(e) != b"PLUGIN_CLIENT_CERT"]
         assert got_ == want_
         assert sum(key(e) == b"PLUGIN_CLIENT_CERT" for e in got) == 1

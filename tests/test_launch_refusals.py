@@ -2,6 +2,10 @@
 
 Each refusal must: exit non-zero, print nothing on stdout, log an hclog ERROR line that
 names the file, the reason and the fix, and never execute the candidate.
+
+Every test runs twice: against the Python launcher (the stub starting the interpreter) and
+against the native exec-mode launcher (shim/launch/stubs/native/), which must refuse the
+same inputs with the same lines.
 """
 
 import json
@@ -15,14 +19,23 @@ from shim.trust.manifest import format_time
 from tests.support import releases as R
 
 
+def make_launcher(tmp: Path, policy, native: bool, name: str = "launcher") -> Path:
+    if not native:
+        return R.launcher(tmp, policy, name=name)
+    from shim.launch.build import write_launcher
+
+    write_launcher(policy, None, str(tmp / name), native=True)
+    return tmp / name
+
+
 class Setup:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, native: bool = False):
         self.tmp = tmp
         self.dir = tmp / "plugins"
         self.dir.mkdir(mode=0o755)
         self.keys = R.new_keys()
         self.policy = R.policy(self.dir, self.keys, min_version="1.0.0")
-        self.launcher = R.launcher(tmp, self.policy)
+        self.launcher = make_launcher(tmp, self.policy, native)
 
     def plugin(self, label="v2", version="2.0.0", sign=True, **kw) -> Path:
         path = R.script_plugin(self.dir / f"myplugin-{version}", label)
@@ -34,9 +47,9 @@ class Setup:
         return R.run(self.launcher, *args)
 
 
-@pytest.fixture
-def s(tmp_path):
-    return Setup(tmp_path)
+@pytest.fixture(params=["python", "native"])
+def s(tmp_path, request):
+    return Setup(tmp_path, native=request.param == "native")
 
 
 def assert_refused(proc, path_part: str, reason_part: str):
@@ -257,10 +270,11 @@ def test_oversized_manifest(s):
     assert e["error"] == "FileTooLargeError"
 
 
-def test_oversized_binary_against_policy(tmp_path):
-    s = Setup(tmp_path)
+@pytest.mark.parametrize("native", [False, True], ids=["python", "native"])
+def test_oversized_binary_against_policy(tmp_path, native):
+    s = Setup(tmp_path, native)
     small = s.policy.replace(max_size=10)
-    s.launcher = R.launcher(tmp_path, small, name="small-launcher")
+    s.launcher = make_launcher(tmp_path, small, native, name="small-launcher")
     s.plugin()
     assert_refused(s.run(), "manifest.json", "exceeds the policy's max_size 10")
 

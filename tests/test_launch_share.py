@@ -4,6 +4,7 @@ The plugin here is a real ELF (``/bin/sleep``, signed as a release) started thro
 exec-mode launcher, so ``/proc/PID/exe`` is the sealed memfd the launch made or shared.
 Decoys are processes this test starts from memfds of the same name: one sealed with other
 bytes of the same size, one with the right bytes but no seals. Neither may be executed.
+The sharing tests run against the Python launcher and the native one alike.
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ def plant(tmp_path, request):
     shutil.copyfile(SLEEP, binary)
     binary.chmod(0o755)
     R.release(keys, binary, name=name, version="1.0.0")
-    launcher = R.launcher(tmp_path, R.policy(d, keys, name=name))
+    if getattr(request, "param", "python") == "native":
+        from shim.launch.build import write_launcher
+
+        launcher = tmp_path / "launcher"
+        write_launcher(R.policy(d, keys, name=name), None, str(launcher), native=True)
+    else:
+        launcher = R.launcher(tmp_path, R.policy(d, keys, name=name))
     procs: list[subprocess.Popen] = []
 
     class Plant:
@@ -92,6 +99,7 @@ def start_line(err: Path) -> dict:
     return lines[0]
 
 
+@pytest.mark.parametrize("plant", ["python", "native"], indirect=True)
 def test_a_second_launch_of_a_running_version_shares_its_sealed_memfd(plant):
     first, err1 = plant.launch("first")
     second, err2 = plant.launch("second")
@@ -110,6 +118,7 @@ def test_a_second_launch_of_a_running_version_shares_its_sealed_memfd(plant):
     assert start_line(err3)["exec_via"] == "memfd-shared" and exe_inode(third.pid) == exe_inode(second.pid)
 
 
+@pytest.mark.parametrize("plant", ["python", "native"], indirect=True)
 def test_a_sealed_decoy_with_other_bytes_is_hashed_and_ignored(plant):
     other = bytearray(plant.data)
     other[-1] ^= 0xFF            # the section header table's last byte: same size, still runs
@@ -124,6 +133,7 @@ def test_a_sealed_decoy_with_other_bytes_is_hashed_and_ignored(plant):
         assert f.read() == plant.data
 
 
+@pytest.mark.parametrize("plant", ["python", "native"], indirect=True)
 @pytest.mark.parametrize("seals", [0, memexec.SEALS & ~fcntl.F_SEAL_WRITE], ids=["unsealed", "writable"])
 def test_a_memfd_with_the_right_bytes_that_could_still_change_is_not_shared(plant, seals):
     decoy = plant.decoy(plant.data, seals)
@@ -189,3 +199,66 @@ def test_the_source_file_leaves_the_page_cache_after_the_copy(tmp_path):
     finally:
         os.close(fd)
     assert resident(src) < before // 4, f"{resident(src)} of {before} pages still cached"
+
+
+# --- issue 17, cases 4 and 5: what a decoy can still cost (native launcher) ------------------
+
+DECOY_AS = r'''
+import fcntl, os, sys
+data = sys.stdin.buffer.read()
+fd = os.memfd_create(sys.argv[1], os.MFD_ALLOW_SEALING)
+os.write(fd, data)
+fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+os.close(fd)
+os.execv(f"/proc/self/fd/{ro}", ["decoy", "600"])
+'''
+
+
+@pytest.mark.parametrize("plant", ["native"], indirect=True)
+def test_a_right_copy_we_may_not_execute_is_not_shared(plant):
+    """Case 4: a correct sealed copy chmod-ed to 0644 would make the launch fail where TMPDIR
+    is noexec; it is left alone and the launch makes its own copy."""
+    decoy = plant.decoy(plant.data, memexec.SEALS)
+    fd = os.open(f"/proc/{decoy.pid}/exe", os.O_RDONLY)
+    try:
+        os.fchmod(fd, 0o644)
+    finally:
+        os.close(fd)
+    p, err = plant.launch("launch")
+    assert start_line(err)["exec_via"] == "memfd" and exe_inode(p.pid) != exe_inode(decoy.pid)
+
+
+@pytest.mark.parametrize("plant", ["native"], indirect=True)
+def test_a_right_copy_owned_by_another_uid_is_not_shared(plant):
+    """Case 4: a launcher running as root shares only copies its own uid made."""
+    if os.geteuid() != 0:
+        pytest.fail("this test must run as root to start a process as another user")
+    decoy = subprocess.Popen(["/usr/bin/python3", "-I", "-c", DECOY_AS, plant.memfd], user=4242, group=4242,
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    decoy.stdin.write(plant.data)
+    decoy.stdin.close()
+    try:
+        wait_until(lambda: decoy.pid in memexec.running_from(plant.memfd) or decoy.poll() is not None,
+                   "the other user's copy to run")
+        assert decoy.poll() is None
+        assert os.stat(f"/proc/{decoy.pid}/exe").st_uid == 4242
+        p, err = plant.launch("launch")
+        assert start_line(err)["exec_via"] == "memfd" and exe_inode(p.pid) != exe_inode(decoy.pid)
+    finally:
+        decoy.kill()
+        decoy.wait(10)
+
+
+@pytest.mark.parametrize("plant", ["native"], indirect=True)
+def test_wrong_byte_decoys_cost_at_most_two_hashes_and_two_lines(plant):
+    """Case 5: eight sealed decoys of the right size and name, one byte off: before, each was
+    hashed in full and logged; now at most two are, and the launch makes its own copy."""
+    other = bytearray(plant.data)
+    other[-1] ^= 0xFF
+    decoys = [plant.decoy(bytes(other), memexec.SEALS) for _ in range(8)]
+    p, err = plant.launch("launch")
+    assert start_line(err)["exec_via"] == "memfd"
+    assert all(exe_inode(p.pid) != exe_inode(d.pid) for d in decoys)
+    warns = [x for x in R.hclog_lines(err.read_bytes()) if x["@level"] == "warn"]
+    assert 1 <= len(warns) <= 2, warns

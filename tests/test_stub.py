@@ -34,6 +34,9 @@ FIXED_ENV = b"LC_ALL=C.UTF-8\x00"
 F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE = 1, 2, 4, 8
 SEALS = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE
 TIMEOUT = 120
+# build_stubs.sh also builds the native launchers, whose libsodium build_libsodium.sh fetches
+# and builds on first use (then cached): a cold first run takes minutes on a busy 2-core machine.
+BUILD_TIMEOUT = 900
 
 # Runs inside the interpreter the stub starts. It writes what it saw to the file named by
 # the first argument Vault "sent" (it learns it from the context: its own environment and
@@ -243,7 +246,7 @@ def test_stub_is_a_static_executable_without_interpreter_or_dynamic_section(arch
 def test_stub_links_in_nothing_that_reads_the_environment(tmp_path):
     require("nm", "apt-get install binutils")
     subprocess.run(["bash", str(BUILD_STUBS), "--symbols", str(tmp_path)], check=True,
-                   capture_output=True, timeout=TIMEOUT)
+                   capture_output=True, timeout=BUILD_TIMEOUT)
     for arch in stubs.STUB_NAMES:
         names = set(subprocess.run(["nm", "--defined-only", "-j", str(tmp_path / f"launcher-linux-{arch}")],
                                    capture_output=True, text=True, check=True).stdout.split())
@@ -255,9 +258,9 @@ def test_stub_links_in_nothing_that_reads_the_environment(tmp_path):
 
 def test_rebuilding_from_source_gives_the_committed_bytes():
     proc = subprocess.run(["bash", str(BUILD_STUBS), "--check"], capture_output=True, text=True,
-                          timeout=TIMEOUT)
+                          timeout=BUILD_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
-    for name in stubs.STUB_NAMES.values():
+    for name in (*stubs.STUB_NAMES.values(), *stubs.NATIVE_STUB_NAMES.values()):
         assert f"{name} matches" in proc.stdout
 
 
@@ -266,6 +269,7 @@ def test_check_fails_when_a_committed_stub_differs(tmp_path):
     # match (no build path leaks into the bytes), the altered one must not.
     (tmp_path / "build").mkdir()
     shutil.copy(BUILD_STUBS, tmp_path / "build")
+    shutil.copy(BUILD_STUBS.parent / "build_libsodium.sh", tmp_path / "build")  # the native launchers' libsodium
     shutil.copytree(STUB_DIR, tmp_path / "shim" / "launch" / "stubs",
                     ignore=shutil.ignore_patterns("__pycache__"))
     altered = tmp_path / "shim" / "launch" / "stubs" / "launcher-linux-amd64"
@@ -273,10 +277,11 @@ def test_check_fails_when_a_committed_stub_differs(tmp_path):
     data[len(data) // 2] ^= 1
     altered.write_bytes(bytes(data))
     proc = subprocess.run(["bash", str(tmp_path / "build" / "build_stubs.sh"), "--check"],
-                          capture_output=True, text=True, timeout=TIMEOUT)
+                          capture_output=True, text=True, timeout=BUILD_TIMEOUT)
     assert proc.returncode == 1
     assert "launcher-linux-amd64 differs from a rebuild" in proc.stderr
     assert "launcher-linux-arm64 matches" in proc.stdout
+    assert "launcher-native-linux-amd64 matches" in proc.stdout
 
 
 # --- what arrives where ---------------------------------------------------------------------
@@ -482,6 +487,16 @@ def test_a_damaged_launcher_fails_with_one_hclog_line(case, tmp_path):
     assert not out.exists()
     with pytest.raises(stubs.StubError, match=re.escape(reason)):
         stubs.unpack(bad.read_bytes())  # the Python reader agrees
+
+
+def test_a_code_region_that_is_not_a_zip_is_refused_not_run_as_source(tmp_path):
+    """Issue 17, case 14: the interpreter would run such a file as Python source."""
+    marker = tmp_path / "ran"
+    source = f"open({str(marker)!r}, 'w').write('ran')\n".encode()
+    exe = write_exe(tmp_path / "launcher", stubs.pack(stubs.stub_bytes(), [PYTHON, "-I"], source))
+    proc = raw_exec(tmp_path, os.fsencode(exe), [os.fsencode(exe)], [])
+    assert "not a zip archive" in error_line(proc)["reason"]
+    assert not marker.exists()
 
 
 def test_a_missing_interpreter_fails_with_one_hclog_line(tmp_path):

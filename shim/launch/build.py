@@ -188,6 +188,65 @@ def code_archive(policy: Policy | None, mode: str, python: str | None = None, ho
     return buf.getvalue()
 
 
+NATIVE_POLICY_MAGIC = "vault-plugin-shim/native-policy/v1"
+
+
+def native_policy(policy: Policy) -> bytes:
+    """The policy in the form the native verifier parses (shim/launch/stubs/native/nv.h):
+    fixed KEY=VALUE lines in a fixed order, one ``key=`` line per trusted key. Refuses a
+    value a line cannot carry (a newline or a carriage return in the plugins directory)."""
+    if "\n" in policy.plugins_dir or "\r" in policy.plugins_dir:
+        raise PolicyError(f"plugins_dir {policy.plugins_dir!r} holds a line break, which a native launcher's "
+                          "policy cannot carry", fix="use a plugins directory path without line breaks")
+    lines = [NATIVE_POLICY_MAGIC, f"name={policy.name}", f"type={policy.type}",
+             f"plugins_dir={policy.plugins_dir}",
+             f"min_version={'' if policy.min_version is None else policy.min_version}",
+             f"max_size={policy.max_size}"]
+    lines += [f"key={k.to_text().splitlines()[1]}" for k in policy.trusted_keys]
+    lines.append("end")
+    return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+
+
+def parse_native_policy(data: bytes) -> Policy:
+    """The Policy of a native launcher's policy text (the inverse of :func:`native_policy`)."""
+    from shim.trust.manifest import Version
+    from shim.trust.minisign import PublicKey
+
+    try:
+        lines = data.decode("utf-8", "surrogateescape").split("\n")
+        if lines[0] != NATIVE_POLICY_MAGIC or lines[-2:] != ["end", ""]:
+            raise ValueError("no header or no end line")
+        fields = [line.partition("=") for line in lines[1:-2]]
+        head = {k: v for k, _, v in fields[:5]}
+        if [k for k, _, _ in fields[:5]] != ["name", "type", "plugins_dir", "min_version", "max_size"]:
+            raise ValueError("the fields are not in order")
+        if not fields[5:] or any(k != "key" for k, _, _ in fields[5:]):
+            raise ValueError("no key lines")
+        keys = tuple(PublicKey.parse(v.encode("ascii")) for _, _, v in fields[5:])
+        return Policy(name=head["name"], type=head["type"], plugins_dir=head["plugins_dir"], trusted_keys=keys,
+                      min_version=Version.parse(head["min_version"]) if head["min_version"] else None,
+                      max_size=int(head["max_size"]), mode="exec")
+    except (ValueError, IndexError, UnicodeError) as exc:
+        raise PolicyError(f"the native policy is invalid ({exc})") from None
+
+
+def build_native_bytes(policy: Policy, arch: str | None = None) -> bytes:
+    """A native exec-mode launcher's bytes: the static verifier (stubs/native/) followed by
+    the policy in its line form. No interpreter, no Python code: it selects, verifies, seals
+    and executes the plugin itself. Needs an embedded policy and exec mode."""
+    if policy is None:
+        raise PolicyError("a native launcher needs an embedded policy (--policy-in-args needs the Python launcher)",
+                          fix="build it with --trusted-key, or without --native")
+    if policy.mode != "exec":
+        raise PolicyError(f"a native launcher runs exec mode only, the policy asks for {policy.mode} mode",
+                          fix="build it with --mode exec, or without --native")
+    if arch is None:
+        from shim.trust.verify import host_platform
+
+        arch = host_platform()[1]
+    return stubs.pack_native(stubs.stub_bytes(arch, native=True), native_policy(policy))
+
+
 def build_bytes(policy: Policy | None, python: str, mode: str | None = None, arch: str | None = None,
                 flags: tuple[str, ...] = FLAGS, hot_swap: bool = False) -> bytes:
     """The launcher's bytes. ``policy`` None builds a launcher without an embedded policy
@@ -209,10 +268,17 @@ def launcher_code(data: bytes) -> bytes:
     return stubs.unpack(data)[1]
 
 
-def write_launcher(policy: Policy | None, python: str, output: str, mode: str | None = None,
-                   arch: str | None = None, hot_swap: bool = False) -> str:
-    """Write the launcher atomically with mode 0755; return its sha256."""
-    data = build_bytes(policy, python, mode, arch, hot_swap=hot_swap)
+def write_launcher(policy: Policy | None, python: str | None, output: str, mode: str | None = None,
+                   arch: str | None = None, hot_swap: bool = False, native: bool = False) -> str:
+    """Write the launcher atomically with mode 0755; return its sha256. ``native``: the
+    static exec-mode launcher that needs no interpreter (``python`` is then unused)."""
+    if native:
+        if hot_swap or (mode or (policy.mode if policy is not None else "exec")) != "exec":
+            raise PolicyError("a native launcher runs exec mode only (no proxy, no hot swap)",
+                              fix="build it with --mode exec, or without --native")
+        data = build_native_bytes(policy, arch)
+    else:
+        data = build_bytes(policy, python, mode, arch, hot_swap=hot_swap)
     out = Path(output)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
@@ -241,6 +307,7 @@ class LauncherInfo:
     size: int
     compiled: int = 0   # of which bytecode for the interpreter is included
     hot_swap: bool = False
+    native: bool = False  # the static exec-mode launcher: no interpreter, no Python code
 
 
 def inspect(path: str) -> LauncherInfo:
@@ -251,6 +318,10 @@ def inspect(path: str) -> LauncherInfo:
     except OSError as exc:
         raise PolicyError("cannot be read", path=path, fix="check the path and its permissions") from exc
     try:
+        native = stubs.unpack_native(data)
+        if native is not None:
+            return LauncherInfo(path, hashlib.sha256(data).hexdigest(), "", [], parse_native_policy(native),
+                                "exec", 0, len(data), native=True)
         prefix, code, _ = stubs.unpack(data)
         with zipfile.ZipFile(io.BytesIO(code)) as zf:
             main = zf.read(MAIN).decode()

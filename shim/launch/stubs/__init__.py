@@ -45,6 +45,18 @@ STUB_NAMES = {
 }
 _U32 = struct.Struct("<I")
 
+# The native exec-mode launchers (shim/launch/stubs/native/, built by build/build_stubs.sh):
+# ``[launcher][policy][trailer]``, trailer = ``b"VPNATV\x00\x01"``, policy_offset u64,
+# policy_length u64 (little-endian); the policy is build.native_policy()'s text and runs
+# right up to the trailer. The launcher verifies and executes the plugin itself.
+NATIVE_STUB_NAMES = {
+    "amd64": "launcher-native-linux-amd64",
+    "arm64": "launcher-native-linux-arm64",
+}
+NATIVE_TRAILER_MAGIC = b"VPNATV\x00\x01"
+NATIVE_TRAILER = struct.Struct("<8sQQ")  # 24 bytes
+NATIVE_POLICY_MAX = 64 * 1024   # nv.h: NV_POLICY_MAX
+
 
 class StubError(LaunchError):
     """A stub is missing, or a launcher's stub/trailer/meta/context is malformed."""
@@ -52,15 +64,16 @@ class StubError(LaunchError):
     default_fix = "rebuild the launcher with `vault-plugin-shim launcher build`"
 
 
-def stub_bytes(arch: str = "amd64") -> bytes:
-    """The prebuilt stub for ``arch``."""
-    name = STUB_NAMES.get(arch)
+def stub_bytes(arch: str = "amd64", native: bool = False) -> bytes:
+    """The prebuilt stub for ``arch`` (the native launcher's, if ``native``)."""
+    names = NATIVE_STUB_NAMES if native else STUB_NAMES
+    name = names.get(arch)
     if name is None:
         raise StubError(
             f"no launcher stub for linux/{arch}: stubs exist for "
-            f"{', '.join('linux/' + a for a in STUB_NAMES)} only, the architectures that "
+            f"{', '.join('linux/' + a for a in names)} only, the architectures that "
             f"Debian's musl toolchains build and that CI rebuilds byte for byte",
-            fix=f"build the launcher with --arch {' or --arch '.join(STUB_NAMES)}")
+            fix=f"build the launcher with --arch {' or --arch '.join(names)}")
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
     try:
         with open(path, "rb") as fh:
@@ -144,6 +157,30 @@ def unpack(data: bytes) -> tuple[list[str], bytes, int]:
     return [os.fsdecode(p) for p in parts], data[code_off:end], meta_off
 
 
+def pack_native(stub: bytes, policy: bytes) -> bytes:
+    """``[native launcher][policy][trailer]``: the bytes of a native launcher. Deterministic."""
+    if not stub.startswith(b"\x7fELF"):
+        raise StubError("the native launcher is not an ELF file", fix="use stub_bytes(native=True)")
+    if not policy or len(policy) > NATIVE_POLICY_MAX:
+        raise StubError(f"the native policy is empty or larger than {NATIVE_POLICY_MAX} bytes",
+                        fix="use build.native_policy()")
+    return b"".join((stub, policy, NATIVE_TRAILER.pack(NATIVE_TRAILER_MAGIC, len(stub), len(policy))))
+
+
+def unpack_native(data: bytes) -> bytes | None:
+    """The policy of a native launcher, or None if ``data`` is not one (the checks are the
+    launcher's own)."""
+    if len(data) < NATIVE_TRAILER.size or not data.startswith(b"\x7fELF"):
+        return None
+    magic, off, length = NATIVE_TRAILER.unpack_from(data, len(data) - NATIVE_TRAILER.size)
+    end = len(data) - NATIVE_TRAILER.size
+    if magic != NATIVE_TRAILER_MAGIC:
+        return None
+    if off == 0 or off > end or length != end - off or not 0 < length <= NATIVE_POLICY_MAX:
+        raise StubError("native trailer: the policy is not right before the trailer")
+    return data[off:end]
+
+
 def read_context(fd: int) -> tuple[list[bytes], list[bytes], bytes]:
     """``(argv, env, exe)`` from the stub's context memfd: Vault's argv and environment
     (``KEY=VALUE`` entries) exactly as the stub received them, and the launcher's real path.
@@ -194,5 +231,6 @@ def read_context(fd: int) -> tuple[list[bytes], list[bytes], bytes]:
     return argv, env, exe
 
 
-__all__ = ["STUB_NAMES", "StubError", "stub_bytes", "pack", "unpack", "read_context",
-           "CONTEXT_FLAG", "TRAILER_MAGIC", "CONTEXT_MAGIC"]
+__all__ = ["STUB_NAMES", "NATIVE_STUB_NAMES", "StubError", "stub_bytes", "pack", "unpack", "pack_native",
+           "unpack_native", "read_context", "CONTEXT_FLAG", "TRAILER_MAGIC", "CONTEXT_MAGIC",
+           "NATIVE_TRAILER_MAGIC"]

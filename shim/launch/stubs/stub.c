@@ -18,7 +18,8 @@
  * Offsets count from the start of the file. The layout is strict: meta starts right after
  * the stub, code right after meta, the trailer right after code; nothing is unaccounted.
  * meta = NUL-terminated strings: the interpreter's absolute path, then its flags.
- * code = a zip archive that the interpreter runs as a zipapp.
+ * code = a zip archive that the interpreter runs as a zipapp (checked: anything else would run
+ *        as Python source).
  *
  * Context (a sealed memfd the interpreter inherits; shim/launch/stubs/__init__.py reads it):
  *   "VPCTX\0\1\0"  u32 argc, argc x (u32 len, bytes)  u32 envc, envc x (u32 len, bytes)
@@ -437,6 +438,14 @@ int main(int argc, char **argv, char **envp)
     }
     seal(code_fd, "sealing the code memfd failed");
     close(fd);
+    /* The interpreter runs a file that is not a zip archive as Python source: only a zip may
+     * pass (issue 17). `launcher build` writes one with no comment, so it starts with a local
+     * file header and ends with the 22-byte end-of-central-directory record. Checked on the
+     * sealed copy, which is what the interpreter reads. */
+    unsigned char head[4], tail[4];
+    if (code_len < 22 || read_at(code_fd, head, 4, 0) != 0 || read_at(code_fd, tail, 4, code_len - 22) != 0 ||
+        memcmp(head, "PK\3\4", 4) != 0 || memcmp(tail, "PK\5\6", 4) != 0)
+        bad_file("code: not a zip archive (no local file header, or no end record in the last 22 bytes)");
 
     /* 5. The context: Vault's argv and environment exactly as received, and our path. */
     ctx_fd = make_memfd("vault-plugin-shim-context");

@@ -1,0 +1,712 @@
+/*
+ * The native exec-mode launcher: the registered file verifies and executes the plugin by
+ * itself, with no interpreter.
+ *
+ * The registered file is   [this program, a static ELF][policy][trailer]
+ * Trailer (the last 24 bytes, little-endian): "VPNATV\0\1"  policy_offset u64  policy_length u64.
+ * The policy starts right after the program and ends right at the trailer (nv.h gives its
+ * form); Vault's catalog pins the sha256 of all of it.
+ *
+ * Started by Vault (its magic cookie is in the environment), it makes the decision of
+ * shim.trust.verify.select (nv_select.c), copies the chosen binary into a sealed memfd,
+ * hashes the sealed copy against the signed manifest, and executes that descriptor with
+ * Vault's argv (argv[0] becomes the binary's path) and Vault's environment, untouched.
+ * Where memfd exec is refused, the verified bytes go to a private file (shim/launch/memexec.py
+ * does the same). Run by hand (no cookie), it explains itself on stderr and reports what the
+ * next launch would run and why each other candidate is refused; nothing is executed.
+ *
+ * What it looks at in Vault's environment, without getenv: whether a go-plugin magic
+ * cookie is there (as every go-plugin plugin does), and TMPDIR, only for the private-copy
+ * fallback. Nothing there can widen the policy. Static musl, so no dynamic loader runs and
+ * LD_* mean nothing; nothing is ever written to stdout, which belongs to go-plugin.
+ *
+ * A second process of a version shares the sealed memfd a running one executes (only one
+ * owned by our uid, fully sealed, of the signed size, and hashing to the manifest), so a pod
+ * pays for one copy per version. Proxy mode stays on the Python path.
+ */
+#define _GNU_SOURCE
+#include "nv.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/sendfile.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef MFD_EXEC
+#define MFD_EXEC 0x0010U
+#endif
+#ifndef AT_EMPTY_PATH
+#define AT_EMPTY_PATH 0x1000
+#endif
+
+#define TRAILER_SIZE 24
+#define EXE_MAX 4096
+static const char TRAILER_MAGIC[8] = {'V', 'P', 'N', 'A', 'T', 'V', 0, 1};
+static const char BACKEND_COOKIE[] = "VAULT_BACKEND_PLUGIN=6669da05-b1c8-4f49-97d9-c8e5bed98e20";
+static const char DATABASE_COOKIE[] = "VAULT_DATABASE_PLUGIN=926a0820-aea2-be28-51d6-83cdf00e8edb";
+static const char FIX_REBUILD[] =
+    "rebuild the launcher with `vault-plugin-shim launcher build` and register its new sha256";
+
+static char self_path[EXE_MAX];
+static struct sigaction vaults_sigxfsz;     /* restored before exec: the plugin gets Vault's */
+
+/* ---- failing --------------------------------------------------------------------------------- */
+
+static _Noreturn void fail_error(const char *message, const nv_error *e)
+{
+    nv_log l;
+    nv_log_begin(&l, "error", message, strlen(message));
+    nv_log_error_fields(&l, e);
+    nv_log_end(&l, 2);
+    _exit(1);
+}
+
+/* entry._main's refusal: "refusing to start TYPE plugin NAME: REASON", the plugin, the error. */
+static _Noreturn void refuse(const nv_policy *p, const nv_error *e)
+{
+    nv_buf m = {0};
+    nv_buf_printf(&m, "vault-plugin-shim: refusing to start %s plugin %s: %s", p->type, p->name,
+                  e->reason ? e->reason : "");
+    nv_log l;
+    nv_log_begin(&l, "error", m.p, m.n);
+    nv_log_fieldz(&l, "plugin", p->name);
+    nv_log_error_fields(&l, e);
+    nv_log_end(&l, 2);
+    _exit(1);
+}
+
+static _Noreturn void fail_launch(const char *message, const char *path, const char *reason, int err,
+                                  const char *fix)
+{
+    nv_error e = {0};
+    e.cls = NV_LAUNCH;
+    e.reason = nv_xstrndup(reason, strlen(reason));
+    e.path = path ? nv_xstrndup(path, strlen(path)) : NULL;
+    e.cause = err ? nv_xstrndup(strerror(err), strlen(strerror(err))) : NULL;
+    e.fix = fix;
+    fail_error(message, &e);
+}
+
+static _Noreturn void bad_file(const char *reason)
+{
+    fail_launch("vault-plugin-shim: the launcher file is damaged", self_path, reason, 0, FIX_REBUILD);
+}
+
+/* ---- the launcher's own file ------------------------------------------------------------------- */
+
+static uint64_t le64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+static int read_at(int fd, void *buf, size_t n, uint64_t off)
+{
+    char *p = buf;
+    while (n) {
+        ssize_t r = pread(fd, p, n, (off_t)off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        p += r;
+        n -= (size_t)r;
+        off += (uint64_t)r;
+    }
+    return 0;
+}
+
+/* The policy bytes from the trailer, checked strictly (every byte accounted for). */
+static unsigned char *read_policy(size_t *len)
+{
+    ssize_t n = readlink("/proc/self/exe", self_path, sizeof self_path - 1);
+    if (n < 0)
+        fail_launch("vault-plugin-shim: cannot find the launcher's own file", "/proc/self/exe",
+                    "readlink(/proc/self/exe) failed", errno, "mount /proc in the Vault container");
+    self_path[n] = 0;
+    int fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0)
+        fail_launch("vault-plugin-shim: cannot open the launcher's own file", self_path,
+                    "open(/proc/self/exe) failed", errno, "mount /proc in the Vault container");
+    if (!S_ISREG(st.st_mode)) bad_file("the executed file is not a regular file");
+    uint64_t size = (uint64_t)st.st_size;
+    unsigned char tr[TRAILER_SIZE];
+    if (size < TRAILER_SIZE) bad_file("the file is shorter than its trailer");
+    if (read_at(fd, tr, TRAILER_SIZE, size - TRAILER_SIZE) < 0) bad_file("the trailer cannot be read");
+    if (memcmp(tr, TRAILER_MAGIC, 8) != 0) bad_file("no native launcher trailer at the end of the file (bad magic)");
+    uint64_t off = le64(tr + 8), plen = le64(tr + 16), end = size - TRAILER_SIZE;
+    if (off == 0 || off > end || plen != end - off) bad_file("trailer: the policy is not right before the trailer");
+    if (plen == 0 || plen > NV_POLICY_MAX) bad_file("trailer: the policy is empty or larger than 64 KiB");
+    unsigned char *policy = nv_xmalloc((size_t)plen);
+    if (read_at(fd, policy, (size_t)plen, off) < 0) bad_file("the policy cannot be read");
+    close(fd);
+    *len = (size_t)plen;
+    return policy;
+}
+
+/* A relative plugins_dir is relative to the launcher's real directory (policy.resolved):
+ * dirname(realpath), joined, with "." and empty segments dropped ('..' is refused). */
+static char *resolve_dir(const char *dir)
+{
+    if (dir[0] == '/') return nv_xstrndup(dir, strlen(dir));
+    nv_buf b = {0};
+    const char *slash = strrchr(self_path, '/');
+    nv_buf_put(&b, self_path, slash && slash != self_path ? (size_t)(slash - self_path) : 1);
+    const char *seg = dir;
+    while (*seg) {
+        const char *e = strchr(seg, '/');
+        size_t n = e ? (size_t)(e - seg) : strlen(seg);
+        if (n && !(n == 1 && seg[0] == '.')) {
+            if (!b.n || b.p[b.n - 1] != '/') nv_buf_putc(&b, '/');
+            nv_buf_put(&b, seg, n);
+        }
+        seg += n + (e != NULL);
+    }
+    return nv_buf_take(&b);
+}
+
+/* ---- the verified copy ----------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *tmpdir;     /* Vault's TMPDIR for the plugin, for the fallback */
+    int fd;                 /* the verified copy */
+    const char *how;        /* "memfd", "memfd-shared" or "private-file" */
+    int no_share;           /* make our own copy even if a running process has one */
+} launch_ctx;
+
+static int copy_fd(int src, int dst, uint64_t size)
+{
+    static unsigned char buf[1 << 16];
+    uint64_t done = 0;
+    while (done < size) {
+        size_t want = size - done > (1u << 30) ? (1u << 30) : (size_t)(size - done);
+        off_t off = (off_t)done;
+        ssize_t r = sendfile(dst, src, &off, want);
+        if (r < 0 && (errno == EINVAL || errno == ENOSYS)) {      /* no sendfile here: read and write */
+            r = pread(src, buf, want < sizeof buf ? want : sizeof buf, (off_t)done);
+            if (r > 0) {
+                for (ssize_t w = 0; w < r;) {
+                    ssize_t k = write(dst, buf + w, (size_t)(r - w));
+                    if (k < 0 && errno == EINTR) continue;
+                    if (k <= 0) return -1;
+                    w += k;
+                }
+            }
+        }
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -1;
+        if (r == 0) { errno = EIO; return -2; }     /* the file shrank while being copied */
+        done += (uint64_t)r;
+    }
+    return 0;
+}
+
+static int make_memfd(const char *name)
+{
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
+    if (fd < 0 && errno == EINVAL)      /* before Linux 6.3: no MFD_EXEC, executable by default */
+        fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    return fd;
+}
+
+/* The fix for an errno from copying or executing: a resource limit is named as one
+ * (issue 17: tiny rlimits must say which limit). */
+static const char *fix_for(int err)
+{
+    switch (err) {
+    case EMFILE:
+    case ENFILE:
+        return "raise Vault's open-file limit (ulimit -n, systemd LimitNOFILE)";
+    case EFBIG:
+        return "raise Vault's file size limit (ulimit -f, RLIMIT_FSIZE): a memfd or private copy of the plugin "
+               "counts against it";
+    case ENOMEM:
+    case ENOSPC:
+    case EDQUOT:
+        return "raise the memory limit (a memfd counts against the pod's memory limit; ulimit -v limits the "
+               "address space), or free space in the temporary directory";
+    default:
+        return "see the cause; nothing unverified was run";
+    }
+}
+
+/* Descriptors 0-2 are Vault's, even when closed. A descriptor the plugin keeps (a script's
+ * memfd) must not land there: it would become the plugin's stdin, stdout or stderr. */
+static int above_stdio(int fd)
+{
+    if (fd < 0 || fd > 2) return fd;
+    int high = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return high;
+}
+
+static const char *tmp_parent(const launch_ctx *lc) { return lc->tmpdir && *lc->tmpdir ? lc->tmpdir : "/tmp"; }
+
+/* memexec.check_temp_parent: nobody else may swap our directory for theirs. */
+static int check_temp_parent(const char *parent, nv_error *err)
+{
+    struct stat st;
+    if (stat(parent, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        nv_fail(err, NV_LAUNCH, NULL, "set TMPDIR in the plugin's catalog env to a directory the Vault user owns",
+                "the temporary directory for the private copy (%s) is unusable", parent);
+        return -1;
+    }
+    if (((st.st_mode & 022) && !(st.st_mode & S_ISVTX)) || (st.st_uid != 0 && st.st_uid != geteuid())) {
+        nv_fail(err, NV_LAUNCH, NULL,
+                "set TMPDIR in the plugin's catalog env to a directory the Vault user owns with mode 0700, or use "
+                "a sticky /tmp",
+                "the temporary directory for the private copy (%s) is writable by others without the sticky bit, "
+                "or owned by uid %u (mode %04o)", parent, (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
+        return -1;
+    }
+    return 0;
+}
+
+/* memexec.to_private_file: a fresh 0700 directory, a 0500 file, reopened read-only, both
+ * unlinked; returns the read-only descriptor. */
+static int private_copy(int src, uint64_t size, const char *name, const char *parent, nv_error *err)
+{
+    if (check_temp_parent(parent, err) < 0) return -1;
+    unsigned char rnd[8];
+    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
+        nv_fail(err, NV_LAUNCH, NULL, NULL, "cannot make the private copy: no random name (%s)", strerror(errno));
+        return -1;
+    }
+    char hex[17];
+    sodium_bin2hex(hex, sizeof hex, rnd, sizeof rnd);
+    nv_buf dir = {0}, file = {0};
+    nv_buf_printf(&dir, "%s/vault-plugin-shim-%s", parent, hex);
+    if (mkdir(dir.p, 0700) < 0) {
+        int saved = errno;
+        nv_fail(err, NV_LAUNCH, NULL, saved == EMFILE || saved == ENFILE || saved == ENOSPC || saved == EDQUOT
+                ? fix_for(saved)
+                : "set TMPDIR in the plugin's catalog env to a writable, executable directory the Vault user owns "
+                  "(e.g. an emptyDir tmpfs)",
+                "cannot make the private copy in %s: no usable temporary directory (%s)", parent, strerror(saved));
+        nv_buf_free(&dir);
+        return -1;
+    }
+    nv_buf_printf(&file, "%s/", dir.p);
+    for (const char *c = name; *c; c++) nv_buf_putc(&file, *c == '/' ? '_' : *c);
+    int ro = -1, out = open(file.p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0500);
+    if (out >= 0) {
+        int r = copy_fd(src, out, size);
+        close(out);
+        if (r == 0) ro = open(file.p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    }
+    int saved = errno;
+    unlink(file.p);
+    rmdir(dir.p);
+    if (ro < 0)
+        nv_fail(err, NV_LAUNCH, NULL, fix_for(saved), "cannot make the private copy in %s (%s)", parent,
+                strerror(saved));
+    ro = above_stdio(ro);
+    nv_buf_free(&dir);
+    nv_buf_free(&file);
+    return ro;
+}
+
+/* ---- sharing a running process's sealed copy (shim/launch/memexec.sealed_siblings) ---------- */
+
+#define SIBLING_LIMIT 8     /* sealed memfds of one name looked at */
+#define SIBLING_HASHES 2    /* of which at most this many are hashed (issue 17: decoys cost time) */
+#define ALL_SEALS (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE)
+
+/* A sealed memfd of this version that a process of ours already executes, if its bytes
+ * hash to the signed manifest; else -1. Only copies owned by our own uid, executable by us,
+ * carrying every seal (their bytes can never change again) and of the signed size are
+ * considered, and at most SIBLING_HASHES of them are hashed. A copy that does not match is
+ * ignored with one warning: it can only make this launch do its own copy. */
+static int shared_copy(nv_candidate *c, const char *name)
+{
+    char want[300];
+    snprintf(want, sizeof want, "/memfd:%s (deleted)", name);
+    DIR *proc = opendir("/proc");
+    if (!proc) return -1;
+    struct dirent *e;
+    int found = -1, looked = 0, hashed = 0;
+    dev_t seen_dev[SIBLING_LIMIT];
+    ino_t seen_ino[SIBLING_LIMIT];
+    uid_t me = geteuid();
+    while (found < 0 && looked < SIBLING_LIMIT && hashed < SIBLING_HASHES && (e = readdir(proc)) != NULL) {
+        if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+        char path[64], target[300];
+        snprintf(path, sizeof path, "/proc/%.20s/exe", e->d_name);
+        ssize_t n = readlink(path, target, sizeof target - 1);
+        if (n < 0) continue;    /* gone, a kernel thread, or another user's */
+        target[n] = 0;
+        if (strcmp(target, want) != 0) continue;
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        struct stat st;
+        int seals = fcntl(fd, F_GET_SEALS);
+        int dup = 0;
+        if (fstat(fd, &st) == 0)
+            for (int k = 0; k < looked; k++) dup |= seen_dev[k] == st.st_dev && seen_ino[k] == st.st_ino;
+        if (seals < 0 || (seals & ALL_SEALS) != ALL_SEALS || dup || !S_ISREG(st.st_mode) || st.st_uid != me ||
+            !(st.st_mode & S_IXUSR) || (int64_t)st.st_size != c->manifest.size) {
+            close(fd);
+            continue;
+        }
+        seen_dev[looked] = st.st_dev;
+        seen_ino[looked] = st.st_ino;
+        looked++;
+        hashed++;
+        nv_error err = {0};
+        if (nv_check_digest(fd, c, &err) == 0) {
+            found = above_stdio(fd);
+            break;
+        }
+        close(fd);
+        nv_buf m = {0};
+        nv_buf_printf(&m, "vault-plugin-shim: a running process's sealed memfd named %s does not match the signed "
+                          "manifest; ignored, making our own copy", name);
+        nv_log l;
+        nv_log_begin(&l, "warn", m.p, m.n);
+        nv_buf_free(&m);
+        nv_log_fieldz(&l, "file", c->path);
+        nv_log_fieldz(&l, "reason", err.reason ? err.reason : "");
+        nv_log_fieldz(&l, "fix", "find the process that runs it (doctor lists them) and why it has that name");
+        nv_log_end(&l, 2);
+        nv_error_clear(&err);
+    }
+    closedir(proc);
+    return found;
+}
+
+/* select's accept: copy into a sealed memfd (or, where memfds are refused, a private file)
+ * and hash the copy: the bytes that will run. */
+static int seal_and_check(nv_selection *s, nv_candidate *c, void *ctxp, nv_error *err)
+{
+    launch_ctx *lc = ctxp;
+    int src = nv_open_binary(s, c, err);
+    if (src < 0) return -1;
+    char name[250];     /* the kernel keeps 249 bytes of a memfd's name */
+    snprintf(name, sizeof name, "%s-%s", s->policy->name, c->manifest.version_text);
+    if (!lc->no_share) {
+        int shared = shared_copy(c, name);
+        if (shared >= 0) {
+            close(src);
+            lc->fd = shared;
+            lc->how = "memfd-shared";
+            return 0;
+        }
+    }
+    const char *how = "memfd";
+    int fd = above_stdio(make_memfd(name));
+    if (fd >= 0) {
+        int r = copy_fd(src, fd, (uint64_t)c->manifest.size);
+        if (r < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0) {
+            int saved = errno;
+            close(fd);
+            close(src);
+            if (r == -2) nv_fail(err, NV_DIGEST_MISMATCH, c->path, NULL, "the file shrank while being copied");
+            else nv_fail(err, NV_LAUNCH, NULL, fix_for(saved), "cannot copy the binary for verification: %s",
+                         strerror(saved));
+            return -1;
+        }
+        posix_fadvise(src, 0, (off_t)c->manifest.size, POSIX_FADV_DONTNEED);   /* advice only */
+    } else if (errno == EACCES || errno == EPERM || errno == ENOSYS) {
+        how = "private-file";
+        fd = private_copy(src, (uint64_t)c->manifest.size, c->binary, tmp_parent(lc), err);
+        if (fd < 0) { close(src); return -1; }
+    } else {
+        int saved = errno;
+        close(src);
+        nv_fail(err, NV_LAUNCH, NULL, fix_for(saved), "cannot copy the binary for verification: %s",
+                strerror(saved));
+        return -1;
+    }
+    close(src);
+    if (nv_check_digest(fd, c, err) < 0) {
+        close(fd);
+        return -1;
+    }
+    lc->fd = fd;
+    lc->how = how;
+    return 0;
+}
+
+/* ---- executing ---------------------------------------------------------------------------------- */
+
+/* fexecve, and where execveat is refused (a seccomp profile that allows only execve, or an
+ * old kernel), execve of /proc/self/fd/N: the same sealed, verified inode. Returns errno. */
+static int exec_fd(int fd, char **argv, char **envp)
+{
+    sigaction(SIGXFSZ, &vaults_sigxfsz, NULL);
+    syscall(SYS_execveat, fd, "", argv, envp, AT_EMPTY_PATH);
+    int err = errno;
+    if (err == ENOSYS || err == EPERM) {
+        char path[40];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        execve(path, argv, envp);
+        if (errno != ENOENT) err = errno;
+    }
+    return err;
+}
+
+static void log_start(const nv_selection *s, const nv_candidate *c, const char *how)
+{
+    nv_buf m = {0};
+    nv_buf_printf(&m, "vault-plugin-shim: starting %s plugin %s %s", s->policy->type, s->policy->name,
+                  c->manifest.version_text);
+    char hex[17];
+    nv_key_id_hex(hex, s->policy->keys[c->key_index].key_id);
+    nv_log l;
+    nv_log_begin(&l, "info", m.p, m.n);
+    nv_buf_free(&m);
+    nv_log_fieldz(&l, "plugin", s->policy->name);
+    nv_log_fieldz(&l, "version", c->manifest.version_text);
+    nv_log_fieldz(&l, "sha256", c->manifest.sha256);
+    nv_log_fieldz(&l, "key_id", hex);
+    nv_log_fieldz(&l, "file", c->path);
+    nv_log_fieldz(&l, "exec_via", how);
+    nv_log_end(&l, 2);
+}
+
+static _Noreturn void cannot_execute(const nv_candidate *c, int err, const char *how)
+{
+    nv_buf r = {0};
+    nv_buf_printf(&r, "cannot execute the verified copy (%s); the plugin did not start", strerror(err));
+    const char *fix = strcmp(how, "private-file") == 0 && (err == EACCES || err == EPERM)
+        ? "the private copy's directory (TMPDIR, else /tmp) may be mounted noexec: set TMPDIR in the plugin's "
+          "catalog env to an executable directory the Vault user owns (an emptyDir tmpfs)"
+        : err == EPERM || err == ENOSYS
+        ? "a seccomp profile or an LSM refused execveat and execve of /proc/self/fd: allow one of them (and "
+          "memfd_create) for the Vault process"
+        : err == ENOEXEC || err == ENOENT
+        ? "check that the binary is built for this node (ELF, right architecture; a script's interpreter exists)"
+        : fix_for(err);
+    fail_launch("vault-plugin-shim: cannot execute the verified copy", c->path, r.p, err, fix);
+}
+
+/* The value of the first KEY= entry, as execve's consumers (Go's os.Getenv, Python's
+ * launcher) read a duplicated variable; NULL if there is none. */
+static const char *env_value(char **envp, const char *key)
+{
+    size_t n = strlen(key);
+    for (char **e = envp; *e; e++)
+        if (strncmp(*e, key, n) == 0 && (*e)[n] == '=') return *e + n + 1;
+    return NULL;
+}
+
+static int cookie_is(char **envp, const char *cookie)
+{
+    const char *eq = strchr(cookie, '=');
+    char key[64];
+    snprintf(key, sizeof key, "%.*s", (int)(eq - cookie), cookie);
+    const char *value = env_value(envp, key);
+    return value && strcmp(value, eq + 1) == 0;
+}
+
+static int hash_only(nv_selection *s, nv_candidate *c, void *ctx, nv_error *err)
+{
+    (void)ctx;
+    int fd = nv_open_binary(s, c, err);
+    if (fd < 0) return -1;
+    int r = nv_check_digest(fd, c, err);
+    close(fd);
+    return r;
+}
+
+/* Text for a person's terminal: control characters (a file name can hold escape sequences)
+ * written visibly as \xNN. */
+static void put_visible(nv_buf *b, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c < 0x20 || c == 0x7F) nv_buf_printf(b, "\\x%02x", c);
+        else nv_buf_putc(b, (char)c);
+    }
+}
+
+/* Run by hand: what this launcher is, and what the next launch would run (nothing runs).
+ * Exit status 0 when a version would run, else 1. */
+static int explain(const nv_policy *p, const char *dir)
+{
+    nv_buf o = {0};
+    nv_buf_printf(&o, "This is a vault-plugin-shim launcher (native, exec mode) for the %s plugin '", p->type);
+    put_visible(&o, p->name);
+    nv_buf_puts(&o, "'.\n\nIt is not meant to be run by hand. Vault (or OpenBao) runs it in place of the plugin:\n"
+                    "it verifies the signed plugin versions in ");
+    put_visible(&o, dir);
+    nv_buf_printf(&o, " against its\nembedded trust policy and then executes the highest valid one.\n\n"
+                      "What the next launch on this node would do (as uid %u, nothing executed):\n",
+                  (unsigned)geteuid());
+    char goos[65], goarch[65];
+    nv_host_platform(goos, goarch);
+    nv_selection s;
+    memset(&s, 0, sizeof s);
+    s.policy = p;
+    s.plugins_dir = dir;
+    s.now = (int64_t)time(NULL);
+    s.uid = (unsigned)geteuid();
+    s.goos = goos;
+    s.goarch = goarch;
+    s.dir_fd = -1;
+    int rc = 1;
+    if (nv_select(&s, hash_only, NULL, 1) < 0) {
+        nv_buf_printf(&o, "  the plugins directory is refused: %s: ", nv_class_name(s.fatal.cls));
+        put_visible(&o, s.fatal.reason);
+        nv_buf_putc(&o, '\n');
+    } else {
+        for (size_t k = 0; k < s.ncands; k++) {
+            const nv_candidate *c = &s.cands[k];
+            nv_buf_puts(&o, "  ");
+            put_visible(&o, c->binary);
+            if (c->error.cls == NV_OK) {
+                nv_buf_puts(&o, ": ok, version ");
+                put_visible(&o, c->manifest.version_text);
+                nv_buf_puts(&o, s.chosen == (long)k ? " (runs)\n" : "\n");
+            } else {
+                nv_buf_printf(&o, ": refused: %s: ", nv_class_name(c->error.cls));
+                put_visible(&o, c->error.reason);
+                nv_buf_putc(&o, '\n');
+            }
+        }
+        nv_buf_puts(&o, "next launch runs: ");
+        if (s.chosen >= 0) {
+            put_visible(&o, s.cands[s.chosen].path);
+            nv_buf_putc(&o, '\n');
+            rc = 0;
+        } else {
+            nv_buf_printf(&o, "nothing (%zu candidate%s found)\n", s.ncands, s.ncands == 1 ? "" : "s");
+        }
+    }
+    for (size_t done = 0; done < o.n;) {
+        ssize_t w = write(2, o.p + done, o.n - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) break;
+        done += (size_t)w;
+    }
+    nv_buf_free(&o);
+    nv_selection_free(&s);
+    return rc;
+}
+
+int main(int argc, char **argv, char **envp)
+{
+    /* Descriptors 0-2 that Vault left closed are held by close-on-exec placeholders while we
+     * work, so that nothing we open lands there (a log line would go into it). At exec they
+     * close again, and the plugin gets exactly the stdio Vault gave. open() takes the lowest
+     * free number, so each placeholder lands on the closed slot being filled. */
+    for (int fd = 0; fd < 3; fd++)
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    /* Past RLIMIT_FSIZE a write raises SIGXFSZ, which kills without a line; ignored, the write
+     * fails with EFBIG and the error line names the limit. */
+    struct sigaction ignore;
+    memset(&ignore, 0, sizeof ignore);
+    ignore.sa_handler = SIG_IGN;
+    sigaction(SIGXFSZ, &ignore, &vaults_sigxfsz);
+    /* No sodium_init(): the calls made here (Ed25519 verification, BLAKE2b, SHA-256,
+     * sodium_memcmp, sodium_bin2hex) keep no state and pick no implementation at run time
+     * (BLAKE2b's compression function starts as the portable one). sodium_init would seed the
+     * random generator, with getrandom or else /dev/urandom, and abort() without a log line
+     * where neither works (a scratch image under a strict seccomp profile): nothing a
+     * verifier needs. It also keeps argon2 and the rest it selects out of the binary. */
+    size_t plen;
+    unsigned char *raw = read_policy(&plen);
+    nv_policy policy;
+    nv_error err = {0};
+    if (nv_policy_parse(raw, plen, &policy, &err) < 0) {
+        free(err.path);
+        err.path = nv_xstrndup(self_path, strlen(self_path));
+        fail_error("vault-plugin-shim: invalid launcher policy", &err);
+    }
+    free(raw);
+    char *dir = resolve_dir(policy.plugins_dir);
+    const char *cookie = strcmp(policy.type, "database") == 0 ? DATABASE_COOKIE : BACKEND_COOKIE;
+    if (!cookie_is(envp, cookie)) {
+        const char *other = cookie_is(envp, BACKEND_COOKIE) ? "a secret/auth"
+                            : cookie_is(envp, DATABASE_COOKIE) ? "a database" : NULL;
+        if (other || env_value(envp, "VAULT_BACKEND_PLUGIN") || env_value(envp, "VAULT_DATABASE_PLUGIN")) {
+            /* Started by Vault (a cookie is there), but not as the type this launcher serves. */
+            nv_buf m = {0}, fix = {0};
+            nv_buf_printf(&m, "vault-plugin-shim: this launcher serves a %s plugin, but Vault started it as %s "
+                              "plugin (its magic cookie)", policy.type, other ? other : "an unknown");
+            nv_buf_printf(&fix, "register the launcher with type %s (`vault plugin register ... %s %s`), or build "
+                                "one for that type", policy.type, policy.type, policy.name);
+            nv_log l;
+            nv_log_begin(&l, "error", m.p, m.n);
+            nv_log_fieldz(&l, "plugin", policy.name);
+            nv_log_fieldz(&l, "launcher", argc ? argv[0] : "launcher");
+            nv_log_fieldz(&l, "fix", fix.p);
+            nv_log_end(&l, 2);
+            return 1;
+        }
+        return explain(&policy, dir);
+    }
+
+    launch_ctx lc = {env_value(envp, "TMPDIR"), -1, NULL, 0};
+    char goos[65], goarch[65];
+    nv_host_platform(goos, goarch);
+    nv_selection s;
+    memset(&s, 0, sizeof s);
+    s.policy = &policy;
+    s.plugins_dir = dir;
+    s.now = (int64_t)time(NULL);
+    s.uid = (unsigned)geteuid();
+    s.goos = goos;
+    s.goarch = goarch;
+    s.dir_fd = -1;
+    if (nv_select(&s, seal_and_check, &lc, 0) < 0) refuse(&policy, &s.fatal);
+    nv_log_rejections(&s, 2);
+    if (s.chosen < 0) {
+        nv_refusal(&s, &err);
+        refuse(&policy, &err);
+    }
+
+    nv_candidate *c = &s.cands[s.chosen];
+    /* A #! script's interpreter reopens it through /dev/fd/N after exec: keep it open. */
+    char head[2] = {0, 0};
+    int script = pread(lc.fd, head, 2, 0) == 2 && head[0] == '#' && head[1] == '!';
+    if (script) fcntl(lc.fd, F_SETFD, 0);
+    char **xargv = nv_xmalloc(((size_t)(argc > 0 ? argc : 1) + 1) * sizeof *xargv);
+    xargv[0] = c->path;
+    for (int k = 1; k < argc; k++) xargv[k] = argv[k];
+    xargv[argc > 0 ? argc : 1] = NULL;
+    log_start(&s, c, lc.how);
+    int e = exec_fd(lc.fd, xargv, envp);
+    if (strcmp(lc.how, "memfd-shared") == 0) {
+        /* A shared copy we cannot execute (issue 17): our own copy, then the fallback below. */
+        close(lc.fd);
+        lc.no_share = 1;
+        if (seal_and_check(&s, c, &lc, &err) < 0) fail_error("vault-plugin-shim: cannot copy the binary", &err);
+        if (script) fcntl(lc.fd, F_SETFD, 0);
+        log_start(&s, c, lc.how);
+        e = exec_fd(lc.fd, xargv, envp);
+    }
+    if (strcmp(lc.how, "memfd") == 0 && (e == EACCES || e == EPERM)) {
+        /* memfd exec refused (vm.memfd_noexec=2, or an LSM): the verified bytes, not the file
+         * again, into a private file, hashed again there. */
+        static const char refused[] =
+            "vault-plugin-shim: executing from a memfd was refused; using a private copy of the verified bytes";
+        nv_log l;
+        nv_log_begin(&l, "warn", refused, sizeof refused - 1);
+        nv_log_fieldz(&l, "reason", strerror(e));
+        nv_log_fieldz(&l, "file", c->path);
+        nv_log_end(&l, 2);
+        int copy = private_copy(lc.fd, (uint64_t)c->manifest.size, c->binary, tmp_parent(&lc), &err);
+        if (copy < 0) fail_error("vault-plugin-shim: cannot make the private copy", &err);
+        if (nv_check_digest(copy, c, &err) < 0) fail_error("vault-plugin-shim: the private copy does not match", &err);
+        close(lc.fd);
+        lc.fd = copy;
+        lc.how = "private-file";
+        if (script) fcntl(lc.fd, F_SETFD, 0);
+        e = exec_fd(lc.fd, xargv, envp);
+    }
+    cannot_execute(c, e, lc.how);
+}

@@ -1,0 +1,345 @@
+"""The native exec-mode launcher (shim/launch/stubs/launcher-native-linux-*): the registered
+file selects, verifies, seals and executes the plugin by itself, with no interpreter.
+
+Real runs: each test builds a native launcher with ``write_launcher(..., native=True)`` (the
+committed prebuilt binary, as `launcher build` uses it), gives it a plugins directory of
+signed releases (script plugins that report what they received), and starts it as Vault
+would: with the magic cookie, Vault's args and an environment of its choosing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from shim.launch import build, stubs
+from tests.support import releases
+from tests.test_stub import DENY_MEMFD_C, gcc, raw_exec
+
+STUB_DIR = Path(stubs.__file__).resolve().parent
+REPORT = r'''#!/bin/sh
+# A plugin that records what it received: its argv, its environment, its executable.
+{ printf '%s\n' "$0" "$@"; } > "$REPORT_DIR/argv"
+cat /proc/$$/environ > "$REPORT_DIR/environ"   # the environment it was executed with
+echo "ran LABEL $*"
+'''
+
+
+def plugin(d: Path, name: str, label: str) -> Path:
+    path = d / name
+    path.write_text(REPORT.replace("LABEL", label))
+    path.chmod(0o755)
+    return path
+
+
+def native_launcher(tmp: Path, pol) -> Path:
+    out = tmp / "launcher"
+    build.write_launcher(pol, None, str(out), native=True)
+    return out
+
+
+@pytest.fixture
+def setup(tmp_path):
+    versions = tmp_path / "versions"
+    versions.mkdir(mode=0o755)
+    keys = releases.new_keys()
+    pol = releases.policy(versions, keys)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    return tmp_path, versions, keys, pol, reports
+
+
+def env(reports: Path, **extra) -> dict:
+    return releases.cookie_env(REPORT_DIR=str(reports), **extra)
+
+
+def test_the_native_launcher_is_static_and_needs_no_interpreter(setup):
+    tmp, versions, keys, pol, _ = setup
+    exe = native_launcher(tmp, pol)
+    headers = subprocess.run(["readelf", "-lhd", str(exe)], capture_output=True, text=True, check=True).stdout
+    assert "EXEC (Executable file)" in headers
+    assert "INTERP" not in headers and "DYNAMIC" not in headers
+    info = build.inspect(str(exe))
+    assert info.native and info.mode == "exec" and info.interpreter == "" and info.policy == pol
+
+
+def test_it_verifies_and_executes_the_highest_signed_version(setup):
+    tmp, versions, keys, pol, reports = setup
+    for version in ("1.0.0", "2.0.0", "1.5.0"):
+        releases.release(keys, plugin(versions, f"myplugin-{version}", version), version=version)
+    exe = native_launcher(tmp, pol)
+    proc = releases.run(exe, "--flag", "x y", env=env(reports))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"ran 2.0.0 --flag x y\n"     # the launcher itself wrote nothing there
+    lines = releases.hclog_lines(proc.stderr)
+    assert len(lines) == 1 and lines[0]["@level"] == "info"
+    assert lines[0]["@message"] == "vault-plugin-shim: starting secret plugin myplugin 2.0.0"
+    assert lines[0]["exec_via"] == "memfd" and lines[0]["key_id"] == keys.public.key_id_hex
+    assert lines[0]["file"] == str(versions / "myplugin-2.0.0")
+
+
+def test_vaults_argv_and_environment_arrive_byte_for_byte(setup):
+    tmp, versions, keys, pol, reports = setup
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0")
+    exe = native_launcher(tmp, pol)
+    cookie = b"VAULT_BACKEND_PLUGIN=6669da05-b1c8-4f49-97d9-c8e5bed98e20"
+    env_in = [b"PATH=/usr/bin:/bin", cookie, b"REPORT_DIR=" + os.fsencode(reports), b"EMPTY=", b"=leading",
+              b"NO_EQUALS", b"DUP=1", b"DUP=2", b"LD_PRELOAD=/nonexistent.so", b"ODD=\x01\xff"]
+    args = [os.fsencode(exe), b"", b"\xff\xfe", b"--shim-policy=ignored"]
+    proc = raw_exec(tmp, os.fsencode(exe), args, env_in)
+    assert proc.returncode == 0, proc.stderr
+    assert (reports / "environ").read_bytes() == b"\x00".join(env_in) + b"\x00"
+    argv = (reports / "argv").read_bytes().split(b"\n")[:-1]
+    assert argv[1:] == args[1:]
+
+
+@pytest.mark.parametrize("attack", ["tampered", "symlink", "untrusted", "writable"])
+def test_refusals_are_hclog_lines_and_nothing_runs(setup, attack):
+    tmp, versions, keys, pol, reports = setup
+    binary = plugin(versions, "myplugin-1.0.0", "one")
+    releases.release(keys if attack != "untrusted" else releases.new_keys(), binary, version="1.0.0")
+    if attack == "tampered":
+        binary.write_text(binary.read_text().replace("ran", "RAN"))
+    elif attack == "symlink":
+        binary.rename(versions / "real")
+        binary.symlink_to("real")
+    elif attack == "writable":
+        binary.chmod(0o777)
+    exe = native_launcher(tmp, pol)
+    proc = releases.run(exe, env=env(reports))
+    assert proc.returncode == 1 and proc.stdout == b""
+    assert not (reports / "argv").exists()
+    lines = releases.hclog_lines(proc.stderr)
+    assert len(lines) == 2 and all(line["@level"] == "error" for line in lines)
+    want = {"tampered": "DigestMismatchError", "symlink": "UnsafeFileError", "untrusted": "UnknownKeyError",
+            "writable": "UnsafeFileError"}[attack]
+    assert lines[0]["error"] == want and lines[0]["candidate"] == "myplugin-1.0.0"
+    assert lines[1]["error"] == "NoValidVersionError"
+    assert lines[1]["@message"].startswith("vault-plugin-shim: refusing to start secret plugin myplugin: ")
+
+
+def test_run_by_hand_it_explains_what_the_next_launch_runs(setup):
+    tmp, versions, keys, pol, reports = setup
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0")
+    releases.release(keys, plugin(versions, "myplugin-2.0.0", "two"), version="2.0.0", expires=1)
+    exe = native_launcher(tmp, pol)
+    proc = subprocess.run([str(exe)], capture_output=True, env={"LD_PRELOAD": "/nonexistent.so"}, timeout=30)
+    assert proc.returncode == 0 and proc.stdout == b""
+    text = proc.stderr.decode()
+    assert "myplugin-1.0.0: ok, version 1.0.0 (runs)" in text
+    assert "myplugin-2.0.0: refused: ManifestError: expires_at is not after issued_at" in text
+    assert f"next launch runs: {versions / 'myplugin-1.0.0'}" in text
+    assert not (reports / "argv").exists()
+
+
+def test_where_memfd_is_refused_the_verified_bytes_run_from_a_private_copy(setup):
+    tmp, versions, keys, pol, reports = setup
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0")
+    exe = native_launcher(tmp, pol)
+    deny = gcc(tmp, "deny-memfd", DENY_MEMFD_C)
+    private = tmp / "private"
+    private.mkdir(mode=0o700)
+    proc = subprocess.run([str(deny), str(exe)], capture_output=True, timeout=30,
+                          env=env(reports, TMPDIR=str(private)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"ran one \n"
+    lines = releases.hclog_lines(proc.stderr)
+    assert lines[-1]["exec_via"] == "private-file"
+    assert list(private.iterdir()) == []        # the copy and its directory are gone
+
+
+def test_a_damaged_policy_fails_closed_with_one_hclog_line(setup):
+    tmp, versions, keys, pol, reports = setup
+    exe = native_launcher(tmp, pol)
+    data = bytearray(exe.read_bytes())
+    at = bytes(data).rindex(b"\nend\n")
+    data[at + 1] = ord("E")
+    damaged = tmp / "damaged"
+    damaged.write_bytes(bytes(data))
+    damaged.chmod(0o755)
+    proc = releases.run(damaged, env=env(reports))
+    assert proc.returncode == 1 and proc.stdout == b""
+    (line,) = releases.hclog_lines(proc.stderr)
+    assert line["error"] == "PolicyError" and line["file"] == str(damaged)
+
+
+def test_the_native_launcher_links_in_nothing_that_reads_the_environment(tmp_path):
+    proc = subprocess.run(["bash", str(STUB_DIR.parent.parent.parent / "build" / "build_stubs.sh"), "--symbols",
+                           str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    for arch in stubs.NATIVE_STUB_NAMES:
+        names = set(subprocess.run(["nm", "--defined-only", "-j", str(tmp_path / f"launcher-native-linux-{arch}")],
+                                   capture_output=True, text=True, check=True).stdout.split())
+        assert {"main", "crypto_sign_verify_detached", "crypto_hash_sha256_update", "memfd_create"} <= names
+        readers = {"getenv", "secure_getenv", "__secure_getenv", "setlocale", "newlocale", "tzset", "__tzset",
+                   "localtime", "localtime_r", "dlopen", "__dls3", "sodium_init", "randombytes_buf"}
+        assert not names & readers, names & readers
+
+
+def test_hand_run_output_is_json_free_and_launch_lines_are_json(setup):
+    """Every stderr line of a launch is an hclog JSON object (Vault logs anything else at
+    debug); the hand-run text is for a person and never claims to be JSON."""
+    tmp, versions, keys, pol, reports = setup
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0")
+    (versions / "junk\nline.manifest.json").write_text("{}")
+    exe = native_launcher(tmp, pol)
+    proc = releases.run(exe, env=env(reports))
+    assert proc.returncode == 0
+    for line in proc.stderr.decode().splitlines():
+        entry = json.loads(line)
+        assert "\n" not in entry["@message"]
+        if entry.get("candidate"):
+            assert entry["candidate"] == "junk\\nline"    # escaped: it cannot forge a line
+
+
+def test_the_arm64_native_launcher_verifies_under_qemu(setup):
+    """The arm64 build parses, verifies (Ed25519, BLAKE2b) and hashes (SHA-256) the same
+    way: run by hand under qemu-user, it names the version the next launch would run."""
+    tmp, versions, keys, pol, reports = setup
+    qemu = shutil.which("qemu-aarch64-static")
+    assert qemu, "apt-get install qemu-user-static (bash build/install.sh)"
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0", arch="arm64")
+    releases.release(keys, plugin(versions, "myplugin-2.0.0", "two"), version="2.0.0", arch="amd64")
+    (versions / "myplugin-3.0.0").write_text("tampered")
+    releases.release(keys, versions / "myplugin-3.0.0", version="3.0.0", arch="arm64")
+    (versions / "myplugin-3.0.0").write_text("tampered!")
+    out = tmp / "launcher-arm64"
+    build.write_launcher(pol, None, str(out), native=True, arch="arm64")
+    proc = subprocess.run([qemu, str(out)], capture_output=True, timeout=60, env={})
+    text = proc.stderr.decode()
+    assert proc.returncode == 0 and proc.stdout == b"", text
+    assert "myplugin-1.0.0: ok, version 1.0.0 (runs)" in text
+    assert "myplugin-2.0.0: refused: WrongPluginError: manifest is for linux/amd64, this node is linux/arm64" in text
+    assert "myplugin-3.0.0: refused: DigestMismatchError: is 9 bytes, the signed manifest says 8" in text
+
+
+# --- issue 17's exec-path cases, in the native launcher ---------------------------------------
+
+DENY_EXECVEAT_C = DENY_MEMFD_C.replace("__NR_memfd_create", "__NR_execveat").replace("deny-memfd", "deny-execveat")
+STDIO_REPORT = r'''#!/bin/sh
+s0="$(readlink /proc/$$/fd/0)"; s1="$(readlink /proc/$$/fd/1)"; s2="$(readlink /proc/$$/fd/2)"
+printf '0=%s\n1=%s\n2=%s\n' "$s0" "$s1" "$s2" > "$REPORT_DIR/stdio"
+grep '^SigIgn' /proc/$$/status > "$REPORT_DIR/sigign"
+'''
+
+
+def test_closed_stdio_stays_closed_and_the_kept_memfd_lands_above_it(setup):
+    """Case 7: a #! plugin keeps its memfd across exec; with Vault's fds 0-2 closed, it must
+    not become the plugin's stdin, stdout or stderr."""
+    tmp, versions, keys, pol, reports = setup
+    path = versions / "myplugin-1.0.0"
+    path.write_text(STDIO_REPORT)
+    path.chmod(0o755)
+    releases.release(keys, path, version="1.0.0")
+    exe = native_launcher(tmp, pol)
+    proc = subprocess.run(["/bin/sh", "-c", 'exec "$0" <&- >&- 2>&-', str(exe)], env=env(reports),
+                          capture_output=True, timeout=30)
+    assert proc.returncode == 0
+    stdio = dict(line.split("=", 1) for line in (reports / "stdio").read_text().splitlines())
+    assert not any("memfd" in target for target in stdio.values()), stdio
+    assert stdio["1"] == "" and stdio["2"] == ""       # closed, as Vault gave them
+
+
+def test_the_plugin_gets_vaults_signal_dispositions(setup):
+    tmp, versions, keys, pol, reports = setup
+    path = versions / "myplugin-1.0.0"
+    path.write_text(STDIO_REPORT)
+    path.chmod(0o755)
+    releases.release(keys, path, version="1.0.0")
+    proc = releases.run(native_launcher(tmp, pol), env=env(reports))
+    assert proc.returncode == 0, proc.stderr
+    ignored = int((reports / "sigign").read_text().split()[1], 16)
+    assert not ignored & (1 << (25 - 1)), "SIGXFSZ, ignored by the launcher while it copies, leaked to the plugin"
+
+
+def limited(resource_name: str, value: int):
+    import resource
+
+    def apply():
+        limit = getattr(resource, resource_name)
+        resource.setrlimit(limit, (value, value))
+    return apply
+
+
+@pytest.mark.parametrize("limit, value, fix_part", [
+    ("RLIMIT_FSIZE", 1000, "RLIMIT_FSIZE"),
+    ("RLIMIT_NOFILE", 4, "ulimit -n"),
+])
+def test_a_tiny_rlimit_gets_one_line_naming_it(setup, limit, value, fix_part):
+    """Case 8: the launcher does not die of SIGXFSZ and does not blame seccomp; the line's
+    fix names the limit."""
+    tmp, versions, keys, pol, reports = setup
+    path = plugin(versions, "myplugin-1.0.0", "one")
+    path.write_text(path.read_text() + "#" * 4000 + "\n")
+    releases.release(keys, path, version="1.0.0")
+    exe = native_launcher(tmp, pol)
+    proc = subprocess.run([str(exe)], env=env(reports), capture_output=True, timeout=30,
+                          preexec_fn=limited(limit, value))
+    assert proc.returncode == 1 and proc.stdout == b"", proc
+    lines = releases.hclog_lines(proc.stderr)
+    assert any(fix_part in line.get("fix", "") for line in lines), lines
+    assert not any("seccomp" in line.get("fix", "") for line in lines)
+    assert lines[-1]["error"] == "NoValidVersionError"
+
+
+def test_where_execveat_is_refused_it_executes_through_proc_self_fd(setup):
+    """Case 15: a seccomp profile recorded from a running Vault allows execve only."""
+    tmp, versions, keys, pol, reports = setup
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0")
+    exe = native_launcher(tmp, pol)
+    deny = gcc(tmp, "deny-execveat", DENY_EXECVEAT_C)
+    proc = subprocess.run([str(deny), str(exe), "a"], capture_output=True, timeout=30, env=env(reports))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"ran one a\n"
+    assert (reports / "argv").read_text().splitlines()[1:] == ["a"]
+
+
+def test_the_cookie_of_another_plugin_type_is_one_error_line(setup):
+    tmp, versions, keys, pol, reports = setup
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0")
+    exe = native_launcher(tmp, pol)
+    proc = releases.run(exe, env=releases.cookie_env("database", REPORT_DIR=str(reports)))
+    assert proc.returncode == 1 and proc.stdout == b""
+    (line,) = releases.hclog_lines(proc.stderr)
+    assert line["@message"] == ("vault-plugin-shim: this launcher serves a secret plugin, but Vault started it as "
+                                "a database plugin (its magic cookie)")
+    assert "vault plugin register ... secret myplugin" in line["fix"]
+    assert not (reports / "argv").exists()
+
+
+def test_the_launch_path_runs_clean_under_asan_and_ubsan(setup):
+    """The launcher's own main (the part the differential test does not run: its trailer, the
+    copy, sealing, the exec) built for this machine with ASan and UBSan, on a valid launch, a
+    refused one, a hand run and a private-copy fallback."""
+    from tests.support import native
+
+    tmp, versions, keys, pol, reports = setup
+    exe = native.build(tmp / "launcher-asan", "nv_launcher.c")
+    launcher = tmp / "asan-launcher"
+    launcher.write_bytes(stubs.pack_native(exe.read_bytes(), build.native_policy(pol)))
+    launcher.chmod(0o755)
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0")
+    releases.release(keys, plugin(versions, "myplugin-2.0.0", "two"), version="2.0.0")
+    bad = versions / "myplugin-2.0.0"
+    bad.write_text(bad.read_text().replace("two", "TWO"))
+    asan = {"ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0:exitcode=99",
+            "UBSAN_OPTIONS": "halt_on_error=1:exitcode=99"}
+    proc = releases.run(launcher, "x", env=env(reports, **asan))
+    assert proc.returncode == 0 and proc.stdout == b"ran one x\n", proc.stderr
+    assert [line["error"] for line in releases.hclog_lines(proc.stderr) if line["@level"] == "error"] == \
+        ["DigestMismatchError"]
+    proc = subprocess.run([str(launcher)], capture_output=True, timeout=60, env=asan)
+    assert proc.returncode == 0 and b"myplugin-1.0.0: ok, version 1.0.0 (runs)" in proc.stderr, proc.stderr
+    deny = gcc(tmp, "deny-memfd", DENY_MEMFD_C)
+    proc = subprocess.run([str(deny), str(launcher)], capture_output=True, timeout=60, env=env(reports, **asan))
+    assert proc.returncode == 0 and proc.stdout == b"ran one \n", proc.stderr
+    bad.unlink()
+    (versions / "myplugin-1.0.0").chmod(0o777)
+    proc = releases.run(launcher, env=env(reports, **asan))
+    assert proc.returncode == 1 and b"ERROR: AddressSanitizer" not in proc.stderr, proc.stderr
+    assert releases.hclog_lines(proc.stderr)[-1]["error"] == "NoValidVersionError"
