@@ -32,7 +32,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 GOCODE = Path("/usr/share/gocode")
 GOCODE_SRC = GOCODE / "src"
@@ -235,47 +235,56 @@ def go_build(label: str, package: Path | str, *, dest_dir: Path | str, name: str
     if patch_go_plugin:
         h.update(b"go-plugin-fix\0" + _GO_PLUGIN_TLS_FIX.encode()
                  + (GOCODE_SRC / GO_PLUGIN / "server.go").read_bytes())
-    key = h.hexdigest()[:20]
+
+    def compile_into(tmp_out: Path) -> dict:
+        with tempfile.TemporaryDirectory(prefix="gopath-", dir=root) as private:
+            private_src = Path(private) / "src"
+            private_src.mkdir()
+            for imp, tree in trees.items():
+                _copy_go_tree(tree, private_src / imp)
+            if patch_go_plugin:
+                _patch_go_plugin(private_src)
+            cmd = ["go", "build", "-buildvcs=false", "-trimpath", "-o", str(tmp_out)]
+            if ldflags:
+                cmd += ["-ldflags", ldflags]
+            if isinstance(package, Path):
+                cwd, target = package, "."
+            else:
+                cwd, target = private, package
+            cmd.append(target)
+            proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600,
+                                  env=_go_env(f"{private}:{GOCODE}", _gocache(root)))
+            if proc.returncode != 0:
+                raise GoBuildError(f"go build of {package} failed (rc={proc.returncode}):\n"
+                                   f"{proc.stdout}{proc.stderr}")
+        return {"label": label, "package": str(package), "ldflags": ldflags}
+
+    return cached_build(root, label, h.hexdigest()[:20], compile_into, dest_dir / name)
+
+
+def cached_build(root: Path, label: str, key: str, build: Callable[[Path], dict], out: Path) -> Path:
+    """The build cache of gobuild and gomod: ``root/<label>-<key>/<label>``, made once by
+    ``build(tmp_path)`` (which returns what to record in build.json) under a lock, so that
+    concurrent builds of the same inputs wait for one another; then copied to ``out``
+    (atomically; callers may modify their copy)."""
     entry = root / f"{label}-{key}"
     built = entry / label
-
     with open(root / f".{label}-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not built.exists():
             entry.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(prefix="gopath-", dir=root) as private:
-                private_src = Path(private) / "src"
-                private_src.mkdir()
-                for imp, tree in trees.items():
-                    _copy_go_tree(tree, private_src / imp)
-                if patch_go_plugin:
-                    _patch_go_plugin(private_src)
-                tmp_out = entry / f".{label}.{os.getpid()}.tmp"
-                cmd = ["go", "build", "-buildvcs=false", "-trimpath", "-o", str(tmp_out)]
-                if ldflags:
-                    cmd += ["-ldflags", ldflags]
-                if isinstance(package, Path):
-                    cwd, target = package, "."
-                else:
-                    cwd, target = private, package
-                cmd.append(target)
-                t0 = time.monotonic()
-                proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600,
-                                      env=_go_env(f"{private}:{GOCODE}", _gocache(root)))
-                if proc.returncode != 0:
-                    tmp_out.unlink(missing_ok=True)
-                    raise GoBuildError(f"go build of {package} failed (rc={proc.returncode}):\n"
-                                       f"{proc.stdout}{proc.stderr}")
-                os.replace(tmp_out, built)
-                (entry / "build.json").write_text(json.dumps(
-                    {"label": label, "package": str(package), "ldflags": ldflags,
-                     "seconds": round(time.monotonic() - t0, 3)}))
-
-    out = dest_dir / name
-    if out.exists() and out.stat().st_size == built.stat().st_size and \
-            _sha256(out) == _sha256(built):
+            tmp_out = entry / f".{label}.{os.getpid()}.tmp"
+            t0 = time.monotonic()
+            try:
+                record = build(tmp_out)
+            except BaseException:
+                tmp_out.unlink(missing_ok=True)
+                raise
+            os.replace(tmp_out, built)
+            (entry / "build.json").write_text(json.dumps({**record, "seconds": round(time.monotonic() - t0, 3)}))
+    if out.exists() and out.stat().st_size == built.stat().st_size and _sha256(out) == _sha256(built):
         return out
-    tmp = dest_dir / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     shutil.copy2(built, tmp)
     os.replace(tmp, out)
     return out

@@ -29,9 +29,7 @@ SDK plugin modules); `python -m shim.demo.gomod build` builds every SDK plugin o
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -39,11 +37,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-from shim.demo.gobuild import GoBuildError, GoUnavailable, default_cache_dir
+from shim.demo.gobuild import GoBuildError, GoUnavailable, cached_build, default_cache_dir
 
 SDKPLUGIN_DIR = Path(__file__).resolve().parent / "sdkplugin"
 VAULTSDK_DIR = SDKPLUGIN_DIR / "vaultsdk"
@@ -167,39 +164,23 @@ def build(module_dir: Path | str, package: str, *, dest_dir: Path | str, name: s
         h.update(part.encode() + b"\0")
     for f in _module_files(module_dir):
         h.update(str(f.relative_to(module_dir)).encode() + b"\0" + f.read_bytes() + b"\0")
-    key = h.hexdigest()[:20]
-    entry = root / f"{label}-{key}"
-    built = entry / label
 
-    with open(root / f".{label}-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not built.exists():
-            entry.mkdir(parents=True, exist_ok=True)
-            tmp_out = entry / f".{label}.{os.getpid()}.tmp"
-            cmd = [go.path, "build", "-trimpath", "-buildvcs=false", "-o", str(tmp_out)]
-            if tags:
-                cmd += ["-tags", ",".join(tags)]
-            if ldflags:
-                cmd += ["-ldflags", ldflags]
-            cmd.append(package)
-            t0 = time.monotonic()
-            proc = subprocess.run(cmd, cwd=module_dir, capture_output=True, text=True, timeout=900,
-                                  env=_go_env())
-            if proc.returncode != 0:
-                tmp_out.unlink(missing_ok=True)
-                output = proc.stdout + proc.stderr
-                raise GoBuildError(f"go build of {package} in {module_dir} with {go.version} failed "
-                                   f"(rc={proc.returncode}):\n{output}{_diagnose(module_dir, output)}")
-            os.replace(tmp_out, built)
-            (entry / "build.json").write_text(json.dumps(
-                {"label": label, "module": str(module_dir), "package": package, "ldflags": ldflags,
-                 "tags": list(tags), "go": go.version, "seconds": round(time.monotonic() - t0, 3)}))
+    def compile_into(tmp_out: Path) -> dict:
+        cmd = [go.path, "build", "-trimpath", "-buildvcs=false", "-o", str(tmp_out)]
+        if tags:
+            cmd += ["-tags", ",".join(tags)]
+        if ldflags:
+            cmd += ["-ldflags", ldflags]
+        cmd.append(package)
+        proc = subprocess.run(cmd, cwd=module_dir, capture_output=True, text=True, timeout=900, env=_go_env())
+        if proc.returncode != 0:
+            output = proc.stdout + proc.stderr
+            raise GoBuildError(f"go build of {package} in {module_dir} with {go.version} failed "
+                               f"(rc={proc.returncode}):\n{output}{_diagnose(module_dir, output)}")
+        return {"label": label, "module": str(module_dir), "package": package, "ldflags": ldflags,
+                "tags": list(tags), "go": go.version}
 
-    out = dest_dir / name
-    tmp = dest_dir / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    shutil.copy2(built, tmp)
-    os.replace(tmp, out)
-    return out
+    return cached_build(root, label, h.hexdigest()[:20], compile_into, dest_dir / name)
 
 
 def download(module_dir: Path | str) -> None:
