@@ -343,3 +343,23 @@ def test_the_launch_path_runs_clean_under_asan_and_ubsan(setup):
     proc = releases.run(launcher, env=env(reports, **asan))
     assert proc.returncode == 1 and b"ERROR: AddressSanitizer" not in proc.stderr, proc.stderr
     assert releases.hclog_lines(proc.stderr)[-1]["error"] == "NoValidVersionError"
+
+
+def test_the_python_launcher_drops_entries_it_cannot_carry_with_a_warning(setup):
+    """Issue #17 case 6, for the Python-backed launcher (the native one above passes them as
+    they are): an environment entry with no name (`=x`) or no `=` cannot go through
+    os.execve; it used to end in a traceback (`=x`) or vanish without a word. Now the plugin
+    starts with every other entry, and one WARN line names what was dropped."""
+    tmp, versions, keys, pol, reports = setup
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0")
+    exe = releases.launcher(tmp, pol)
+    cookie = b"VAULT_BACKEND_PLUGIN=6669da05-b1c8-4f49-97d9-c8e5bed98e20"
+    kept = [b"PATH=/usr/bin:/bin", cookie, b"REPORT_DIR=" + os.fsencode(reports), b"EMPTY="]
+    proc = raw_exec(tmp, os.fsencode(exe), [os.fsencode(exe)], kept[:2] + [b"=leading", b"NO_EQUALS"] + kept[2:])
+    assert proc.returncode == 0, proc.stderr
+    assert b"Traceback" not in proc.stderr
+    received = (reports / "environ").read_bytes().split(b"\x00")[:-1]
+    assert [e for e in received if e in kept] == kept and b"=leading" not in received and b"NO_EQUALS" not in received
+    warns = [json.loads(line) for line in proc.stderr.decode().splitlines() if "without a NAME=" in line]
+    assert len(warns) == 1 and warns[0]["@level"] == "warn", proc.stderr
+    assert "'=leading'" in warns[0]["@message"] and "'NO_EQUALS'" in warns[0]["@message"]

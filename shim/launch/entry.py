@@ -112,11 +112,18 @@ def main_from_stub(embedded_policy: str | None, mode: str = "exec", hot_swap: bo
                     fix="run the launcher file itself, as Vault does")
         return EXIT_REFUSED
     argv = [os.fsdecode(a) for a in raw_argv]
-    env = {}
+    env, dropped = {}, []
     for entry in raw_env:
         key, sep, value = entry.partition(b"=")
-        if sep:
-            env.setdefault(os.fsdecode(key), os.fsdecode(value))  # execve: the first one wins
+        if not sep or not key:
+            dropped.append(entry)  # os.execve takes NAME=VALUE pairs with a name: it cannot carry these
+            continue
+        env.setdefault(os.fsdecode(key), os.fsdecode(value))  # execve: the first one wins
+    if dropped:
+        shown = ", ".join(repr(os.fsdecode(e))[:80] for e in dropped[:5]) + (" ..." if len(dropped) > 5 else "")
+        hclog.warn(f"vault-plugin-shim: {len(dropped)} environment entr{'y' if len(dropped) == 1 else 'ies'} "
+                   f"without a NAME= cannot be passed to the plugin by this launcher and {'was' if len(dropped) == 1 else 'were'} "
+                   f"dropped: {shown}", fix="remove them from the catalog's env (a plugin cannot read them by name anyway)")
     return main(embedded_policy, argv, env, launcher_path=os.fsdecode(exe), mode=mode, hot_swap=hot_swap)
 
 
