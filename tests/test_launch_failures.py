@@ -297,3 +297,36 @@ def test_a_bad_manifest_is_named_not_its_binary(setup):
     (line,) = [ln for ln in R.hclog_lines(proc.stderr) if "rejected candidate" in ln["@message"]]
     assert line["@message"].startswith(f"vault-plugin-shim: rejected candidate {bad}.manifest.json: ")
     assert line["file"] == f"{bad}.manifest.json" and "not a regular file" in line["reason"]
+
+
+@pytest.mark.parametrize("value", ["123", "['not', 'a', 'string']", "{'name': 'x'}"])
+def test_a_launcher_whose_policy_is_not_a_string_under_inspect_and_doctor(setup, value):
+    """Issue #17 case 10: a well-formed launcher whose embedded POLICY is not a string (only a
+    hand-made file can be) is named as damaged, with no traceback."""
+    import io
+    import zipfile
+
+    from shim.launch import build, stubs
+
+    tmp, d, keys, pol, path = setup
+    launcher = R.launcher(tmp, pol)
+    prefix, code, _ = stubs.unpack(launcher.read_bytes())
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(code)) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == build.MAIN:
+                text = data.decode()
+                start = text.index("POLICY = ")
+                end = text.index("\n", start)
+                data = (text[:start] + f"POLICY = {value}" + text[end:]).encode()
+            dst.writestr(item, data)
+    launcher.write_bytes(stubs.pack(stubs.stub_bytes(), prefix, out.getvalue()))
+    for args in (["launcher", "inspect", str(launcher)], ["doctor", "--launcher", str(launcher)]):
+        proc = subprocess.run([sys.executable, "-m", "shim.cli", *args], capture_output=True, text=True,
+                              timeout=60, cwd="/")
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert "holds an invalid policy" in proc.stdout + proc.stderr or \
+            "not a vault-plugin-shim launcher" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    errors = failed(R.run(launcher), file=False)  # and Vault's launch of it: one hclog line, no traceback
+    assert "not JSON text" in errors[-1]["@message"] + errors[-1].get("reason", ""), errors

@@ -97,6 +97,8 @@ class Policy(Record):
     def from_json(cls, text: str | bytes, source: str = "embedded") -> "Policy":
         if isinstance(text, str):
             text = text.encode("utf-8")
+        if not isinstance(text, bytes):  # only a hand-made launcher file embeds anything else
+            raise PolicyError(f"policy is a {type(text).__name__}, not JSON text")
         if len(text) > MAX_POLICY_BYTES:
             raise PolicyError(f"policy is larger than {MAX_POLICY_BYTES} bytes")
         try:
