@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from shim import __version__
-from shim.errors import ShimError
+from shim.command import Parser, exit_status
+from shim.errors import ShimError, UsageError
 from shim.goplugin.vault import PLUGIN_TYPES
 from shim.trust.errors import KeyFormatError, KeyPasswordError
 
@@ -21,23 +22,6 @@ DURATION_RE = re.compile(r"\A(\d{1,6})([smhdw])\Z", re.ASCII)
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-class UsageError(ShimError):
-    pass
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with the vault CLI's exit codes: a usage error exits 1 (argparse's own default
-    is 2, which the vault CLI keeps for an error from the server)."""
-
-    def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(1, f"{self.prog}: error: {message}\n")
-
-
-def exit_status(exc: ShimError) -> int:
-    """1 for a local or usage error, 2 for an error of the server (``VaultOpsError``), as the
-    vault CLI exits."""
-    return getattr(exc, "exit_status", 1)
 
 
 def _emit(args, doc: dict, lines: list[str]) -> None:

@@ -16,3 +16,7 @@ from shim.goplugin.errors import Diagnostic
 class ShimError(Diagnostic):
     """Base class of vault-plugin-shim's own errors. ``reason`` says what happened, ``path``
     which file, ``cause`` why (kept from ``raise ... from``), ``fix`` what to do next."""
+
+
+class UsageError(ShimError):
+    """A command line that asks for something impossible (an option's value, a combination)."""

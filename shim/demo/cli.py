@@ -40,7 +40,7 @@ def add_arguments(p) -> None:
 
 
 def _settings(args):
-    from shim.cli import UsageError
+    from shim.errors import UsageError
     from shim.demo import schedule
 
     try:
@@ -53,7 +53,7 @@ def _settings(args):
 
 
 def main(args) -> int:
-    from shim.cli import UsageError
+    from shim.errors import UsageError
 
     settings = _settings(args)
     rate = args.rate if args.rate is not None else (40.0 if args.model else 50.0)

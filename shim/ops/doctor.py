@@ -518,7 +518,7 @@ def add_doctor_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(argv: Sequence[str]) -> int:
     """Entry point without the full CLI (what `L doctor` runs)."""
-    from shim.cli import Parser
+    from shim.command import Parser
 
     parser = Parser(prog="vault-plugin-shim")
     add_doctor_parser(parser.add_subparsers(dest="command", required=True))

@@ -1,0 +1,86 @@
+"""Which room of the house may import which, read from the code itself (every import, at the
+top of a module or inside a function). The rooms: ``goplugin`` (the wire protocol, usable
+alone), ``trust`` (pure decisions), ``launch`` (what the registered file runs), ``ops``
+(operator tools), ``demo``, the command line (``shim.cli``), the library's face (``shim``
+itself), and the ground they share (``shim.errors``, ``shim._record``, ``shim.command``)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SHIM = Path(__file__).resolve().parent.parent / "shim"
+BASE = {"shim.errors", "shim._record", "shim.command"}   # the shared ground every room may stand on
+
+
+def room(module: str) -> str:
+    if module in BASE:
+        return "base"
+    if module == "shim":
+        return "api"
+    return module.split(".")[1]
+
+
+def imports() -> list[tuple[str, str, int]]:
+    """(importing module, imported shim module, line) for every import of ours in shim/."""
+    out = []
+    for path in sorted(SHIM.rglob("*.py")):
+        rel = path.relative_to(SHIM.parent).with_suffix("")
+        module = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        package = module if rel.name == "__init__" else module.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[: len(base) - node.level + 1]
+                    names = [".".join(base + ([node.module] if node.module else []))]
+                else:
+                    names = [node.module or ""]
+            else:
+                continue
+            out += [(module, n, node.lineno) for n in names if n == "shim" or n.startswith("shim.")]
+    return out
+
+
+MAY_IMPORT = {
+    "goplugin": {"goplugin"},                                  # usable alone: nothing else of ours
+    "trust": {"trust", "base", "goplugin"},                    # pure: no room that does I/O for a living
+    "launch": {"launch", "trust", "base", "goplugin"},
+    "ops": {"ops", "launch", "trust", "base", "goplugin"},
+    "demo": {"demo", "launch", "trust", "base", "goplugin"},
+    "cli": {"cli", "api", "ops", "demo", "launch", "trust", "base", "goplugin"},
+    "base": {"base", "goplugin"},
+    "api": {"api", "trust", "base", "goplugin"},
+}
+
+
+def test_each_room_imports_only_what_it_may():
+    wrong = [f"{src} imports {dst} (line {line})" for src, dst, line in imports()
+             if room(dst) not in MAY_IMPORT[room(src)]]
+    assert wrong == []
+
+
+def test_only_the_command_line_imports_the_demo():
+    assert [(s, d) for s, d, _ in imports() if room(d) == "demo" and room(s) not in ("demo", "cli")] == []
+
+
+def test_the_rooms_import_each_other_without_a_cycle():
+    edges = {(room(s), room(d)) for s, d, _ in imports() if room(s) != room(d)}
+    graph: dict[str, set[str]] = {}
+    for a, b in edges:
+        graph.setdefault(a, set()).add(b)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in graph.get(start, ()))
+
+    assert [r for r in graph if reaches(r, r, set())] == []
+
+
+def test_the_command_line_modules_import_each_other_without_a_cycle():
+    """shim/cli.py and the rooms' own cli modules once imported each other (UsageError,
+    Parser): those now live below both, in shim.errors and shim.command."""
+    below = [(s, d) for s, d, _ in imports() if s in ("shim.demo.cli", "shim.ops.cli", "shim.ops.doctor")
+             and d == "shim.cli"]
+    assert below == []
