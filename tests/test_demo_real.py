@@ -19,34 +19,10 @@ from pathlib import Path
 import pytest
 
 from tests.support import openbao
+from tests.support.procs import gone
 from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _referencing(path: Path) -> list[str]:
-    """Processes whose command line or environment mention ``path``."""
-    needle = str(path).encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            data = (entry / "cmdline").read_bytes() + b"\0" + (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in data:
-            found.append(f"{entry.name}: {(entry / 'cmdline').read_bytes()[:200]!r}")
-    return found
-
-
-def _gone(path: Path, timeout: float = 30.0) -> list[str]:
-    """The processes still mentioning ``path`` once they had ``timeout`` seconds to exit."""
-    try:
-        wait_until(lambda: not _referencing(path), f"processes of {path} to exit", deadline=timeout, poll=0.2)
-    except AssertionError:
-        pass
-    return _referencing(path)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +72,7 @@ def test_worst_case_baseline_fails_and_shim_does_not(cli_run):
     assert "starting 3 OpenBao nodes" in proc.stderr, "progress goes to stderr"
     assert took < 150, f"the demo took {took:.0f} s"
     assert list(tmp.iterdir()) == [], "the demo's directories are removed"
-    assert _gone(tmp) == [], "no process of the demo is left"
+    assert gone(tmp) == [], "no process of the demo is left"
 
 
 def test_report_renders_in_headless_chromium(cli_run, tmp_path):
@@ -174,7 +150,7 @@ def test_short_replay_with_a_slow_stop_leaves_nothing_behind(tmp_path_factory):
         assert stops[1] >= 4.0 and stops[0] < 4.0 and stops[2] < 4.0, stops
         assert len(run.ports) == 6
         assert list(work.iterdir()) == [], "the replay's directory is removed"
-        assert _gone(work) == [], "no process of the replay is left"
+        assert gone(work) == [], "no process of the replay is left"
         for port in run.ports:
             with socket.socket() as s, pytest.raises(ConnectionRefusedError):
                 s.settimeout(2)
@@ -203,7 +179,7 @@ def test_ctrl_c_stops_every_node_and_removes_the_demo_directory(tmp_path_factory
         rest = proc.stderr.read()
         assert proc.wait(120) == 130, rest
         assert "interrupted; every node was stopped" in rest
-        assert _gone(tmp) == [], "no process of the demo is left"
+        assert gone(tmp) == [], "no process of the demo is left"
         assert list(tmp.iterdir()) == []
     finally:
         if proc.poll() is None:

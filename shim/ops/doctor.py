@@ -369,7 +369,7 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
                                                     f"(+{CLOCK_SKEW} s allowed)", fix="fix NTP on the node"))
     passed_over = selection.passed_over() if chosen is not None else []
     for c in passed_over:
-        what = (f"the launcher refuses to start (its policy: on_refused_newer refuse)"
+        what = ("the launcher refuses to start (its policy: on_refused_newer refuse)"
                 if policy.on_refused_newer == "refuse" else
                 f"the launcher falls back to the older {chosen.manifest.version}, and logs an ERROR at each launch")
         out.append(Finding("fallback", "fail",
