@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.procs import gone
+
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<!-- quickstart: tests/test_readme_quickstart.py runs this block -->"
 
@@ -63,6 +65,12 @@ def test_the_quick_start_runs_as_written(tmp_path, tmp_path_factory):
         if pid_file.exists():
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        # OpenBao 2.7.2's dev server, stopped with SIGTERM at the end of the walkthrough, was
+        # seen to leave its last plugin process running (an orphan of the server, not of a
+        # launcher: exec mode's launcher is the plugin); end whatever runs from this directory
+        for line in gone(tmp_path, timeout=5):
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
     out = done.stdout
     assert done.returncode == 0, f"{out}\n{done.stderr}\n--- bao.log ---\n{(tmp_path / 'bao.log').read_text()}"
     served = re.findall(r"^version\s+(v\S+)$", out, re.M)
