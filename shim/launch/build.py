@@ -201,7 +201,7 @@ def native_policy(policy: Policy) -> bytes:
     lines = [NATIVE_POLICY_MAGIC, f"name={policy.name}", f"type={policy.type}",
              f"plugins_dir={policy.plugins_dir}",
              f"min_version={'' if policy.min_version is None else policy.min_version}",
-             f"max_size={policy.max_size}"]
+             f"max_size={policy.max_size}", f"on_refused_newer={policy.on_refused_newer}", f"mode={policy.mode}"]
     lines += [f"key={k.to_text().splitlines()[1]}" for k in policy.trusted_keys]
     lines.append("end")
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
@@ -217,15 +217,16 @@ def parse_native_policy(data: bytes) -> Policy:
         if lines[0] != NATIVE_POLICY_MAGIC or lines[-2:] != ["end", ""]:
             raise ValueError("no header or no end line")
         fields = [line.partition("=") for line in lines[1:-2]]
-        head = {k: v for k, _, v in fields[:5]}
-        if [k for k, _, _ in fields[:5]] != ["name", "type", "plugins_dir", "min_version", "max_size"]:
+        order = ["name", "type", "plugins_dir", "min_version", "max_size", "on_refused_newer", "mode"]
+        head = {k: v for k, _, v in fields[:len(order)]}
+        if [k for k, _, _ in fields[:len(order)]] != order:
             raise ValueError("the fields are not in order")
-        if not fields[5:] or any(k != "key" for k, _, _ in fields[5:]):
+        if not fields[len(order):] or any(k != "key" for k, _, _ in fields[len(order):]):
             raise ValueError("no key lines")
-        keys = tuple(PublicKey.parse(v.encode("ascii")) for _, _, v in fields[5:])
+        keys = tuple(PublicKey.parse(v.encode("ascii")) for _, _, v in fields[len(order):])
         return Policy(name=head["name"], type=head["type"], plugins_dir=head["plugins_dir"], trusted_keys=keys,
                       min_version=Version.parse(head["min_version"]) if head["min_version"] else None,
-                      max_size=int(head["max_size"]), mode="exec")
+                      max_size=int(head["max_size"]), on_refused_newer=head["on_refused_newer"], mode=head["mode"])
     except (ValueError, IndexError, UnicodeError) as exc:
         raise PolicyError(f"the native policy is invalid ({exc})") from None
 

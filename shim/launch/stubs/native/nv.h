@@ -168,6 +168,7 @@ int nv_parse_time(const char *s, size_t n, int64_t *ts, nv_buf *why);
  * the registered sha256): text lines, each KEY=VALUE\n, in exactly this order:
  *   vault-plugin-shim/native-policy/v1
  *   name=NAME  type=TYPE  plugins_dir=DIR  min_version=[VERSION]  max_size=N
+ *   on_refused_newer=fallback|refuse  mode=exec|proxy
  *   key=BASE64 (one to 64 lines)
  *   end
  * No other lines, no blank lines, no CR. Values hold no NUL and no newline.
@@ -177,6 +178,8 @@ typedef struct {
     char *name, *type, *plugins_dir, *min_version_text;   /* malloc'd; min_version_text may be NULL */
     nv_version min_version;
     int64_t max_size;
+    int refuse_newer;       /* on_refused_newer=refuse: a refused newer version stops the launch */
+    int proxy;              /* mode=proxy */
     nv_pubkey keys[NV_KEYS_MAX];
     size_t nkeys;
 } nv_policy;

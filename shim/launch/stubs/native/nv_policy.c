@@ -112,6 +112,16 @@ int nv_policy_parse(const unsigned char *data, size_t n, nv_policy *p, nv_error 
     if (max < 1 || max > NV_BINARY_MAX) { nv_policy_free(p); return bad(err, "max_size is not within 1..2 GiB"); }
     p->max_size = max;
 
+    if (!field(&c, "on_refused_newer", &v, &len)) { nv_policy_free(p); return bad(err, "no on_refused_newer line"); }
+    if (len == 8 && memcmp(v, "fallback", 8) == 0) p->refuse_newer = 0;
+    else if (len == 6 && memcmp(v, "refuse", 6) == 0) p->refuse_newer = 1;
+    else { nv_policy_free(p); return bad(err, "on_refused_newer is not fallback or refuse"); }
+
+    if (!field(&c, "mode", &v, &len)) { nv_policy_free(p); return bad(err, "no mode line"); }
+    if (len == 4 && memcmp(v, "exec", 4) == 0) p->proxy = 0;
+    else if (len == 5 && memcmp(v, "proxy", 5) == 0) p->proxy = 1;
+    else { nv_policy_free(p); return bad(err, "mode is not exec or proxy"); }
+
     for (;;) {
         size_t save = c.i;
         if (!field(&c, "key", &v, &len)) { c.i = save; break; }

@@ -193,18 +193,20 @@ static void test_policy(void)
 {
     nv_buf b = {0};
     nv_buf_printf(&b, NV_POLICY_MAGIC "\nname=p\ntype=secret\nplugins_dir=versions/p\nmin_version=1.0.0\n"
-                      "max_size=100\nkey=%s\nend\n", PK);
+                      "max_size=100\non_refused_newer=refuse\nmode=exec\nkey=%s\nend\n", PK);
     nv_policy p;
     nv_error err = {0};
     CHECK(nv_policy_parse((const unsigned char *)b.p, b.n, &p, &err) == 0);
     CHECK(p.nkeys == 1 && p.max_size == 100 && strcmp(p.plugins_dir, "versions/p") == 0);
+    CHECK(p.refuse_newer == 1 && p.proxy == 0);
     nv_policy_free(&p);
     /* Any damage is refused: every prefix, and a byte changed at each position. */
     for (size_t cut = 0; cut < b.n; cut++) {
         CHECK(nv_policy_parse((const unsigned char *)b.p, cut, &p, &err) < 0);
         CHECK(err.cls == NV_POLICY);
     }
-    const char *evil[] = {"plugins_dir=../x", "type=other", "max_size=0", "min_version=1.0"};
+    const char *evil[] = {"plugins_dir=../x", "type=other", "max_size=0", "min_version=1.0",
+                          "on_refused_newer=Refuse", "mode=exec "};
     for (size_t k = 0; k < sizeof evil / sizeof evil[0]; k++) {
         nv_buf e = {0};
         const char *key_end = strchr(evil[k], '=');
