@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 STUB_DIR = REPO / "shim" / "launch" / "stubs"
 BUILD_STUBS = REPO / "build" / "build_stubs.sh"
 PYTHON = os.path.abspath(sys.executable)  # the launchers' interpreter (absolute, like --python)
-FIXED_ENV = b"LC_ALL=C.UTF-8\x00"
+FIXED_ENV = b"LC_ALL=C.UTF-8\x00OPENSSL_CONF=/dev/null\x00"
 F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE = 1, 2, 4, 8
 SEALS = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE
 TIMEOUT = 120
@@ -321,7 +321,8 @@ def test_the_interpreter_sees_only_the_fixed_environment(tmp_path):
     assert proc.returncode == 0, proc.stderr
     seen = report(out)
     assert seen["proc_environ"] == FIXED_ENV
-    assert seen["environb"] == {b"LC_ALL": b"C.UTF-8"}  # and Python added nothing (no LC_CTYPE)
+    # and Python added nothing (no LC_CTYPE)
+    assert seen["environb"] == {b"LC_ALL": b"C.UTF-8", b"OPENSSL_CONF": b"/dev/null"}
     assert seen["isolated"] == 1
     code, ctx = f"/proc/self/fd/{seen['code_fd']}", f"{stubs.CONTEXT_FLAG}{seen['ctx_fd']}"
     assert seen["orig_argv"] == [PYTHON, "-I", code, ctx]
@@ -376,6 +377,34 @@ def test_loader_and_openssl_variables_run_nothing(variable, evil, tmp_path):
     seen = report(out)
     assert seen["proc_environ"] == FIXED_ENV
     assert seen["ctx_env"] == [setting, b"OTHER=1"]  # still handed on, for the plugin
+
+
+def test_the_interpreters_openssl_reads_no_configuration_file(tmp_path):
+    """Issue 17, case 2: OpenSSL reads its compiled-in openssl.cnf when it starts (the
+    interpreter's ssl module: /usr/lib/ssl/openssl.cnf; cryptography's wheel:
+    /opt/pyca/cryptography/openssl/openssl.cnf), before any manifest is read, and a provider
+    named there runs code in the launcher. The stub gives the interpreter an empty one."""
+    strace = require("strace", "apt-get install strace")
+    exe = launcher(tmp_path)
+    log = tmp_path / "strace.log"
+    out = tmp_path / "report-strace"
+    spec = tmp_path / "spec-strace"
+    spec.write_bytes(repr((os.fsencode(exe), [os.fsencode(exe), os.fsencode(out)], [b"OTHER=1"])).encode())
+    proc = subprocess.run([strace, "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", str(log),
+                           PYTHON, "-I", "-c", RAW_EXEC, str(spec)], capture_output=True, timeout=TIMEOUT, env={})
+    assert proc.returncode == 0, proc.stderr
+    assert report(out)["environb"][b"OPENSSL_CONF"] == b"/dev/null"
+    opened = log.read_text()
+    # Control: the probe's `import ssl` started OpenSSL, which opened its configuration.
+    assert '"/dev/null"' in opened, opened[-2000:]
+    assert "openssl.cnf" not in opened, [ln for ln in opened.splitlines() if "openssl.cnf" in ln]
+    # And cryptography's OpenSSL, which the exec launcher imports, likewise:
+    direct = subprocess.run([strace, "-f", "-qq", "-e", "trace=open,openat", "-o", str(tmp_path / "direct.log"),
+                             PYTHON, "-I", "-c", "import cryptography.hazmat.primitives.asymmetric.ed25519 as e; "
+                             "e.Ed25519PrivateKey.generate()"], env={"OPENSSL_CONF": "/dev/null"},
+                            capture_output=True, timeout=TIMEOUT)
+    assert direct.returncode == 0, direct.stderr
+    assert "openssl.cnf" not in (tmp_path / "direct.log").read_text()
 
 
 def test_both_memfds_are_sealed_and_inherited(tmp_path):

@@ -463,15 +463,19 @@ int main(int argc, char **argv, char **envp)
     /* 6. The interpreter, with a fixed environment and nothing inherited from Vault's:
      *    no LD_* for its dynamic loader, no OPENSSL_* for libcrypto, no PYTHON*. LC_ALL
      *    fixes the locale (so Python neither coerces it nor adds LC_CTYPE to the plugin's
-     *    env). No PATH: argv[0] is absolute, so Python finds its prefix without it, and the
-     *    plugin is started by descriptor with Vault's own environment from the context. */
+     *    env). OPENSSL_CONF=/dev/null: an empty configuration, so the OpenSSL of neither
+     *    the interpreter's ssl module nor cryptography's wheel reads its compiled-in
+     *    openssl.cnf (/usr/lib/ssl/..., /opt/pyca/cryptography/openssl/...), where a file
+     *    naming a provider module would run code in the launcher (issue 17, case 2). No
+     *    PATH: argv[0] is absolute, so Python finds its prefix without it, and the plugin
+     *    is started by descriptor with Vault's own environment from the context. */
     static char code_arg[32], ctx_arg[64];
     format_fd(code_arg, sizeof code_arg, "/proc/self/fd/", code_fd);
     format_fd(ctx_arg, sizeof ctx_arg, "--vault-plugin-shim-context-fd=", ctx_fd);
     xargv[nprefix] = code_arg;
     xargv[nprefix + 1] = ctx_arg;
     xargv[nprefix + 2] = 0;
-    static char *const fixed_env[] = {"LC_ALL=C.UTF-8", 0};
+    static char *const fixed_env[] = {"LC_ALL=C.UTF-8", "OPENSSL_CONF=/dev/null", 0};
     execve(xargv[0], xargv, fixed_env);
     fail("cannot start the launcher's interpreter", xargv[0], strlen(xargv[0]),
          "execve of the interpreter failed", errno,
