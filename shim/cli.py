@@ -320,24 +320,41 @@ def cmd_launcher_build(args) -> int:
     if not args.trusted_key:
         raise UsageError("launcher build needs at least one --trusted-key")
     policy = _policy_from_args(args, args.plugins_dir, keep_relative=True)
-    python = args.python or os.path.abspath(sys.executable)
     if args.hot_swap and policy.mode != "proxy":
         raise UsageError("--hot-swap needs --mode proxy (in exec mode the launcher is gone once the plugin runs)")
-    if not args.python_only_in_image:
-        _check_launcher_python(python, policy.mode, args.hot_swap)
+    kind = args.kind or ("native" if policy.mode == "exec" else "python")
+    if kind == "native":
+        # The static launcher decides and executes by itself: no interpreter in the image.
+        if policy.mode != "exec":
+            raise UsageError(f"--kind native builds exec-mode launchers; {policy.mode} mode runs Python",
+                             fix="leave --kind out (proxy mode builds the Python launcher), or use --mode exec")
+        if args.policy_in_args:
+            raise UsageError("a native launcher embeds its policy; --policy-in-args needs the Python launcher",
+                             fix="pass --kind python with --policy-in-args, or leave --policy-in-args out")
+        for flag, given in (("--python", args.python), ("--python-only-in-image", args.python_only_in_image)):
+            if given:
+                raise UsageError(f"{flag} does not apply: an exec-mode launcher is native and starts no interpreter",
+                                 fix=f"drop {flag}, or pass --kind python for the interpreter-backed launcher")
+        python = None
+    else:
+        python = args.python or os.path.abspath(sys.executable)
+        if not args.python_only_in_image:
+            _check_launcher_python(python, policy.mode, args.hot_swap)
     sha = write_launcher(None if args.policy_in_args else policy, python, args.output, policy.mode, args.arch,
-                         hot_swap=args.hot_swap)
+                         hot_swap=args.hot_swap, native=kind == "native")
     command = os.path.basename(args.output)
     catalog_args = [encode_arg(policy)] if args.policy_in_args else []
     register = ["vault-plugin-shim", "register", policy.type, policy.name,
                 "--launcher", f"<plugin_directory>/{command}", *(f"--arg={a}" for a in catalog_args)]
     extra = "".join(f" -args={a}" for a in catalog_args)
-    _emit(args, {"launcher": args.output, "sha256": sha, "python": python, "flags": ["-I"], "mode": policy.mode,
+    runs = (f"native:   static, needs nothing else in the image ({policy.mode} mode)" if kind == "native" else
+            f"python:   {python} -I ({policy.mode} mode{', hot swap' if args.hot_swap else ''})")
+    _emit(args, {"launcher": args.output, "sha256": sha, "kind": kind, "python": python,
+                 "flags": [] if python is None else ["-I"], "mode": policy.mode,
                  "hot_swap": args.hot_swap, "command": command, "catalog_args": catalog_args,
                  "policy": {**json.loads(policy.to_json()), "on_refused_newer": policy.on_refused_newer},
                  "register": register},
-          [f"launcher: {args.output}", f"sha256:   {sha}",
-           f"python:   {python} -I ({policy.mode} mode{', hot swap' if args.hot_swap else ''})",
+          [f"launcher: {args.output}", f"sha256:   {sha}", runs,
            "register it once, where it is installed (the plugins dir may then change freely):",
            "  " + " ".join(register),
            "  (it probes the version, refuses to replace another launcher's entry, and can --pin and --mount;",
@@ -378,7 +395,8 @@ def cmd_launcher_inspect(args) -> int:
 
     info = inspect(args.launcher)
     if args.json:
-        print(json.dumps({"path": info.path, "sha256": info.sha256, "interpreter": info.interpreter,
+        print(json.dumps({"path": info.path, "sha256": info.sha256, "kind": "native" if info.native else "python",
+                          "interpreter": info.interpreter or None,
                           "flags": info.flags, "mode": info.mode, "files": info.files, "size": info.size,
                           "compiled": info.compiled, "hot_swap": info.hot_swap,
                           "policy": None if info.policy is None else
@@ -387,10 +405,18 @@ def cmd_launcher_inspect(args) -> int:
         return 0
     print(f"launcher:    {info.path}")
     print(f"sha256:      {info.sha256}")
-    print(f"interpreter: {info.interpreter} {' '.join(info.flags)}")
+    if info.native and not info.interpreter:
+        print("kind:        native (static; verifies and executes the plugin by itself, no interpreter)")
+    else:
+        print(f"kind:        {'native, then ' if info.native else ''}python")
+        print(f"interpreter: {info.interpreter} {' '.join(info.flags)}")
     print(f"mode:        {info.mode}{' (hot swap on)' if info.hot_swap else ''}")
-    print(f"size:        {info.size} bytes, {info.files} source files"
-          + (f", bytecode for {info.compiled} of them" if info.compiled else ", no bytecode (compiled at each start)"))
+    if info.files:
+        print(f"size:        {info.size} bytes, {info.files} source files"
+              + (f", bytecode for {info.compiled} of them" if info.compiled else
+                 ", no bytecode (compiled at each start)"))
+    else:
+        print(f"size:        {info.size} bytes")
     if info.policy is None:
         print("policy:      none embedded (taken from the catalog's --shim-policy= arg)")
     else:
@@ -479,7 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory holding the signed plugin versions; a relative path is taken "
                         "relative to the launcher's own directory when Vault runs it")
     p.add_argument("--mode", default="exec", choices=("exec", "proxy"))
-    p.add_argument("--python", help="absolute path of the interpreter the launcher starts (default: this one)")
+    p.add_argument("--kind", choices=("native", "python"),
+                   help="native: one static file that verifies and executes the plugin by itself, no "
+                        "interpreter in the image (exec mode's default); python: the interpreter-backed launcher "
+                        "(proxy mode's, and what --policy-in-args needs)")
+    p.add_argument("--python", help="--kind python: absolute path of the interpreter the launcher starts "
+                                    "(default: this one)")
     p.add_argument("--python-only-in-image", action="store_true",
                    help="the --python interpreter exists only in the target image, not on this machine: "
                         "skip the checks that run it here")

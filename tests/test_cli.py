@@ -121,12 +121,36 @@ def _build(tmp_path, *extra):
 
 
 def test_launcher_build_refuses_an_interpreter_that_does_not_exist(tmp_path):
-    p = _build(tmp_path, "--python", "/nope/python3")
+    p = _build(tmp_path, "--kind", "python", "--python", "/nope/python3")
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert "does not exist or is not executable" in p.stderr and "--python-only-in-image" in p.stderr
     assert not (tmp_path / "lau").exists()
-    p = _build(tmp_path, "--python", "/nope/python3", "--python-only-in-image")
+    p = _build(tmp_path, "--kind", "python", "--python", "/nope/python3", "--python-only-in-image")
     assert p.returncode == 0, p.stderr
+
+
+def test_an_exec_mode_launcher_is_native_by_default_and_starts_no_interpreter(tmp_path):
+    """Issue 20: exec mode builds the static launcher; the interpreter's flags do not apply to it
+    (said, not ignored), and what needs the Python launcher says so."""
+    p = _build(tmp_path, "--json")
+    assert p.returncode == 0, p.stderr
+    built = json.loads(p.stdout)
+    assert built["kind"] == "native" and built["python"] is None
+    info = json.loads(cli("launcher", "inspect", "--json", tmp_path / "lau").stdout)
+    assert info["kind"] == "native" and info["interpreter"] is None and info["sha256"] == built["sha256"]
+    text = cli("launcher", "inspect", tmp_path / "lau").stdout
+    assert "kind:        native (static" in text and "interpreter:" not in text
+    assert b"python" not in (tmp_path / "lau").read_bytes()[:200_000].lower()
+    for extra, said in ((("--python", "/usr/bin/python3"), "--python does not apply"),
+                        (("--python-only-in-image",), "--python-only-in-image does not apply"),
+                        (("--policy-in-args",), "--policy-in-args needs the Python launcher"),
+                        (("--kind", "native", "--mode", "proxy"), "--kind native builds exec-mode launchers")):
+        (tmp_path / "lau").unlink(missing_ok=True)
+        p = _build(tmp_path, *extra)
+        assert p.returncode == 1 and said in p.stderr and "Fix:" in p.stderr, (extra, p.stderr)
+        assert "Traceback" not in p.stderr and not (tmp_path / "lau").exists()
+    p = _build(tmp_path, "--kind", "python", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["kind"] == "python", p.stderr
 
 
 def test_launcher_build_proxy_checks_the_interpreter_imports_grpc(tmp_path):

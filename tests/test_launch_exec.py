@@ -224,7 +224,7 @@ def test_cli_build_twice_same_sha(setup):
     for name in ("l1", "l2"):
         proc = subprocess.run([sys.executable, "-m", "shim.cli", "launcher", "build", "--trusted-key", str(pk),
                                "--name", "myplugin", "--type", "secret", "--plugins-dir", str(d),
-                               "--python", R.PYTHON, "--output", str(tmp / name)],
+                               "--kind", "python", "--python", R.PYTHON, "--output", str(tmp / name)],
                               capture_output=True, text=True, cwd=ROOT, check=True)
         outs.append(proc.stdout)
         assert (tmp / name).stat().st_mode & 0o777 == 0o755

@@ -292,7 +292,7 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
         out.append(Finding("policy", "fail", exc.reason, exc.fix, subject=launcher))
         out.append(Finding("next-launch", "fail", "Vault would start a file that is not a working launcher"))
         return out
-    if check_interpreter:
+    if check_interpreter and info.interpreter:     # a native exec launcher starts none
         _check_interpreter(info.interpreter, info.flags, info.mode, out, info.hot_swap)
 
     policy = info.policy
