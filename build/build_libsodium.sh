@@ -10,11 +10,9 @@
 # link with musl. So we build the same source Debian ships, with its patches
 # (1.0.18-1+deb12u1: upstream 1.0.18 plus the CVE-2025-69277 fix), with musl.
 #
-# Source: the Debian source package, fetched with apt-get (a registry we can reach) through
-# a private apt state directory, so the machine's sources.list is not touched. Apt checks
-# the files against Debian's signed Sources index; we check them against the sha256 pinned
-# below as well, so a change of the archive cannot change what we build. Nothing is
-# fetched once the cache holds the files.
+# Source: the Debian source package, fetched once through a private apt state directory and
+# checked against the sha256s pinned below (build/debian_source.sh, shared with the other
+# library's script).
 #
 # Build: autoreconf (Debian builds it that way too: the .orig tarball is a git export
 # without configure), then configure --enable-minimal --disable-asm --disable-shared, and
@@ -50,61 +48,16 @@ if [ "${1:-}" = "--prefix" ]; then
 fi
 
 log() { echo "build_libsodium.sh: $*" >&2; }
-
-verified() {  # all three source files present with their pinned sha256
-  local f
-  for f in "${!SHA256[@]}"; do
-    [ -f "$CACHE/src/$f" ] || return 1
-    [ "$(sha256sum < "$CACHE/src/$f" | cut -c1-64)" = "${SHA256[$f]}" ] || return 1
-  done
-}
-
-fetch() {
-  local apt_dir="$CACHE/apt"
-  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$CACHE/src"
-  cat > "$apt_dir/sources.list" <<'EOF'
-deb-src http://deb.debian.org/debian bookworm main
-deb-src http://deb.debian.org/debian-security bookworm-security main
-EOF
-  local opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=/nonexistent"
-              -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
-              -o "APT::Sandbox::User=root" -qq)
-  log "fetching the Debian source package libsodium $VERSION"
-  apt-get "${opts[@]}" update
-  if ! (cd "$CACHE/src" && apt-get "${opts[@]}" source --download-only "libsodium=$VERSION"); then
-    # Debian keeps only current versions in its archive: a newer security upload replaces
-    # this one. Then bump VERSION and the three sha256s (apt-cache showsrc libsodium lists
-    # them), rebuild the stubs (bash build/build_stubs.sh) and commit them.
-    log "Debian's archive no longer offers libsodium $VERSION (or cannot be reached); update the pin"
-    exit 1
-  fi
-  rm -rf "$apt_dir"
-  if ! verified; then
-    local f
-    for f in "${!SHA256[@]}"; do
-      log "$f: sha256 $(sha256sum < "$CACHE/src/$f" 2>/dev/null | cut -c1-64 || echo missing), pinned ${SHA256[$f]}"
-    done
-    log "the fetched source does not match the pinned checksums; refusing to build it"
-    exit 1
-  fi
-}
+PACKAGE=libsodium
+# shellcheck source=build/debian_source.sh
+source build/debian_source.sh
 
 # Unpack the .orig tarball, apply Debian's patches (debian/patches/series, in order), and
 # generate configure. Done once into src/tree, shared by both arches (builds are out of tree).
 prepare() {
   local tree="$CACHE/src/tree"
   [ -f "$tree/.prepared-$RECIPE" ] && return 0
-  rm -rf "$tree" "$CACHE/src/unpack"
-  mkdir -p "$CACHE/src/unpack"
-  tar -xzf "$CACHE/src/libsodium_${UPSTREAM}.orig.tar.gz" -C "$CACHE/src/unpack"
-  mv "$CACHE/src/unpack/libsodium-$UPSTREAM" "$tree"
-  rmdir "$CACHE/src/unpack"
-  tar -xJf "$CACHE/src/libsodium_${VERSION}.debian.tar.xz" -C "$tree"
-  local patch
-  while read -r patch; do
-    case "$patch" in ""|\#*) continue ;; esac
-    patch -d "$tree" -p1 --quiet --forward < "$tree/debian/patches/$patch"
-  done < "$tree/debian/patches/series"
+  debian_source_unpack "$tree"
   (cd "$tree" && env -i PATH=/usr/bin:/bin LC_ALL=C autoreconf -fi >/dev/null 2>&1)
   touch "$tree/.prepared-$RECIPE"
 }
@@ -142,7 +95,7 @@ build_arch() {
   touch "$stamp"
 }
 
-verified || fetch
+debian_source_fetch
 prepare
 status=0
 for arch in "${ARCHES[@]}"; do

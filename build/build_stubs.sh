@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild the static launcher stubs from shim/launch/stubs/stub.c, and the native exec-mode
-# launchers from shim/launch/stubs/native/ (linked with libsodium, built for musl by
-# build/build_libsodium.sh, which fetches its pinned source once and caches the builds),
-# reproducibly.
+# launchers from shim/launch/stubs/native/ (linked with libsodium and Nettle's libnettle, built
+# for musl by build/build_libsodium.sh and build/build_nettle.sh, which fetch their pinned
+# sources once and cache the builds), reproducibly.
 #   bash build/build_stubs.sh           rebuild shim/launch/stubs/launcher-linux-{amd64,arm64}
 #                                       and launcher-native-linux-{amd64,arm64}
 #   bash build/build_stubs.sh --check   rebuild into a temp dir; fail if any byte differs
@@ -61,9 +61,13 @@ fi
 
 # The native launchers: the verifier's sources and its main, nothing else (not nv_explain.c,
 # a test program). One section per function, and --gc-sections: only what is called stays.
+# nv_noenv.c (null getenv and secure_getenv: nothing linked in reads Vault's environment) is
+# for the launcher binary only.
 NATIVE=shim/launch/stubs/native
-NATIVE_SOURCES=(nv_text.c nv_minisign.c nv_manifest.c nv_policy.c nv_select.c nv_hclog.c nv_launcher.c)
+NATIVE_SOURCES=(nv_text.c nv_minisign.c nv_manifest.c nv_policy.c nv_select.c nv_sha256.c nv_hclog.c nv_launcher.c
+                nv_proxy.c nv_noenv.c)
 bash build/build_libsodium.sh >/dev/null
+bash build/build_nettle.sh >/dev/null
 
 for entry in "${TOOLS[@]}"; do
   read -r arch cc objcopy musl_lib packages <<<"$entry"
@@ -82,10 +86,11 @@ for entry in "${TOOLS[@]}"; do
   mv "$out_dir/$name.tmp" "$out_dir/$name"
 
   sodium="$(bash build/build_libsodium.sh --prefix "$arch")"
+  nettle="$(bash build/build_nettle.sh --prefix "$arch")"
   name="launcher-native-linux-$arch"
   "${CLEAN_ENV[@]}" "$cc" -specs "$musl_lib/musl-gcc.specs" "${CFLAGS[@]}" -ffunction-sections -fdata-sections \
-    -I"$sodium/include" "${LDFLAGS[@]}" -Wl,--gc-sections ${STRIP[@]+"${STRIP[@]}"} -o "$out_dir/$name.tmp" \
-    "${NATIVE_SOURCES[@]/#/$NATIVE/}" "$sodium/lib/libsodium.a"
+    -I"$sodium/include" -I"$nettle/include" "${LDFLAGS[@]}" -Wl,--gc-sections ${STRIP[@]+"${STRIP[@]}"} \
+    -o "$out_dir/$name.tmp" "${NATIVE_SOURCES[@]/#/$NATIVE/}" "$sodium/lib/libsodium.a" "$nettle/lib/libnettle.a"
   "${CLEAN_ENV[@]}" "$objcopy" --remove-section=.comment "$out_dir/$name.tmp"
   chmod 0755 "$out_dir/$name.tmp"
   mv "$out_dir/$name.tmp" "$out_dir/$name"

@@ -15,9 +15,11 @@ APT_PACKAGES=(
   minisign python3-venv ca-certificates chromium procps musl-tools
   # the arm64 launcher stub: cross gcc, musl for arm64, and qemu to run it in the tests
   gcc-aarch64-linux-gnu musl-dev:arm64 qemu-user-static
-  # the native launcher: libsodium built for musl from Debian's source (build/build_libsodium.sh);
-  # its C tests and fuzzers (clang, ASan/UBSan/libFuzzer runtimes, Debian's libsodium for the host)
-  autoconf automake libtool patch xz-utils clang libclang-rt-14-dev libsodium-dev
+  # the native launcher: libsodium and Nettle built for musl from Debian's source
+  # (build/build_libsodium.sh, build/build_nettle.sh: m4 for Nettle's assembly);
+  # its C tests and fuzzers (clang, ASan/UBSan/libFuzzer runtimes, Debian's libsodium and Nettle
+  # for the host)
+  autoconf automake libtool patch xz-utils m4 clang libclang-rt-14-dev libsodium-dev nettle-dev
 )
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -42,9 +44,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
-# libsodium for the native launcher, built for musl from Debian's source once (then cached):
-# the tests rebuild the launcher stubs and compare them byte for byte with the committed ones.
+# libsodium and Nettle for the native launcher, built for musl from Debian's source once (then
+# cached): the tests rebuild the launcher stubs and compare them byte for byte with the committed ones.
 bash build/build_libsodium.sh > /dev/null
+bash build/build_nettle.sh > /dev/null
 # The Go modules (SDK plugins, go-plugin current-release peers): fill the module cache from the
 # Go module proxy with the machine's Go (>= the go.mod's go line; Debian's 1.19 is too old).
 .venv/bin/python -m shim.demo.gomod download shim/demo/sdkplugin shim/demo/sdkplugin/vaultsdk tests/gopeer

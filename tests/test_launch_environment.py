@@ -22,7 +22,8 @@ from tests.support import gopeer
 from tests.support import releases as R
 from tests.test_stub import evil  # noqa: F401  (the hostile-library fixture)
 
-MODES = ["exec", "proxy", "native"]   # native: the static exec-mode launcher, no interpreter
+MODES = ["exec", "proxy", "native", "native-proxy"]   # native: the static exec-mode launcher, no interpreter;
+# native-proxy: the native launcher decides, then starts the proxy with its verdict
 PROXY_OWNED = {b"PLUGIN_CLIENT_CERT", b"PLUGIN_UNIX_SOCKET_DIR", b"PLUGIN_UNIX_SOCKET_GROUP",
                b"PLUGIN_MULTIPLEX_GRPC", b"TMPDIR"}
 ODD = [b"SHIM_TEST_ODD=caf\xc3\xa9 \xff\xfe tab\tend", b"SHIM_TEST_EMPTY=", b"SHIM_TEST_EQ==a=b="]
@@ -45,6 +46,9 @@ class Node:
 
             self.launcher = tmp / "vault-plugins" / "myplugin-shim"
             write_launcher(R.policy(versions, keys), None, str(self.launcher), native=True)
+        elif mode == "native-proxy":
+            self.launcher = R.launcher(tmp / "vault-plugins", R.policy(versions, keys).replace(mode="proxy"),
+                                       name="myplugin-shim", native=True)
         else:
             self.launcher = R.launcher(tmp / "vault-plugins", R.policy(versions, keys).replace(mode=mode),
                                        name="myplugin-shim")
@@ -90,7 +94,7 @@ def held_environments(host, path: Path, mode: str, env: list[str], tmpdir: Path)
     with gopeer.start_host(host, path, "ping", env=env, sha256=gopeer.sha256_file(path),
                            host_env={"TMPDIR": str(tmpdir)}) as h:
         pid = h.wait_holding()
-        if mode == "proxy":
+        if mode in ("proxy", "native-proxy"):
             kids = [k for k in children_of(pid) if b"GOPEER_ENV_PROBE=1" in environ_of(k)]
             assert len(kids) == 1, kids
             pid = kids[0]

@@ -9,7 +9,10 @@ These tests generate inputs (seeded, so a failure replays), run both, and compar
 * whole plugin directories, through ``nv-explain select`` (exhaustive, like
   ``shim.trust.verify.report``): names, modes, owners, symlinks, FIFOs, truncated, oversized
   and malformed manifests and signatures, untrusted keys, a key id shared by two keys,
-  legacy signatures, tampered binaries and comments, expiry, floors, ties, junk files.
+  legacy signatures, tampered binaries and comments, expiry, floors, ties, junk files; with
+  each candidate's ``passed_over`` and what a launch then does (entry._no_quiet_fallback: the
+  on_refused_newer=refuse refusal, or the expiry warning);
+* real launches by both launchers: the same rejection, refusal and expiry-warning lines.
 
 Reasons are compared exactly (the known limits of the comparison are listed in
 shim/launch/stubs/native/README.md).
@@ -344,16 +347,39 @@ def make_directory(rng: random.Random, root: Path, index: int, keys: Keyring, no
     return policy
 
 
+def launch_verdict(selection, policy: Policy) -> dict:
+    """What a launch at NOW does after this selection chose a version (the Python launcher's
+    entry._no_quiet_fallback): its on_refused_newer refusal, or its expiry WARN line's fields."""
+    from shim.launch import entry
+    from shim.trust.errors import NewerVersionRefusedError
+
+    warned = []
+    real = entry.hclog.warn
+    entry.hclog.warn = lambda message, **fields: warned.append({"message": message, **fields})
+    try:
+        entry._no_quiet_fallback(selection, policy, NOW)
+    except NewerVersionRefusedError as exc:
+        return {"launch": True, "refusal": verdict(exc), "warning": None}
+    finally:
+        entry.hclog.warn = real
+    assert len(warned) <= 1
+    return {"launch": True, "refusal": None, "warning": warned[0] if warned else None}
+
+
 def python_verdicts(policy: Policy, uid: int) -> list[dict]:
     try:
         selection = report(policy, NOW, uid=uid)
     except ShimError as exc:
         return [{"fatal": True, **verdict(exc)}]
     out = []
+    over = selection.passed_over()
     for cand in selection.candidates:
         out.append({"binary": cand.binary, "chosen": cand is selection.chosen,
+                    "passed_over": any(cand is c for c in over),
                     "version": None if cand.manifest is None else str(cand.manifest.version),
                     **verdict(cand.error)})
+    if selection.chosen is not None:
+        out.append(launch_verdict(selection, policy))
     return out
 
 
@@ -364,6 +390,8 @@ def test_directory_verdicts_match_python(explain, tmp_path):
     policies, files = [], []
     for index in range(DIRECTORIES):
         policy = make_directory(rng, tmp_path, index, keys)
+        if index % 3 == 1:      # not from rng: the directories stay those of the seed
+            policy = policy.replace(on_refused_newer="refuse")
         policy_file = tmp_path / f"policy-{index}"
         policy_file.write_bytes(native_policy(policy))
         policies.append(policy)
@@ -379,16 +407,26 @@ def test_directory_verdicts_match_python(explain, tmp_path):
             out = run_explain(explain, "select", str(NOW), str(uid), *(files[i] for i in batch))
             assert len(out) == len(batch)
             native_out.update(zip(batch, out))
-    chosen = refused = 0
+    chosen = refused = passed_over = 0
     classes = set()
+    launches: dict[str, int] = {}
     for index, policy in enumerate(policies):
         got = native_out[index]
         want = python_verdicts(policy, uids[index])
         assert got == want, (index, policy)
         chosen += any(v.get("chosen") for v in want)
         refused += sum(1 for v in want if v.get("error"))
+        passed_over += any(v.get("passed_over") and v.get("version") for v in want)
         classes |= {v["error"] for v in want if v.get("error")}
+        for v in want:
+            if v.get("launch"):
+                what = "refusal" if v["refusal"] else "warning" if v["warning"] else "runs"
+                launches[what] = launches.get(what, 0) + 1
     assert chosen > DIRECTORIES // 4 and refused > DIRECTORIES, (chosen, refused)
+    # passed over with a known version (and without: every refused one when nothing is chosen),
+    # launches refused by on_refused_newer, and expiry warnings
+    assert passed_over > 50 and launches.get("refusal", 0) > 20 and launches.get("warning", 0) > 5, \
+        (passed_over, launches)
     assert classes >= {"RejectedError", "UnsafeFileError", "FileTooLargeError", "SignatureFormatError",
                        "UnknownKeyError", "BadSignatureError", "LegacySignatureError", "ManifestError",
                        "WrongPluginError", "RollbackError", "ExpiredError", "AmbiguousVersionError",
@@ -408,17 +446,46 @@ def refusal_lines(stderr: bytes) -> list[dict]:
         entry = json.loads(line)
         message = entry["@message"]
         if (message.startswith("vault-plugin-shim: rejected candidate") or "more rejected candidates" in message
-                or (message.startswith("vault-plugin-shim: refusing") and "cannot execute" not in message)):
+                or (message.startswith("vault-plugin-shim: refusing") and "cannot execute" not in message)
+                or (entry["@level"] == "warn" and "no launcher starts it" in message)):
             entry.pop("@timestamp")
-            for key in ("@message", "reason"):    # the two processes read the clock a moment apart
+            for key in ("@message", "reason")[: 1 + ("reason" in entry)]:   # the two read the clock a moment apart
                 entry[key] = re.sub(r"\((node clock: )?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)", "(NOW)", entry[key])
             out.append(entry)
     return out
 
 
+#: How far from now a release shipped to expire soon expires: in the middle of a 0.1-day step of
+#: "in X.X days", so the two launchers, reading the clock a moment apart, print the same text.
+SOON = [20 * 86400, 12 * 86400 + 25920, 2 * 86400 + 34560, 29 * 86400 + 43200, 25920]
+
+
+def add_expiring(rng: random.Random, d: Path, keys: Keyring, name: str, now: int) -> None:
+    """A valid release (not an executable: both launchers then fail at exec, after the lines
+    compared) whose manifest expires within 30 days."""
+    import hashlib
+
+    goos, goarch = host_platform()
+    binary = d / f"{name}-soon{rng.randrange(10)}"
+    if binary.exists():
+        return
+    content = bytes(rng.randrange(256) for _ in range(16))
+    binary.write_bytes(content)
+    binary.chmod(0o755)
+    manifest = Manifest(name=name, type="secret", version=Version.parse(rng.choice(["1.5.0", "3.0.0", "20.0.0"])),
+                        sha256=hashlib.sha256(content).hexdigest(), size=len(content), os=goos, arch=goarch,
+                        issued_at=now - 1000, expires_at=now + rng.choice(SOON))
+    data = manifest.to_bytes()
+    signer = keys.trusted[0]
+    (d / f"{binary.name}.manifest.json").write_bytes(data)
+    (d / f"{binary.name}.manifest.json.minisig").write_bytes(
+        minisign.sign_detached(data, signer.key_id, signer.sign, trusted_comment=manifest.trusted_comment()))
+
+
 def test_launch_log_lines_match_the_python_launcher(tmp_path):
     """The same directory, launched by the Python launcher and by the native one: the same
-    rejection lines (level, message, every field) in the same order, and the same refusal."""
+    rejection lines (level, message, every field) in the same order, the same refusal (of
+    on_refused_newer=refuse too), and the same expiry warning."""
     import time
 
     from shim.launch.build import write_launcher
@@ -426,11 +493,18 @@ def test_launch_log_lines_match_the_python_launcher(tmp_path):
 
     assert os.geteuid() == 0
     rng = random.Random(23)
+    extra = random.Random(24)       # its own stream: the directories of seed 23 stay the same
     keys = Keyring(rng)
     env = releases.cookie_env()
     compared = 0
+    kinds: dict[str, int] = {}
     for index in range(LOG_DIRECTORIES):
-        policy = make_directory(rng, tmp_path, index, keys, now=int(time.time()), name="myplugin")
+        now = int(time.time())
+        policy = make_directory(rng, tmp_path, index, keys, now=now, name="myplugin")
+        if extra.random() < 0.5:
+            policy = policy.replace(on_refused_newer="refuse")
+        if extra.random() < 0.4 and os.path.isdir(policy.plugins_dir):
+            add_expiring(extra, Path(policy.plugins_dir), keys, "myplugin", now)
         py, native = tmp_path / f"py-{index}", tmp_path / f"native-{index}"
         write_launcher(policy, releases.PYTHON, str(py))
         write_launcher(policy, None, str(native), native=True)
@@ -438,5 +512,10 @@ def test_launch_log_lines_match_the_python_launcher(tmp_path):
         want = subprocess.run([str(py)], env=env, capture_output=True, timeout=60)
         assert got.stdout == want.stdout == b""
         assert refusal_lines(got.stderr) == refusal_lines(want.stderr), (index, got.stderr, want.stderr)
-        compared += len(refusal_lines(want.stderr))
+        lines = refusal_lines(want.stderr)
+        compared += len(lines)
+        for line in lines:
+            kind = line.get("error") or line["@level"]
+            kinds[kind] = kinds.get(kind, 0) + 1
     assert compared > LOG_DIRECTORIES
+    assert kinds.get("NewerVersionRefusedError", 0) >= 5 and kinds.get("warn", 0) >= 5, kinds

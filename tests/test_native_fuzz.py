@@ -18,7 +18,7 @@ import pytest
 
 from tests.support import native
 
-TARGETS = ("manifest", "signature", "policy", "time_version", "signed_manifest")
+TARGETS = ("manifest", "signature", "policy", "time_version", "signed_manifest", "proxy_skip")
 FUZZ_RUNS = 20000
 
 

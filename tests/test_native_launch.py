@@ -169,16 +169,50 @@ def test_a_damaged_policy_fails_closed_with_one_hclog_line(setup):
 
 
 def test_the_native_launcher_links_in_nothing_that_reads_the_environment(tmp_path):
+    """Nothing linked in reads the environment. Nettle's fat setup calls getenv and secure_getenv
+    (NETTLE_FAT_VERBOSE, NETTLE_FAT_OVERRIDE): the launcher's are nv_noenv.c's `return NULL`, a
+    function of at most two instructions, and musl's (which read environ) are not linked."""
     proc = subprocess.run(["bash", str(STUB_DIR.parent.parent.parent / "build" / "build_stubs.sh"), "--symbols",
                            str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     for arch in stubs.NATIVE_STUB_NAMES:
-        names = set(subprocess.run(["nm", "--defined-only", "-j", str(tmp_path / f"launcher-native-linux-{arch}")],
-                                   capture_output=True, text=True, check=True).stdout.split())
-        assert {"main", "crypto_sign_verify_detached", "crypto_hash_sha256_update", "memfd_create"} <= names
-        readers = {"getenv", "secure_getenv", "__secure_getenv", "setlocale", "newlocale", "tzset", "__tzset",
+        table = subprocess.run(["nm", "--defined-only", "-S", str(tmp_path / f"launcher-native-linux-{arch}")],
+                               capture_output=True, text=True, check=True).stdout.splitlines()
+        names = {line.split()[-1] for line in table}
+        sizes = {f[3]: int(f[1], 16) for f in map(str.split, table) if len(f) == 4}
+        assert {"main", "crypto_sign_verify_detached", "nettle_sha256_update", "memfd_create"} <= names
+        assert "crypto_hash_sha256_update" not in names         # SHA-256 is Nettle's (nv_sha256.c)
+        readers = {"__secure_getenv", "setlocale", "newlocale", "tzset", "__tzset",
                    "localtime", "localtime_r", "dlopen", "__dls3", "sodium_init", "randombytes_buf"}
         assert not names & readers, names & readers
+        assert sizes["getenv"] <= 8 and sizes["secure_getenv"] <= 8, (sizes["getenv"], sizes["secure_getenv"])
+
+
+@pytest.mark.parametrize("arch", ["amd64", "arm64"])
+def test_nettles_variables_steer_nothing_and_still_reach_the_plugin(setup, arch):
+    """NETTLE_FAT_VERBOSE would make Nettle print "libnettle: ..." lines on stderr (which Vault
+    logs) and NETTLE_FAT_OVERRIDE would choose its SHA-256 code: in Vault's environment they
+    reach the plugin byte for byte, and the launcher reads neither (nv_noenv.c): nothing is
+    printed, and the CPU alone chooses (its secure_getenv is the null one: the test above)."""
+    tmp, versions, keys, pol, reports = setup
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0", arch=arch)
+    out = tmp / f"launcher-{arch}"
+    build.write_launcher(pol, None, str(out), native=True, arch=arch)
+    wrapper = []
+    if arch == "arm64":
+        qemu = shutil.which("qemu-aarch64-static")
+        assert qemu, "apt-get install qemu-user-static (bash build/install.sh)"
+        wrapper = [qemu, "-cpu", "max"]                          # a CPU with the SHA2 instructions
+    cookie = b"VAULT_BACKEND_PLUGIN=6669da05-b1c8-4f49-97d9-c8e5bed98e20"
+    env_in = [b"PATH=/usr/bin:/bin", cookie, b"REPORT_DIR=" + os.fsencode(reports), b"NETTLE_FAT_VERBOSE=1",
+              b"NETTLE_FAT_OVERRIDE=none"]
+    proc = raw_exec(tmp, os.fsencode(out), [os.fsencode(out), b"x"], env_in, wrapper=wrapper)
+    assert proc.returncode == 0 and proc.stdout == b"ran one x\n", proc.stderr
+    assert b"libnettle" not in proc.stderr, proc.stderr
+    (line,) = releases.hclog_lines(proc.stderr)
+    assert line["@message"] == "vault-plugin-shim: starting secret plugin myplugin 1.0.0"
+    received = (reports / "environ").read_bytes().split(b"\x00")[:-1]
+    assert received == env_in if arch == "amd64" else sorted(received) == sorted(env_in)   # qemu reverses it
 
 
 def test_hand_run_output_is_json_free_and_launch_lines_are_json(setup):
@@ -363,3 +397,169 @@ def test_the_python_launcher_drops_entries_it_cannot_carry_with_a_warning(setup)
     warns = [json.loads(line) for line in proc.stderr.decode().splitlines() if "without a NAME=" in line]
     assert len(warns) == 1 and warns[0]["@level"] == "warn", proc.stderr
     assert "'=leading'" in warns[0]["@message"] and "'NO_EQUALS'" in warns[0]["@message"]
+
+
+# --- issue 20 item 2: on_refused_newer and the expiry warning, as the Python launcher does them --
+
+def tampered_newer(versions: Path, keys) -> Path:
+    """2.0.0, signed, then changed: refused (DigestMismatchError), and newer than 1.0.0."""
+    v2 = plugin(versions, "myplugin-2.0.0", "two")
+    releases.release(keys, v2, version="2.0.0")
+    v2.write_text(v2.read_text() + "# one more line\n")
+    return v2
+
+
+def test_on_refused_newer_refuse_does_not_fall_back_past_a_tampered_newer_version(setup):
+    tmp, versions, keys, pol, reports = setup
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0")
+    v2 = tampered_newer(versions, keys)
+    exe = native_launcher(tmp, pol.replace(on_refused_newer="refuse"))
+    proc = releases.run(exe, env=env(reports))
+    assert proc.returncode == 1 and proc.stdout == b"", proc.stderr
+    assert not (reports / "argv").exists()          # nothing ran
+    lines = releases.hclog_lines(proc.stderr)
+    assert [line["@level"] for line in lines] == ["error", "error"], lines
+    assert lines[0]["error"] == "DigestMismatchError" and lines[0]["candidate"] == "myplugin-2.0.0"
+    refusal = lines[1]      # entry._main's refusal line, field for field
+    assert {k: v for k, v in refusal.items() if k != "@timestamp"} == {
+        "@level": "error", "@module": "vault-plugin-shim",
+        "@message": "vault-plugin-shim: refusing to start secret plugin myplugin: 1 version(s) newer than 1.0.0 are "
+                    "present and refused, and this launcher's policy refuses to fall back (on_refused_newer: refuse)",
+        "plugin": "myplugin", "error": "NewerVersionRefusedError",
+        "reason": "1 version(s) newer than 1.0.0 are present and refused, and this launcher's policy refuses to fall "
+                  "back (on_refused_newer: refuse)",
+        "file": str(v2),
+        "fix": "ship the newer release intact (binary, manifest and .minisig from the same release), or remove it "
+               "if the older version is meant to run"}
+
+
+def test_by_default_the_older_version_runs_and_the_newer_refusal_is_logged(setup):
+    tmp, versions, keys, pol, reports = setup
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0")
+    v2 = tampered_newer(versions, keys)
+    proc = releases.run(native_launcher(tmp, pol), env=env(reports))
+    assert proc.returncode == 0 and proc.stdout == b"ran one \n", proc.stderr
+    lines = releases.hclog_lines(proc.stderr)
+    assert [(line["@level"], line.get("error")) for line in lines] == [("error", "DigestMismatchError"),
+                                                                       ("info", None)], lines
+    assert lines[0]["file"] == str(v2)
+    assert lines[1]["@message"] == "vault-plugin-shim: starting secret plugin myplugin 1.0.0"
+
+
+def test_a_launch_within_30_days_of_expiry_warns_and_runs(setup):
+    import time
+
+    tmp, versions, keys, pol, reports = setup
+    now = int(time.time())
+    one = plugin(versions, "myplugin-1.0.0", "one")
+    m = releases.release(keys, one, version="1.0.0", issued=now - 60, expires=now + 10 * 86400)
+    proc = releases.run(native_launcher(tmp, pol), env=env(reports))
+    assert proc.returncode == 0 and proc.stdout == b"ran one \n", proc.stderr
+    lines = releases.hclog_lines(proc.stderr)
+    assert [line["@level"] for line in lines] == ["warn", "info"], lines
+    from shim.trust.manifest import format_time
+
+    assert {k: v for k, v in lines[0].items() if k != "@timestamp"} == {
+        "@level": "warn", "@module": "vault-plugin-shim",
+        "@message": f"vault-plugin-shim: secret plugin myplugin 1.0.0 expires at {format_time(m.expires_at)}, in 10.0 "
+                    "days: after that no launcher starts it",
+        "plugin": "myplugin", "file": str(one),
+        "fix": "re-sign the same binary with a later --expires (or none) and ship the new manifest and .minisig"}
+    # 60 days away: no warning
+    releases.release(keys, one, version="1.0.0", issued=now - 60, expires=now + 60 * 86400)
+    proc = releases.run(native_launcher(tmp, pol), env=env(reports))
+    assert proc.returncode == 0 and [line["@level"] for line in releases.hclog_lines(proc.stderr)] == ["info"]
+
+
+# --- issue 20 item 2: the dry mode the tools use (`L explain --json`), and `L doctor` by hand -----
+
+def test_explain_json_by_hand_is_the_decision_and_nothing_else_writes_stdout(setup):
+    tmp, versions, keys, pol, reports = setup
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0")
+    v2 = tampered_newer(versions, keys)
+    exe = tmp / "refusing"
+    build.write_launcher(pol.replace(on_refused_newer="refuse"), None, str(exe), native=True)
+    proc = subprocess.run([str(exe), "explain", "--json"], capture_output=True, env={}, timeout=30)
+    assert proc.returncode == 1 and proc.stderr == b"", proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["schema"] == "vault-plugin-shim/explain/v1" and doc["kind"] == "native"
+    assert doc["launcher"] == str(exe) and doc["uid"] == os.geteuid()
+    assert doc["policy"]["name"] == "myplugin" and doc["policy"]["plugins_dir"] == str(versions)
+    assert doc["policy"]["on_refused_newer"] == "refuse" and doc["policy"]["mode"] == "exec"
+    assert doc["policy"]["key_ids"] == [keys.public.key_id_hex]
+    one, two = doc["candidates"]
+    assert one["verdict"] == "ok" and one["chosen"] and not one["runs"] and one["error"] is None
+    assert one["version"] == "1.0.0" and one["key_id"] == keys.public.key_id_hex
+    assert two["verdict"] == "refused" and two["passed_over"] and two["error"]["error"] == "DigestMismatchError"
+    assert two["file"] == str(v2) and two["error"]["fix"].startswith("the binary differs")
+    assert doc["chosen"] == one["file"] and doc["runs"] is None and doc["passed_over"] == [str(v2)]
+    assert doc["refusal"]["error"] == "NewerVersionRefusedError" and doc["exit_status"] == 1
+    assert not (reports / "argv").exists()
+    # A cookie means Vault started it: the words are the plugin's args, and the plugin runs.
+    proc = releases.run(native_launcher(tmp, pol), "explain", "--json", env=env(reports))
+    assert proc.returncode == 0 and proc.stdout == b"ran one explain --json\n", proc.stderr
+    # By hand, `doctor` and any other words explain on stderr, with the verdict as exit status.
+    for args in (["doctor"], ["--version"], ["explain"], ["explain", "--json", "x"]):
+        proc = subprocess.run([str(exe), *args], capture_output=True, env={}, timeout=30)
+        text = proc.stderr.decode()
+        assert proc.returncode == 1 and proc.stdout == b"", (args, text)
+        assert "myplugin-2.0.0: refused: DigestMismatchError: is" in text
+        assert "next launch refuses: NewerVersionRefusedError: 1 version(s) newer than 1.0.0" in text
+    proc = subprocess.run([str(native_launcher(tmp, pol)), "doctor"], capture_output=True, env={}, timeout=30)
+    text = proc.stderr.decode()
+    assert proc.returncode == 0 and proc.stdout == b"", text
+    assert f"next launch runs: {versions / 'myplugin-1.0.0'}" in text
+    assert "fallback: 1 version(s) newer than 1.0.0 are present and refused" in text
+
+
+def test_explain_json_carries_the_expiry_warning(setup):
+    import time
+
+    tmp, versions, keys, pol, reports = setup
+    now = int(time.time())
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0", issued=now - 60,
+                     expires=now + 10 * 86400)
+    exe = native_launcher(tmp, pol)
+    proc = subprocess.run([str(exe), "explain", "--json"], capture_output=True, env={}, timeout=30)
+    assert proc.returncode == 0 and proc.stderr == b""
+    doc = json.loads(proc.stdout)
+    assert doc["runs"] == str(versions / "myplugin-1.0.0") and doc["refusal"] is None
+    assert doc["candidates"][0]["expires_soon"] is True
+    warning = doc["expiry_warning"]
+    assert warning["days"] == 10.0 and "in 10.0 days: after that no launcher starts it" in warning["message"]
+    proc = subprocess.run([str(exe)], capture_output=True, env={}, timeout=30)
+    assert proc.returncode == 0 and "in 10.0 days: after that no launcher starts it" in proc.stderr.decode()
+
+
+def test_the_dry_mode_and_the_refusal_run_clean_under_asan_and_ubsan(setup):
+    """`explain --json`, `doctor` by hand, the on_refused_newer refusal and the expiry warning,
+    in the launcher's own main built with ASan and UBSan (leaks included)."""
+    import time
+
+    from tests.support import native
+
+    tmp, versions, keys, pol, reports = setup
+    exe = native.build(tmp / "launcher-asan", "nv_launcher.c")
+    now = int(time.time())
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0", issued=now - 60,
+                     expires=now + 3 * 86400)
+    tampered_newer(versions, keys)
+    (versions / "caf\xe9\x01.manifest.json").write_text("{}")       # a name JSON must escape
+    asan = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:exitcode=99",
+            "UBSAN_OPTIONS": "halt_on_error=1:exitcode=99"}
+    for on_refused_newer, status in (("refuse", 1), ("fallback", 0)):
+        launcher = tmp / f"asan-{on_refused_newer}"
+        launcher.write_bytes(stubs.pack_native(exe.read_bytes(),
+                                               build.native_policy(pol.replace(on_refused_newer=on_refused_newer))))
+        launcher.chmod(0o755)
+        proc = subprocess.run([str(launcher), "explain", "--json"], capture_output=True, timeout=60, env=asan)
+        assert proc.returncode == status and proc.stderr == b"", proc.stderr
+        doc = json.loads(proc.stdout)
+        assert [c["binary"] for c in doc["candidates"]] == ["caf\xe9\x01", "myplugin-1.0.0", "myplugin-2.0.0"]
+        assert (doc["expiry_warning"] is None) == (status == 1)
+        proc = subprocess.run([str(launcher), "doctor"], capture_output=True, timeout=60, env=asan)
+        assert proc.returncode == status and b"Sanitizer" not in proc.stderr, proc.stderr
+        proc = releases.run(launcher, env=env(reports, **asan))
+        assert proc.returncode == status and b"Sanitizer" not in proc.stderr, proc.stderr
+        levels = [line["@level"] for line in releases.hclog_lines(proc.stderr)]
+        assert levels == (["error", "error", "error"] if status else ["error", "error", "warn", "info"]), proc.stderr

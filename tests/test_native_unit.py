@@ -25,5 +25,5 @@ def test_the_verifier_builds_warning_free_with_gcc_too(tmp_path):
     differs from clang's)."""
     sources = [str(native.NATIVE / s) for s in (*native.SOURCES, "nv_explain.c")]
     proc = subprocess.run(["nice", "-n", "10", "gcc", *native.WARNINGS, "-O2", "-o", str(tmp_path / "nv"),
-                           *sources, "-lsodium"], capture_output=True, text=True, timeout=300)
+                           *sources, *native.LIBS], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

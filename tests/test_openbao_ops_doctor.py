@@ -46,7 +46,7 @@ def test_doctor_names_the_running_version_that_secrets_list_does_not(bao_dev, tm
 
 
 def test_verify_launcher_takes_the_catalog_args_of_a_policy_in_args_launcher(bao_dev, tmp_path, go_cache):
-    rel = openbao.Release(bao_dev, tmp_path / "r", "verify-args", extra_build=("--policy-in-args",))
+    rel = openbao.Release(bao_dev, tmp_path / "r", "verify-args", extra_build=("--kind", "python", "--policy-in-args"))
     rel.add(openbao.build_plugin("secret", "1.0.0", rel.versions, go_cache), "1.0.0")
     [arg] = catalog_args(rel)
     done = rel.register(f"--arg={arg}", "--mount", rel.name)
@@ -67,7 +67,7 @@ def test_verify_launcher_takes_the_catalog_args_of_a_policy_in_args_launcher(bao
 def test_doctor_asks_the_server_for_the_catalog_entry(bao_dev, tmp_path, go_cache):
     """Issue 16, item 9: `doctor --catalog TYPE/NAME` reads the entry from the server (sha256 and
     args), instead of pointing at a `vault plugin info` that 404s on a versioned entry."""
-    rel = openbao.Release(bao_dev, tmp_path / "r", "doctor-catalog", extra_build=("--policy-in-args",))
+    rel = openbao.Release(bao_dev, tmp_path / "r", "doctor-catalog", extra_build=("--kind", "python", "--policy-in-args"))
     rel.add(openbao.build_plugin("secret", "1.0.0", rel.versions, go_cache), "1.0.0")
     [arg] = catalog_args(rel)
     assert rel.register(f"--arg={arg}").returncode == 0

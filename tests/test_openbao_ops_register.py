@@ -315,12 +315,12 @@ def test_same_launcher_again_is_idempotent(bao_dev, release):
 
 def test_policy_in_args_launcher_with_other_args_is_another_owner(bao_dev, tmp_path, go_cache):
     """Same launcher file (no embedded policy), other trusted keys in the args."""
-    rel = openbao.Release(bao_dev, tmp_path / "a", "args-owner", extra_build=("--policy-in-args",))
+    rel = openbao.Release(bao_dev, tmp_path / "a", "args-owner", extra_build=("--kind", "python", "--policy-in-args"))
     rel.add(openbao.build_plugin("secret", "1.0.0", rel.versions, go_cache), "1.0.0")
     [args_a] = [w.removeprefix("-args=") for w in rel.build_output.split() if w.startswith("-args=")]
     assert rel.register(f"--arg={args_a}").returncode == 0
     other = openbao.Release(bao_dev, tmp_path / "b", "args-owner", command=rel.command,
-                            extra_build=("--policy-in-args",))
+                            extra_build=("--kind", "python", "--policy-in-args"))
     other.add(openbao.build_plugin("secret", "1.0.0", other.versions, go_cache), "1.0.0")
     assert other.sha256 == rel.sha256
     [args_b] = [w.removeprefix("-args=") for w in other.build_output.split() if w.startswith("-args=")]

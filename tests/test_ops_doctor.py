@@ -248,3 +248,20 @@ def test_a_refused_newer_version_is_a_named_fallback_and_expiry_is_shown(setup, 
     strict = launcher(lau.parent, pol.replace(on_refused_newer="refuse"), name="strict-launcher")
     findings = diagnose(str(strict), now=now, check_interpreter=False)
     assert verdict(findings).status == "fail" and "refuses to fall back" in verdict(findings).message
+
+
+def test_each_fallback_finding_carries_its_own_versions_details(setup):
+    """Two tampered newer releases: each fallback line's --json details name its own version
+    (they used to carry whichever candidate the loop above saw last)."""
+    keys, plugins, pol, lau = setup
+    release(keys, script_plugin(plugins / "myplugin-1.0.0", "one"), version="1.0.0")
+    for version in ("2.0.0", "3.0.0"):
+        newer = script_plugin(plugins / f"myplugin-{version}", version)
+        release(keys, newer, version=version)
+        with open(newer, "ab") as fh:
+            fh.write(b"# one byte more\n")
+    code, out, _ = run_cli("--launcher", str(lau), "--no-interpreter-check", "--json")
+    assert code == 1
+    fallbacks = {f["subject"].rsplit("-", 1)[1]: f["details"]["version"] for f in json.loads(out)
+                 if f["check"] == "fallback"}
+    assert fallbacks == {"2.0.0": "2.0.0", "3.0.0": "3.0.0"}

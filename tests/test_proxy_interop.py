@@ -24,7 +24,7 @@ from tests.test_goplugin_e2e import PLUGIN_SOURCE
 pytestmark = pytest.mark.interop
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ["proxy", "exec"]
+MODES = ["proxy", "exec", "native-proxy"]   # native-proxy: the native launcher decides, then runs the proxy
 
 
 @pytest.fixture(scope="module", params=gopeer.RELEASES, ids=lambda r: f"go-plugin-{r}")
@@ -40,8 +40,11 @@ def peer(go_build, tmp_path_factory, request):
 class Node:
     """A Vault node: plugin_directory with the launcher, the signed versions, a TMPDIR."""
 
-    def __init__(self, peer, tmp: Path, mode: str, plugin: str = "go", name: str = "myplugin"):
-        self.peer, self.tmp, self.mode = peer, tmp, mode
+    def __init__(self, peer, tmp: Path, mode: str, plugin: str = "go", name: str = "myplugin", native: bool = False):
+        # "native-proxy": proxy mode from the native launcher (it selects, verifies and seals;
+        # its Python part runs the verdict): the proxy tests run against it too
+        native, mode = native or mode == "native-proxy", "proxy" if mode == "native-proxy" else mode
+        self.peer, self.tmp, self.mode, self.native = peer, tmp, mode, native
         self.versions = tmp / "versions"
         self.versions.mkdir(mode=0o755)
         (tmp / "vault-plugins").mkdir()
@@ -50,7 +53,7 @@ class Node:
         self.keys = R.new_keys()
         self.name = name
         pol = R.policy(self.versions, self.keys, name=name).replace(mode=mode)
-        self.launcher = R.launcher(tmp / "vault-plugins", pol, name="myplugin-shim")
+        self.launcher = R.launcher(tmp / "vault-plugins", pol, name="myplugin-shim", native=native)
         self.sha256 = gopeer.sha256_file(self.launcher)
         self.binary = dst = self.versions / f"{name}-1.0.0"
         shutil.copy(peer[plugin], dst)
@@ -104,6 +107,7 @@ def test_unary_calls(node):
     started = shim_started(res)
     assert started["version"] == "1.0.0" and started["exec_via"] == "memfd"
     assert started.get("mode", "exec") == node.mode
+    assert started.get("selected_by") == ("native launcher" if node.native else None)
     assert res.plugin_exited and not res.logs(message="plugin failed to exit gracefully"), res.describe()
     assert node.leftovers() == []
 

@@ -47,9 +47,10 @@ def peer(go_build, go_host, tmp_path_factory):
     return {"host": go_host, "go": go_build.plugin("1.0.0", 2), "py": py}
 
 
-@pytest.fixture
-def node(peer, tmp_path):
-    n = Node(peer, tmp_path, "proxy")
+@pytest.fixture(params=["python", "native"])
+def node(peer, tmp_path, request):
+    """A proxy-mode node; "native": the native launcher decides and starts the proxy with its verdict."""
+    n = Node(peer, tmp_path, "proxy", native=request.param == "native")
     yield n
     n.close()
 
@@ -99,6 +100,13 @@ def test_normal_runs_end_cleanly(node):
     assert node.leftovers() == []
 
 
+def runs_sealed_copy(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/exe").startswith("/memfd:")
+    except OSError:
+        return False
+
+
 def test_plugin_killed_mid_call_ends_cleanly(node):
     """The child is SIGKILLed while four callers keep calling: one ERROR naming the exit,
     no traceback, no asyncio task error, nothing left."""
@@ -107,7 +115,10 @@ def test_plugin_killed_mid_call_ends_cleanly(node):
         with gopeer.start_host(node.peer["host"], node.launcher, "unary-bench", sha256=node.sha256,
                                env=[marker], iterations=10**7, concurrency=4, method="double",
                                host_env={"TMPDIR": str(node.sock)}) as h:
-            child = wait_until(lambda: gopeer.find_marked_processes(marker), "the plugin to start")
+            # The plugin is the marked process that runs the sealed copy: a native launcher has
+            # Vault's environment too, until it has decided and started the proxy's interpreter.
+            child = wait_until(lambda: [p for p in gopeer.find_marked_processes(marker) if runs_sealed_copy(p)],
+                               "the plugin to start")
             # the point is to die *during* calls: wait until the plugin has spent CPU on them
             wait_until(lambda: cpu_ticks(child[0]) >= 10, "the plugin to serve calls")
             for pid in child:
@@ -320,14 +331,15 @@ def wait_gone(pids: set[int], deadline: float) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.parametrize("native", [False, True], ids=["python", "native"])
 @pytest.mark.parametrize("plugin", ["go", "py-ignoring-shutdown"])
-def test_host_sigkill_leaves_no_process_or_socket(peer, tmp_path, plugin):
+def test_host_sigkill_leaves_no_process_or_socket(peer, tmp_path, plugin, native):
     """The go-plugin host (Vault's role) is SIGKILLed while the plugin serves: the launcher
     notices (a pidfd on its parent), stops the plugin as Vault's Kill would and removes its
     sockets, within VAULT_GONE_BOUND. The Go plugin exits on Shutdown; the Python plugin
     ignores it (and has a child and a janitor of its own), so it shows the worst case:
     CHILD_GRACE, then SIGKILL of its group. Three trials each."""
-    node = Node(peer, tmp_path, "proxy", plugin="go" if plugin == "go" else "py")
+    node = Node(peer, tmp_path, "proxy", plugin="go" if plugin == "go" else "py", native=native)
     env = [f"{k}={v}" for k, v in node.env.items()]
     if plugin != "go":
         env.append("PYPLUGIN_IGNORE_SHUTDOWN=1")

@@ -34,8 +34,9 @@ FIXED_ENV = b"LC_ALL=C.UTF-8\x00OPENSSL_CONF=/dev/null\x00"
 F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE = 1, 2, 4, 8
 SEALS = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE
 TIMEOUT = 120
-# build_stubs.sh also builds the native launchers, whose libsodium build_libsodium.sh fetches
-# and builds on first use (then cached): a cold first run takes minutes on a busy 2-core machine.
+# build_stubs.sh also builds the native launchers, whose libsodium and Nettle build_libsodium.sh
+# and build_nettle.sh fetch and build on first use (then cached): a cold first run takes minutes
+# on a busy 2-core machine.
 BUILD_TIMEOUT = 900
 
 # Runs inside the interpreter the stub starts. It writes what it saw to the file named by
@@ -270,6 +271,8 @@ def test_check_fails_when_a_committed_stub_differs(tmp_path):
     (tmp_path / "build").mkdir()
     shutil.copy(BUILD_STUBS, tmp_path / "build")
     shutil.copy(BUILD_STUBS.parent / "build_libsodium.sh", tmp_path / "build")  # the native launchers' libsodium
+    for nettle in ("build_nettle.sh", "nettle-arm64-musl-getauxval.patch", "debian_source.sh"):  # and Nettle
+        shutil.copy(BUILD_STUBS.parent / nettle, tmp_path / "build")
     shutil.copytree(STUB_DIR, tmp_path / "shim" / "launch" / "stubs",
                     ignore=shutil.ignore_patterns("__pycache__"))
     altered = tmp_path / "shim" / "launch" / "stubs" / "launcher-linux-amd64"

@@ -49,7 +49,7 @@ def served(server, path: str) -> dict:
 class Mount:
     """One plugin name, its versions directory, its hot-swapping launcher and its mount."""
 
-    def __init__(self, server, root: Path, name: str, kind: str = "secret"):
+    def __init__(self, server, root: Path, name: str, kind: str = "secret", native: bool = False):
         self.server, self.root, self.name, self.kind = server, root, name, kind
         root.mkdir(parents=True)
         self.versions = root / "versions"
@@ -59,7 +59,8 @@ class Mount:
         self.keys = R.new_keys()
         policy = R.policy(self.versions, self.keys, name=name, type=kind).replace(mode="proxy")
         self.launcher = server.plugin_dir / f"{name}-launcher"
-        write_launcher(policy, R.PYTHON, str(self.launcher), "proxy", hot_swap=True)
+        # native: the native launcher decides at launch, and each rescan runs its select-only mode
+        write_launcher(policy, R.PYTHON, str(self.launcher), "proxy", hot_swap=True, native=native)
         self.env = openbao.cli_env(server)
         self.tmp_before = set(os.listdir(server.tmpdir))
         self.log_offset = server.log_size()
@@ -159,10 +160,12 @@ class Mount:
 
 @pytest.fixture
 def mount(bao_dev, tmp_path, request):
+    """Makes mounts; parametrized indirectly with "native", their launchers are native."""
     made = []
+    native = getattr(request, "param", "python") == "native"
 
     def make(name: str, kind: str = "secret") -> Mount:
-        m = Mount(bao_dev, tmp_path / name, name, kind)
+        m = Mount(bao_dev, tmp_path / name, name + ("-n" if native else ""), kind, native=native)
         made.append(m)
         return m
 
@@ -197,6 +200,7 @@ def started_with(m: Mount, binary: Path) -> int:
 
 # --- acceptance ----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("mount", ["python", "native"], indirect=True)
 def test_a_signed_v2_takes_over_under_load_with_no_failed_request(bao_dev, builds, mount):
     m = mount("swapup")
     launcher = started_with(m, builds[("secret", "1.0.0")])
@@ -224,6 +228,7 @@ def test_a_signed_v2_takes_over_under_load_with_no_failed_request(bao_dev, build
     m.wait_one_child(launcher, "2.0.0")
 
 
+@pytest.mark.parametrize("mount", ["python", "native"], indirect=True)
 @pytest.mark.parametrize("bad, reason", [
     ("tampered", "sha256 is"),
     ("exit-in-setup", "exited during /pb.Backend/Setup"),
@@ -282,6 +287,7 @@ def rescanned(m: Mount, launcher: int, deadline: float = 30.0) -> dict:
         time.sleep(0.1)
 
 
+@pytest.mark.parametrize("mount", ["python", "native"], indirect=True)
 def test_removing_the_running_version_swaps_down(bao_dev, builds, mount):
     m = mount("swapdown")
     launcher = started_with(m, builds[("secret", "1.0.0")])

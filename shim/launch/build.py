@@ -42,10 +42,14 @@ MAIN_TEMPLATE = '''\
 # Vault's catalog pins.
 POLICY = {policy!r}
 MODE = {mode!r}
-{swap}if __name__ == "__main__":
+{swap}{native}if __name__ == "__main__":
     from shim.launch.entry import main_from_stub
-    raise SystemExit(main_from_stub(POLICY, MODE{swap_arg}))
+    raise SystemExit(main_from_stub(POLICY, MODE{swap_arg}{native_arg}))
 '''
+# A native proxy-mode launcher's code (shim/launch/stubs/native/nv_proxy.c starts it): the native
+# part has selected, verified and sealed the plugin, and hands over the descriptor and its verdict;
+# this code never selects (entry.main_from_stub refuses a launch without the verdict).
+NATIVE_MAIN = "NATIVE = True  # the native launcher decides; this code runs its verdict\n"
 
 
 # Exactly the modules a launch imports, per mode (tests/test_launcher_contents.py runs a
@@ -169,13 +173,16 @@ def compiled(python: str, sources: list[tuple[str, bytes]]) -> list[tuple[str, b
         return []
 
 
-def code_archive(policy: Policy | None, mode: str, python: str | None = None, hot_swap: bool = False) -> bytes:
+def code_archive(policy: Policy | None, mode: str, python: str | None = None, hot_swap: bool = False,
+                 native: bool = False) -> bytes:
     """The zip the interpreter runs: ``__main__.py`` with the policy, the launch path's
     sources, and their bytecode for ``python`` when that interpreter runs here (about 40%
-    of an exec-mode launch is compiling the sources otherwise)."""
+    of an exec-mode launch is compiling the sources otherwise). ``native``: the Python part
+    of a native proxy-mode launcher, which runs the native part's verdict and never selects."""
     main = MAIN_TEMPLATE.format(policy=None if policy is None else policy.to_json(), mode=mode,
                                 swap="HOT_SWAP = True\n" if hot_swap else "",  # else: the bytes as before
-                                swap_arg=", HOT_SWAP" if hot_swap else "")
+                                swap_arg=", HOT_SWAP" if hot_swap else "",
+                                native=NATIVE_MAIN if native else "", native_arg=", native=NATIVE" if native else "")
     sources = package_files(mode, hot_swap)
     entries = [(MAIN, main.encode())] + sources + (compiled(python, sources) if python else [])
     buf = io.BytesIO()
@@ -231,21 +238,35 @@ def parse_native_policy(data: bytes) -> Policy:
         raise PolicyError(f"the native policy is invalid ({exc})") from None
 
 
-def build_native_bytes(policy: Policy, arch: str | None = None) -> bytes:
-    """A native exec-mode launcher's bytes: the static verifier (stubs/native/) followed by
-    the policy in its line form. No interpreter, no Python code: it selects, verifies, seals
-    and executes the plugin itself. Needs an embedded policy and exec mode."""
+def build_native_bytes(policy: Policy, arch: str | None = None, python: str | None = None,
+                       hot_swap: bool = False, flags: tuple[str, ...] = FLAGS) -> bytes:
+    """A native launcher's bytes: the static verifier (stubs/native/) followed by the policy in
+    its line form. Exec mode: no interpreter, no Python code; it selects, verifies, seals and
+    executes the plugin itself. Proxy mode (``python`` needed): the interpreter's path and
+    flags and the proxy's code archive go between the two, as a stub's payload; the native part
+    selects, verifies and seals, then starts that code with the sealed descriptor and its
+    verdict (shim/launch/stubs/native/nv_proxy.c). Needs an embedded policy."""
     if policy is None:
         raise PolicyError("a native launcher needs an embedded policy (--policy-in-args needs the Python launcher)",
                           fix="build it with --trusted-key, or without --native")
-    if policy.mode != "exec":
-        raise PolicyError(f"a native launcher runs exec mode only, the policy asks for {policy.mode} mode",
-                          fix="build it with --mode exec, or without --native")
+    if policy.mode not in ("exec", "proxy"):
+        raise PolicyError(f"a native launcher runs exec or proxy mode, the policy asks for {policy.mode} mode",
+                          fix="build it with --mode exec or --mode proxy")
+    if hot_swap and policy.mode != "proxy":
+        raise PolicyError("hot swap needs proxy mode (an exec-mode launcher becomes the plugin)",
+                          fix="build with --mode proxy, or without hot swap")
     if arch is None:
         from shim.trust.verify import host_platform
 
         arch = host_platform()[1]
-    return stubs.pack_native(stubs.stub_bytes(arch, native=True), native_policy(policy))
+    stub = stubs.stub_bytes(arch, native=True)
+    if policy.mode == "exec":
+        return stubs.pack_native(stub, native_policy(policy))
+    if python is None or not os.path.isabs(python) or len(python) > 1024 or "\0" in python:
+        raise PolicyError(f"--python {python!r} must be an absolute path (a native proxy-mode launcher starts it "
+                          "once it has decided)", fix="pass the interpreter's absolute path, e.g. /usr/bin/python3")
+    return stubs.pack_native(stub, native_policy(policy), [python, *flags],
+                             code_archive(policy, "proxy", python, hot_swap, native=True), hot_swap=hot_swap)
 
 
 def build_bytes(policy: Policy | None, python: str, mode: str | None = None, arch: str | None = None,
@@ -272,12 +293,13 @@ def launcher_code(data: bytes) -> bytes:
 def write_launcher(policy: Policy | None, python: str | None, output: str, mode: str | None = None,
                    arch: str | None = None, hot_swap: bool = False, native: bool = False) -> str:
     """Write the launcher atomically with mode 0755; return its sha256. ``native``: the
-    static exec-mode launcher that needs no interpreter (``python`` is then unused)."""
+    static launcher that decides by itself; in exec mode it needs no interpreter (``python``
+    is then unused), in proxy mode it starts ``python`` on the proxy's code with its verdict."""
     if native:
-        if hot_swap or (mode or (policy.mode if policy is not None else "exec")) != "exec":
-            raise PolicyError("a native launcher runs exec mode only (no proxy, no hot swap)",
-                              fix="build it with --mode exec, or without --native")
-        data = build_native_bytes(policy, arch)
+        if policy is not None and mode is not None and mode != policy.mode:
+            raise PolicyError(f"a native launcher runs the mode its policy names ({policy.mode}), not {mode}",
+                              fix=f"build it with a policy of mode {mode}")
+        data = build_native_bytes(policy, arch, python, hot_swap)
     else:
         data = build_bytes(policy, python, mode, arch, hot_swap=hot_swap)
     out = Path(output)
@@ -308,7 +330,8 @@ class LauncherInfo:
     size: int
     compiled: int = 0   # of which bytecode for the interpreter is included
     hot_swap: bool = False
-    native: bool = False  # the static exec-mode launcher: no interpreter, no Python code
+    native: bool = False  # the static launcher: it decides; exec mode has no interpreter and no Python
+    #                       code, proxy mode starts the interpreter on the code with its verdict
 
 
 def inspect(path: str) -> LauncherInfo:
@@ -320,10 +343,14 @@ def inspect(path: str) -> LauncherInfo:
         raise PolicyError("cannot be read", path=path, fix="check the path and its permissions") from exc
     try:
         native = stubs.unpack_native(data)
-        if native is not None:
+        python_part = None if native is None else stubs.unpack_native_python(data)
+        if native is not None and python_part is None:
             return LauncherInfo(path, hashlib.sha256(data).hexdigest(), "", [], parse_native_policy(native),
                                 "exec", 0, len(data), native=True)
-        prefix, code, _ = stubs.unpack(data)
+        if python_part is not None:
+            prefix, code, native_swap = python_part
+        else:
+            prefix, code, _ = stubs.unpack(data)
         with zipfile.ZipFile(io.BytesIO(code)) as zf:
             main = zf.read(MAIN).decode()
             names = zf.namelist()
@@ -340,6 +367,13 @@ def inspect(path: str) -> LauncherInfo:
                     hot_swap = value is True
                 elif value is not None:
                     policy = Policy.from_json(value)
+        if python_part is not None:
+            # A native proxy launcher: the native policy decides; its Python part must say the same.
+            decided = parse_native_policy(native)
+            if (policy != decided or mode != "proxy" or hot_swap != native_swap
+                    or NATIVE_MAIN.split("#")[0].strip() not in main):
+                raise stubs.StubError("the native policy, its mode or hot swap differ from the Python part's")
+            policy = decided
     except PolicyError as exc:
         raise PolicyError(f"holds an invalid policy: {exc.reason}", path=path, cause=exc._cause,
                           fix="rebuild it with `vault-plugin-shim launcher build`") from exc
@@ -348,4 +382,4 @@ def inspect(path: str) -> LauncherInfo:
         raise PolicyError("is not a vault-plugin-shim launcher (or a damaged one)", path=path,
                           fix="rebuild it with `vault-plugin-shim launcher build`") from exc
     return LauncherInfo(path, hashlib.sha256(data).hexdigest(), prefix[0], prefix[1:], policy,
-                        mode or "exec", count, len(data), compiled_count, hot_swap)
+                        mode or "exec", count, len(data), compiled_count, hot_swap, native=python_part is not None)

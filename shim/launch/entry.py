@@ -11,6 +11,10 @@ Vault starts the launcher with its own argv and env. The launcher:
 4. copies that binary into a sealed memfd, checks the sha256 of the sealed copy, and
    ``fexecve``\\s it with Vault's argv and env.
 
+A native proxy-mode launcher (shim/launch/stubs/native/nv_proxy.c) did 1 to 3 and the copy of 4
+itself before it started this code: :func:`main_from_stub` then gets its verdict
+(:class:`NativeVerdict`) and runs the proxy on it, never selecting.
+
 Nothing is ever written to stdout: before the handshake, stdout belongs to go-plugin.
 Diagnostics are hclog JSON lines on stderr, so Vault logs them at their level.
 """
@@ -28,7 +32,8 @@ from shim.launch.errors import LaunchError
 from shim.trust.errors import DigestMismatchError, NewerVersionRefusedError, PolicyError, RejectedError
 from shim.trust.manifest import format_time
 from shim.trust.policy import COOKIES, Policy, split_args
-from shim.trust.verify import SIGNATURE_SUFFIX, Candidate, PluginDir, check_digest, expires_soon, select
+from shim.trust.verify import (MANIFEST_SUFFIX, SIGNATURE_SUFFIX, Candidate, PluginDir, check_digest, expires_soon,
+                               select)
 
 EXIT_REFUSED = 1
 HAND_RUN_TEXT = """\
@@ -85,25 +90,105 @@ def load_policy(embedded: str | None, args: list[str]) -> tuple[Policy, list[str
     return policy, rest
 
 
-def main_from_stub(embedded_policy: str | None, mode: str = "exec", hot_swap: bool = False) -> int:
+class NativeVerdict:
+    """What a native proxy-mode launcher decided before it started us
+    (shim/launch/stubs/native/nv_proxy.c): the chosen candidate with its signed manifest, the
+    sealed, verified copy's descriptor and how it was made, and for hot swap a descriptor of
+    the launcher's own bytes (its select-only mode makes each rescan's decision)."""
+
+    __slots__ = ("candidate", "fd", "how", "self_fd", "launcher")
+
+    def __init__(self, candidate: Candidate, fd: int, how: str, self_fd: int | None, launcher: str):
+        self.candidate, self.fd, self.how, self.self_fd, self.launcher = candidate, fd, how, self_fd, launcher
+
+
+class _KeyId:
+    """The trusted key that signed, as the native launcher names it (its id is all a launch shows)."""
+
+    __slots__ = ("key_id_hex",)
+
+    def __init__(self, key_id_hex: str):
+        self.key_id_hex = key_id_hex
+
+
+HOWS = ("memfd", "memfd-shared", "private-file")
+
+
+def candidate_from_verdict(verdict: dict[str, str]) -> tuple[Candidate, str]:
+    """The candidate and ``how`` of a native verdict (stubs.VERDICT_KEYS/HANDBACK_KEYS): the
+    launcher verified the signature and the bytes; this only turns its text back into values."""
+    from shim.launch.stubs import StubError
+    from shim.trust.manifest import Manifest, Version
+
+    try:
+        manifest = Manifest(verdict["name"], verdict["type"], Version.parse(verdict["version"]), verdict["sha256"],
+                            int(verdict["size"]), verdict["os"], verdict["arch"], int(verdict["issued_at"]),
+                            int(verdict["expires_at"]) if verdict["expires_at"] else None)
+        if verdict["how"] not in HOWS or not verdict["key_id"] or not verdict["binary"] or not verdict["file"]:
+            raise ValueError("how, key_id, binary or file")
+    except (KeyError, ValueError, TypeError) as exc:
+        raise StubError(f"the native launcher's verdict cannot be read ({exc})") from None
+    cand = Candidate(verdict["binary"], verdict["file"])
+    cand.manifest, cand.key = manifest, _KeyId(verdict["key_id"])
+    return cand, verdict["how"]
+
+
+def _verdict_fd(text: str, what: str) -> int:
+    from shim.launch.stubs import StubError
+
+    if not text.isdigit() or int(text) < 3:
+        raise StubError(f"the native launcher's verdict names no {what} descriptor ({text!r})")
+    fd = int(text)
+    try:
+        os.fstat(fd)
+        os.set_inheritable(fd, False)  # ours; the proxy's children get only what it gives them
+    except OSError as exc:
+        raise StubError(f"the native launcher's {what} descriptor {fd} is not open ({exc.strerror})") from None
+    return fd
+
+
+def native_verdict(verdict: dict[str, str], exe: str, hot_swap: bool) -> NativeVerdict:
+    from shim.launch.stubs import StubError
+
+    cand, how = candidate_from_verdict(verdict)
+    fd = _verdict_fd(verdict["fd"], "plugin copy")
+    if os.fstat(fd).st_size != cand.manifest.size:
+        raise StubError(f"the native launcher's copy is {os.fstat(fd).st_size} bytes, its verdict says "
+                        f"{cand.manifest.size}")
+    if bool(verdict["self_fd"]) != hot_swap:
+        raise StubError("the native launcher's hot swap flag and its Python part's disagree")
+    self_fd = _verdict_fd(verdict["self_fd"], "launcher copy") if hot_swap else None
+    return NativeVerdict(cand, fd, how, self_fd, exe)
+
+
+def main_from_stub(embedded_policy: str | None, mode: str = "exec", hot_swap: bool = False,
+                   native: bool = False) -> int:
     """What the launcher's ``__main__`` runs. The static stub started us with a fixed
     environment; Vault's own argv and environment, byte for byte, and the launcher's real
-    path are in the context memfd named on our command line."""
+    path are in the context memfd named on our command line. ``native``: the native
+    proxy-mode launcher started us, and its context also holds its verdict and the sealed
+    copy (:class:`NativeVerdict`): we run that, and never select."""
     from shim.launch import stubs
 
     flag = next((a for a in sys.argv[1:] if a.startswith(stubs.CONTEXT_FLAG)), None)
+    verdict = None
     try:
         if flag is None or not flag[len(stubs.CONTEXT_FLAG):].isdigit():
             raise stubs.StubError("the launcher's code was started without its stub (no launch context)",
                                   fix="run the launcher file itself, as Vault does")
         fd = int(flag[len(stubs.CONTEXT_FLAG):])
         try:
-            raw_argv, raw_env, exe = stubs.read_context(fd)
+            raw_argv, raw_env, exe, handed = stubs.read_launch_context(fd)
         finally:
             os.close(fd)
         code = sys.argv[0]
         if code.startswith("/proc/self/fd/") and code[14:].isdigit():
             os.set_inheritable(int(code[14:]), False)  # our code, not the plugin's
+        if native != (handed is not None):
+            raise stubs.StubError("this launcher's code runs the native launcher's verdict, but its context holds "
+                                  "none" if native else "a native launcher's context reached a stub's code")
+        if handed is not None:
+            verdict = native_verdict(handed, os.fsdecode(exe), hot_swap)
     except stubs.StubError as exc:
         hclog.error("vault-plugin-shim: cannot read the launch context", **exc.fields())
         return EXIT_REFUSED
@@ -124,16 +209,19 @@ def main_from_stub(embedded_policy: str | None, mode: str = "exec", hot_swap: bo
         hclog.warn(f"vault-plugin-shim: {len(dropped)} environment entr{'y' if len(dropped) == 1 else 'ies'} "
                    f"without a NAME= cannot be passed to the plugin by this launcher and {'was' if len(dropped) == 1 else 'were'} "
                    f"dropped: {shown}", fix="remove them from the catalog's env (a plugin cannot read them by name anyway)")
-    return main(embedded_policy, argv, env, launcher_path=os.fsdecode(exe), mode=mode, hot_swap=hot_swap)
+    return main(embedded_policy, argv, env, launcher_path=os.fsdecode(exe), mode=mode, hot_swap=hot_swap,
+                verdict=verdict)
 
 
 def main(embedded_policy: str | None, argv: list[str], env: dict, clock=time.time, *,
-         launcher_path: str | None = None, mode: str = "exec", hot_swap: bool = False) -> int:
+         launcher_path: str | None = None, mode: str = "exec", hot_swap: bool = False,
+         verdict: NativeVerdict | None = None) -> int:
     """``argv`` and ``env`` are Vault's; ``launcher_path`` the launcher's real path (a
     relative plugins dir is resolved from it); ``mode`` the one this launcher was built for;
-    ``hot_swap`` whether it was built to swap versions in (proxy mode only)."""
+    ``hot_swap`` whether it was built to swap versions in (proxy mode only); ``verdict`` the
+    native launcher's decision (proxy mode only), which is then run instead of selecting."""
     try:
-        return _main(embedded_policy, argv, env, clock, launcher_path, mode, hot_swap)
+        return _main(embedded_policy, argv, env, clock, launcher_path, mode, hot_swap, verdict)
     except KeyboardInterrupt:
         hclog.error("vault-plugin-shim: interrupted (SIGINT) before the plugin started; nothing was run",
                     reason="SIGINT", fix="let Vault start and stop the plugin; a Ctrl-C in Vault's terminal "
@@ -141,7 +229,7 @@ def main(embedded_policy: str | None, argv: list[str], env: dict, clock=time.tim
         return EXIT_REFUSED
 
 
-def _main(embedded_policy, argv, env, clock, launcher_path, mode, hot_swap=False) -> int:
+def _main(embedded_policy, argv, env, clock, launcher_path, mode, hot_swap=False, verdict=None) -> int:
     launcher = argv[0] if argv else "launcher"
     if argv[1:2] == ["doctor"] and not any(key in env for key, _ in COOKIES.values()):
         return run_doctor(launcher_path or launcher, argv[2:])
@@ -153,6 +241,8 @@ def _main(embedded_policy, argv, env, clock, launcher_path, mode, hot_swap=False
                               "mode and holds only that mode's code",
                               fix=f"rebuild the launcher with --mode {policy.mode}, or register the policy "
                                   "that `launcher build` printed for it")
+        if verdict is not None and policy.mode != "proxy":
+            raise PolicyError("a native launcher's verdict reached the Python code of an exec-mode launcher")
     except Diagnostic as exc:
         hclog.error("vault-plugin-shim: invalid launcher policy", launcher=launcher, **exc.fields())
         return EXIT_REFUSED
@@ -173,7 +263,7 @@ def _main(embedded_policy, argv, env, clock, launcher_path, mode, hot_swap=False
         return EXIT_REFUSED
     try:
         if policy.mode == "proxy":
-            return launch_proxy(policy, plugin_args, env, clock(), hot_swap=hot_swap)
+            return launch_proxy(policy, plugin_args, env, clock(), hot_swap=hot_swap, verdict=verdict)
         launch_exec(policy, plugin_args, env, clock())
     except Diagnostic as exc:
         hclog.error(f"vault-plugin-shim: refusing to start {policy.type} plugin {policy.name}: {exc.reason}",
@@ -192,13 +282,19 @@ def _being_written(cand: Candidate, now: float) -> float | None:
     large binary slowly): seconds since the newest change to any of its files, if that is
     within STILL_WRITTEN; else None. A binary of the signed size or longer with other bytes
     is not being written: it is wrong."""
+    return None if cand.manifest is None else still_written(cand.path, cand.manifest.size, now)
+
+
+def still_written(binary: str, signed_size: int, now: float) -> float | None:
+    """:func:`_being_written` for a binary path and its signed size (hot swap's native rescans
+    learn both from the launcher's rejection line)."""
     try:
-        if cand.manifest is None or os.lstat(cand.path).st_size >= cand.manifest.size:
+        if os.lstat(binary).st_size >= signed_size:
             return None
     except OSError:
         return None
     newest = 0.0
-    for path in (cand.path, cand.manifest_path, cand.path + SIGNATURE_SUFFIX):
+    for path in (binary, binary + MANIFEST_SUFFIX, binary + SIGNATURE_SUFFIX):
         try:
             newest = max(newest, os.lstat(path).st_mtime)
         except OSError:
@@ -399,9 +495,12 @@ def launch_exec(policy: Policy, plugin_args: list[str], env: dict, now: float) -
         raise _cannot_execute(cand, exc, tmpdir, how) from exc
 
 
-def launch_proxy(policy: Policy, plugin_args: list[str], env: dict, now: float, *, hot_swap: bool = False) -> int:
+def launch_proxy(policy: Policy, plugin_args: list[str], env: dict, now: float, *, hot_swap: bool = False,
+                 verdict: NativeVerdict | None = None) -> int:
     """Proxy mode: the same verified, sealed bytes, run as our child behind a go-plugin
-    relay (shim.launch.proxy). Returns the exit code."""
+    relay (shim.launch.proxy). Returns the exit code. ``verdict``: a native launcher selected,
+    verified and sealed already (its rejection lines are logged); its copy is run, and hot
+    swap's rescans run its select-only mode (:class:`shim.launch.swap.NativeSelector`)."""
     try:
         from shim.launch import proxy  # grpc and cryptography: only on this path
     except ImportError as exc:
@@ -410,15 +509,20 @@ def launch_proxy(policy: Policy, plugin_args: list[str], env: dict, now: float, 
                               "py3-grpcio py3-protobuf py3-hpack), or build the launcher with --mode exec",
                           cause=exc) from exc
     tmpdir = env.get("TMPDIR")
-    cand, fd, how = select_sealed(policy, now, tmpdir=tmpdir)
-    _log_start(policy, cand, how, mode="proxy", **({"hot_swap": "on"} if hot_swap else {}))
+    if verdict is None:
+        cand, fd, how = select_sealed(policy, now, tmpdir=tmpdir)
+    else:
+        cand, fd, how = verdict.candidate, verdict.fd, verdict.how
+    _log_start(policy, cand, how, mode="proxy", **({"hot_swap": "on"} if hot_swap else {}),
+               **({"selected_by": "native launcher"} if verdict is not None else {}))
     argv = [cand.path, *plugin_args]
     plugin = f"{policy.type} plugin {policy.name}"
     swap = None
     if hot_swap:
         from shim.launch import swap as swapping  # and the watcher: imported before Vault connects
 
-        swap = swapping.Options(policy, plugin_args, tmpdir, cand)
+        native = None if verdict is None else swapping.NativeSelector(policy, verdict.self_fd, verdict.launcher, env)
+        swap = swapping.Options(policy, plugin_args, tmpdir, cand, native)
     try:
         try:
             return proxy.run(fd, argv, env, plugin=plugin, name=policy.name, hot_swap=swap)

@@ -3,7 +3,9 @@
 A launcher built with ``hot_swap`` watches its plugins directory (:mod:`shim.launch.watch`)
 and, on each rescan, runs the launch path's own selection
 (:func:`shim.launch.entry.select_sealed`: the same checks, the same floor, the bytes sealed
-and hashed). When that picks another release than the one running, :class:`Swapper`:
+and hashed; in a native launcher, the native decision itself: :class:`NativeSelector` runs the
+launcher's select-only mode, which hands a sealed, verified copy back). When that picks another
+release than the one running, :class:`Swapper`:
 
 1. starts it as a second child from its sealed copy (:meth:`Host.start_generation`);
 2. replays the set-up calls Vault made (:mod:`shim.goplugin.h2capture`): ``Setup`` with the
@@ -100,6 +102,10 @@ class Memory:
 
     def entries(self) -> list[dict]:
         return sorted(self._entries.values(), key=lambda e: e["at"])
+
+    def items(self) -> list[tuple[tuple, dict]]:
+        """(identity, entry) of every release remembered, oldest first."""
+        return sorted(self._entries.items(), key=lambda item: item[1]["at"])
 
 
 KEEP, SWAP, REMEMBERED = "keep", "swap", "remembered"
@@ -314,18 +320,163 @@ class Host(Protocol):
 
 @dataclass
 class Options:
-    """What the launch hands proxy mode to turn hot swap on (shim.launch.entry)."""
+    """What the launch hands proxy mode to turn hot swap on (shim.launch.entry). ``native``:
+    the launcher is native, and each rescan runs its select-only mode (:class:`NativeSelector`)
+    instead of the Python selection."""
 
     policy: "Policy"
     plugin_args: list
     tmpdir: str | None
     running: "Candidate"
+    native: "NativeSelector | None" = None
 
     def capture(self) -> cap.SetupCapture:
         return cap.SetupCapture(self.policy.type)
 
     def swapper(self, host: "Host") -> "Swapper":
-        return Swapper(host, self.policy, self.plugin_args, self.tmpdir, self.running)
+        return Swapper(host, self.policy, self.plugin_args, self.tmpdir, self.running, native=self.native)
+
+
+# --- the native launcher's decision, for a rescan ------------------------------------------
+
+SELECT_TIMEOUT = 120.0   # select-only mode hashes at most one binary of max_size (2 GiB: about 20 s)
+SELECT_ONLY = "--vault-plugin-shim-select-only="
+SKIP = "--vault-plugin-shim-skip="
+REFUSING = "vault-plugin-shim: refusing to start "
+REJECTED = "vault-plugin-shim: rejected candidate "
+
+
+class NativeRefusal(Diagnostic):
+    """Select-only mode chose nothing: the native launcher's refusal line, its fields as they were."""
+
+    def __init__(self, fields: dict):
+        super().__init__(str(fields.get("reason") or "the native launcher chose nothing"), path=fields.get("file"),
+                         fix=fields.get("fix"), cause=fields.get("cause") or None)
+        self._fields = {k: v for k, v in fields.items() if k in ("error", "reason", "file", "cause", "fix")}
+
+    def fields(self) -> dict[str, str]:
+        return dict(self._fields) or super().fields()
+
+
+class NativeSelector:
+    """A hot swap rescan on the native launcher's own decision (issue 20: one decision at launch,
+    in every mode). The launcher kept a sealed copy of its own file (``self_fd``, the bytes Vault
+    verified at launch); each rescan executes that copy in select-only mode
+    (shim/launch/stubs/native/nv_proxy.c) with Vault's environment, a unix SOCK_SEQPACKET socket
+    pair (the child's end named in argv), and the releases hot swap passes over. It makes the
+    launch's selection, writes the launch's rejection lines to stderr (read here, and relayed with
+    the rescan's one difference: a binary shorter than signed whose files changed within
+    ``STILL_WRITTEN`` s is a WARN, as :func:`shim.launch.entry._log_rejections` does), and hands
+    the sealed, verified copy back (SCM_RIGHTS) with its verdict."""
+
+    def __init__(self, policy: "Policy", self_fd: int, launcher: str, env: dict, timeout: float = SELECT_TIMEOUT):
+        self.policy, self.self_fd, self.launcher, self.env, self.timeout = policy, self_fd, launcher, dict(env), timeout
+
+    def select(self, skips: list[tuple[tuple, str]]) -> tuple["Candidate", int, str]:
+        """``skips``: (identity (sha256, version, issued_at), reason) of each release to pass
+        over. Returns (candidate, fd of the sealed verified copy, how); raises a Diagnostic."""
+        import socket
+        import subprocess
+
+        from shim.launch import entry, stubs
+
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            args = [self.launcher, f"{SELECT_ONLY}{child.fileno()}"]
+            args += [f"{SKIP}{sha}:{int(issued)}:{version}:{reason}" for (sha, version, issued), reason in skips]
+            try:
+                proc = subprocess.Popen(args, executable=f"/proc/self/fd/{self.self_fd}", env=self.env,
+                                        pass_fds=(self.self_fd, child.fileno()), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            except OSError as exc:
+                raise SwapError(f"cannot run the launcher's select-only mode ({exc.strerror})", path=self.launcher,
+                                fix="allow executing the launcher's sealed copy (memfd) for the Vault "
+                                    "process") from None
+            finally:
+                child.close()
+            try:
+                _, err = proc.communicate(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise SwapError(f"the launcher's select-only mode did not decide within {self.timeout:g} s",
+                                path=self.launcher) from None
+            refusal = self._relay(err)
+            try:
+                data, ancdata, flags, _ = parent.recvmsg(stubs.VERDICT_MAX, socket.CMSG_SPACE(4 * 4),
+                                                         socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                data, ancdata, flags = b"", [], 0
+        finally:
+            parent.close()
+        fds = []
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(int.from_bytes(payload[i:i + 4], "little") for i in range(0, len(payload) - 3, 4))
+        try:
+            if proc.returncode != 0 or not data:
+                raise refusal or SwapError(f"the launcher's select-only mode ended with status {proc.returncode} and "
+                                           "handed nothing back", path=self.launcher)
+            if len(fds) != 1 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                raise SwapError("the launcher's select-only mode handed back a malformed message", path=self.launcher)
+            cand, how = entry.candidate_from_verdict(stubs.parse_handback(data))
+            if os.fstat(fds[0]).st_size != cand.manifest.size:
+                raise SwapError("the launcher's select-only copy has another size than its verdict", path=cand.path)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        os.set_inheritable(fds[0], False)
+        return cand, fds[0], how
+
+    def _relay(self, err: bytes) -> "NativeRefusal | None":
+        """Log select-only mode's lines as the launch path logs them (they are the launch's own
+        lines); return its refusal, if it refused."""
+        import re
+
+        from shim.launch.entry import STILL_WRITTEN, still_written
+
+        refusal, last_error, other = None, None, []
+        now = time.time()
+        for raw in err.splitlines():
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                line = None
+            if not isinstance(line, dict) or not isinstance(line.get("@message"), str):
+                if raw.strip():
+                    other.append(raw.decode("utf-8", "replace")[:200])
+                continue
+            message, level = line["@message"], line.get("@level")
+            if level == "error" and message.startswith(REFUSING):
+                refusal = NativeRefusal(line)
+                continue
+            if level == "error" and message.startswith(REJECTED) and line.get("error") == "DigestMismatchError":
+                m = re.fullmatch(r"is (\d+) bytes, the signed manifest says (\d+)", str(line.get("reason", "")))
+                age = None if m is None else still_written(str(line.get("file", "")), int(m.group(2)), now)
+                if age is not None and age < STILL_WRITTEN:
+                    line = {**line, "@level": "warn",
+                            "@message": message + f" (its files changed {age:.1f} s ago: still being copied in? the "
+                                                  "next rescan, once the directory is quiet, looks again)"}
+                    raw = json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
+            elif level == "error":
+                last_error = line
+            _write_line(raw)
+        if refusal is None and last_error is not None:
+            refusal = NativeRefusal(last_error)
+        if refusal is None and other:
+            refusal = NativeRefusal({"error": "LaunchError", "reason": "the launcher's select-only mode wrote: "
+                                     + " | ".join(other[:3])})
+        return refusal
+
+
+def _write_line(raw: bytes) -> None:
+    data = raw.rstrip(b"\n") + b"\n"
+    try:
+        while data:
+            data = data[os.write(2, data):]
+    except OSError:
+        pass
 
 
 class Swapper:
@@ -333,8 +484,10 @@ class Swapper:
 
     def __init__(self, host: Host, policy: "Policy", plugin_args: list[str], tmpdir: str | None,
                  running: "Candidate", *, drain_timeout: float = DRAIN_TIMEOUT, setup_timeout: float = SETUP_TIMEOUT,
-                 start_timeout: float = START_TIMEOUT, clock: Callable[[], float] = time.time):
+                 start_timeout: float = START_TIMEOUT, clock: Callable[[], float] = time.time,
+                 native: NativeSelector | None = None):
         self.host, self.policy, self.plugin_args, self.tmpdir = host, policy, list(plugin_args), tmpdir
+        self.native = native
         self.running = Release.of(running)
         self.drain_timeout, self.setup_timeout, self.start_timeout = drain_timeout, setup_timeout, start_timeout
         self.clock = clock
@@ -386,7 +539,17 @@ class Swapper:
             self.status.update(watching=self.watcher.mode)
         self.status.update(last_rescan={"at": round(self.clock(), 3), "trigger": reason})
         try:
-            cand, fd, how = select_sealed(self.policy, self.clock(), tmpdir=self.tmpdir, skip=self._skip, rescan=True)
+            if self.native is not None:  # the native launcher's own decision (its select-only mode)
+                cand, fd, how = self.native.select(self._skips())
+            else:
+                cand, fd, how = select_sealed(self.policy, self.clock(), tmpdir=self.tmpdir, skip=self._skip,
+                                              rescan=True)
+        except SwapError as exc:  # only the native selection raises this: it could not decide at all
+            hclog.error(f"vault-plugin-shim: cannot rescan {self.policy.plugins_dir} for {self.plugin}; keeping "
+                        f"{self.running.version} running", plugin=self.policy.name, running=self.running.version,
+                        trigger=reason, **exc.fields())
+            self.status.update(pending=None)
+            return
         except Diagnostic as exc:
             hclog.error(f"vault-plugin-shim: no valid version of {self.plugin} is left in {self.policy.plugins_dir}; "
                         f"keeping {self.running.version} running", plugin=self.policy.name,
@@ -416,6 +579,16 @@ class Swapper:
         entry = self.memory.recall(Release.of(cand))
         if entry is None or Release.of(cand).identity == self.running.identity:
             return None
+        return self._skip_reason(entry)
+
+    def _skips(self) -> list[tuple[tuple, str]]:
+        """:meth:`_skip` for the native selection: every remembered release but the running one,
+        with the reason selection gives when it passes over it."""
+        return [(identity, self._skip_reason(entry)) for identity, entry in self.memory.items()
+                if identity != self.running.identity]
+
+    @staticmethod
+    def _skip_reason(entry: dict) -> str:
         return (f"failed to take over from the running version at {_clock_text(entry['at'])} (the reason was "
                 "logged then; doctor shows it); not tried again until its files change")
 

@@ -68,9 +68,11 @@ def policy(plugins_dir: Path, *keys: Keys, name="myplugin", type="secret", min_v
                   min_version=None if min_version is None else Version.parse(min_version))
 
 
-def launcher(tmp: Path, pol: Policy | None, name="launcher") -> Path:
+def launcher(tmp: Path, pol: Policy | None, name="launcher", native: bool = False, hot_swap: bool = False) -> Path:
+    """``native``: the native launcher (exec mode: no interpreter; proxy mode: it decides, then
+    starts this interpreter on the proxy's code with its verdict)."""
     out = tmp / name
-    write_launcher(pol, PYTHON, str(out))
+    write_launcher(pol, PYTHON, str(out), hot_swap=hot_swap, native=native)
     return out
 
 

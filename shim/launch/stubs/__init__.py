@@ -19,6 +19,12 @@ Context: ``b"VPCTX\\x00\\x01\\x00"``, u32 argc, argc times (u32 length, bytes), 
 envc times (u32 length, bytes ``KEY=VALUE`` as received), u32 length and the bytes of
 ``readlink("/proc/self/exe")`` (the launcher's real path). All integers little-endian.
 
+A native proxy-mode launcher (``native/nv_proxy.c``) carries the same meta and code after its
+program and starts the interpreter the same way once it has selected, verified and sealed the
+plugin; its context has the magic ``b"VPCTX\\x00\\x02\\x00"`` and, after the three fields above,
+the verdict (:data:`VERDICT_KEYS`; :func:`read_launch_context`). Its select-only mode hands
+the same verdict back over a socket (:data:`HANDBACK_KEYS`; :func:`parse_handback`).
+
 This module is on the launch path (``read_context``): it imports ``os``, ``struct`` and our errors.
 """
 
@@ -45,7 +51,7 @@ STUB_NAMES = {
 }
 _U32 = struct.Struct("<I")
 
-# The native exec-mode launchers (shim/launch/stubs/native/, built by build/build_stubs.sh):
+# The native launchers (shim/launch/stubs/native/, built by build/build_stubs.sh), exec mode:
 # ``[launcher][policy][trailer]``, trailer = ``b"VPNATV\x00\x01"``, policy_offset u64,
 # policy_length u64 (little-endian); the policy is build.native_policy()'s text and runs
 # right up to the trailer. The launcher verifies and executes the plugin itself.
@@ -56,6 +62,15 @@ NATIVE_STUB_NAMES = {
 NATIVE_TRAILER_MAGIC = b"VPNATV\x00\x01"
 NATIVE_TRAILER = struct.Struct("<8sQQ")  # 24 bytes
 NATIVE_POLICY_MAX = 64 * 1024   # nv.h: NV_POLICY_MAX
+# A native proxy-mode launcher (native/nv_proxy.c) also carries the Python part, as the stub's
+# payload does: ``[launcher][meta][code][policy][ext][trailer]``, trailer = ``b"VPNATV\x00\x02"``,
+# policy_offset u64, policy_length u64 (the same shape as above), and right before it ext =
+# meta_offset, meta_length, code_offset, code_length, flags (five little-endian u64). meta starts
+# right after the launcher, code right after meta, the policy right after code and ends right at
+# ext: every byte is accounted for. flags: NATIVE_FLAG_HOT_SWAP, nothing else.
+NATIVE_PROXY_TRAILER_MAGIC = b"VPNATV\x00\x02"
+NATIVE_PROXY_EXT = struct.Struct("<QQQQQ")  # 40 bytes
+NATIVE_FLAG_HOT_SWAP = 1
 
 
 class StubError(LaunchError):
@@ -157,34 +172,111 @@ def unpack(data: bytes) -> tuple[list[str], bytes, int]:
     return [os.fsdecode(p) for p in parts], data[code_off:end], meta_off
 
 
-def pack_native(stub: bytes, policy: bytes) -> bytes:
-    """``[native launcher][policy][trailer]``: the bytes of a native launcher. Deterministic."""
+def pack_native(stub: bytes, policy: bytes, argv_prefix: list[str] | None = None, code: bytes | None = None,
+                hot_swap: bool = False) -> bytes:
+    """``[native launcher][policy][trailer]``: the bytes of a native launcher. Deterministic.
+    With ``argv_prefix`` and ``code`` (proxy mode): ``[native launcher][meta][code][policy][ext]
+    [trailer]``, the Python part the launcher starts once it has decided (nv_proxy.c)."""
     if not stub.startswith(b"\x7fELF"):
         raise StubError("the native launcher is not an ELF file", fix="use stub_bytes(native=True)")
     if not policy or len(policy) > NATIVE_POLICY_MAX:
         raise StubError(f"the native policy is empty or larger than {NATIVE_POLICY_MAX} bytes",
                         fix="use build.native_policy()")
-    return b"".join((stub, policy, NATIVE_TRAILER.pack(NATIVE_TRAILER_MAGIC, len(stub), len(policy))))
+    if argv_prefix is None and code is None:
+        if hot_swap:
+            raise StubError("hot swap needs the Python part (proxy mode)", fix="pass argv_prefix and code")
+        return b"".join((stub, policy, NATIVE_TRAILER.pack(NATIVE_TRAILER_MAGIC, len(stub), len(policy))))
+    if argv_prefix is None or not code:
+        raise StubError("a native proxy launcher needs the interpreter and the code archive",
+                        fix="pass both argv_prefix and code")
+    meta = _check_prefix(argv_prefix)
+    meta_off = len(stub)
+    code_off = meta_off + len(meta)
+    policy_off = code_off + len(code)
+    ext = NATIVE_PROXY_EXT.pack(meta_off, len(meta), code_off, len(code), NATIVE_FLAG_HOT_SWAP if hot_swap else 0)
+    return b"".join((stub, meta, code, policy, ext,
+                     NATIVE_TRAILER.pack(NATIVE_PROXY_TRAILER_MAGIC, policy_off, len(policy))))
+
+
+def _native_layout(data: bytes):
+    """None (not a native launcher), or (policy, argv_prefix or None, code or None, hot_swap),
+    with the launcher's own checks (nv_launcher.c read_policy, nv_proxy.c nv_proxy_layout)."""
+    if len(data) < NATIVE_TRAILER.size or not data.startswith(b"\x7fELF"):
+        return None
+    magic, off, length = NATIVE_TRAILER.unpack_from(data, len(data) - NATIVE_TRAILER.size)
+    end = len(data) - NATIVE_TRAILER.size
+    if magic == NATIVE_TRAILER_MAGIC:
+        if off == 0 or off > end or length != end - off or not 0 < length <= NATIVE_POLICY_MAX:
+            raise StubError("native trailer: the policy is not right before the trailer")
+        return data[off:end], None, None, False
+    if magic != NATIVE_PROXY_TRAILER_MAGIC:
+        return None
+    if end < NATIVE_PROXY_EXT.size:
+        raise StubError("native proxy trailer: the file is shorter than its trailer")
+    end -= NATIVE_PROXY_EXT.size
+    meta_off, meta_len, code_off, code_len, flags = NATIVE_PROXY_EXT.unpack_from(data, end)
+    if (meta_off == 0 or meta_off > end or not 3 <= meta_len <= META_MAX or meta_len > end - meta_off
+            or code_off != meta_off + meta_len or code_len < 22 or code_len > end - code_off
+            or off != code_off + code_len):
+        raise StubError("native proxy trailer: meta, code and policy do not follow each other")
+    if off > end or length != end - off or not 0 < length <= NATIVE_POLICY_MAX:
+        raise StubError("native proxy trailer: the policy is not right before the trailer")
+    if flags & ~NATIVE_FLAG_HOT_SWAP:
+        raise StubError(f"native proxy trailer: unknown flags {flags:#x}")
+    meta = data[meta_off:code_off]
+    parts = meta[:-1].split(b"\x00")
+    if (not meta.endswith(b"\x00") or any(not p for p in parts) or len(parts) > PREFIX_MAX
+            or not parts[0].startswith(b"/")):
+        raise StubError("native proxy trailer: meta is not the interpreter's absolute path and flags")
+    code = data[code_off:off]
+    if not (code.startswith(b"PK\x03\x04") and code[-22:-18] == b"PK\x05\x06"):
+        raise StubError("native proxy trailer: code is not a zip archive")
+    return data[off:end], [os.fsdecode(p) for p in parts], code, bool(flags & NATIVE_FLAG_HOT_SWAP)
 
 
 def unpack_native(data: bytes) -> bytes | None:
     """The policy of a native launcher, or None if ``data`` is not one (the checks are the
     launcher's own)."""
-    if len(data) < NATIVE_TRAILER.size or not data.startswith(b"\x7fELF"):
-        return None
-    magic, off, length = NATIVE_TRAILER.unpack_from(data, len(data) - NATIVE_TRAILER.size)
-    end = len(data) - NATIVE_TRAILER.size
-    if magic != NATIVE_TRAILER_MAGIC:
-        return None
-    if off == 0 or off > end or length != end - off or not 0 < length <= NATIVE_POLICY_MAX:
-        raise StubError("native trailer: the policy is not right before the trailer")
-    return data[off:end]
+    layout = _native_layout(data)
+    return None if layout is None else layout[0]
+
+
+def unpack_native_python(data: bytes) -> tuple[list[str], bytes, bool] | None:
+    """``(argv_prefix, code, hot_swap)`` of a native proxy-mode launcher; None for a native
+    exec-mode launcher or a file that is not a native launcher."""
+    layout = _native_layout(data)
+    return None if layout is None or layout[1] is None else (layout[1], layout[2], layout[3])
 
 
 def read_context(fd: int) -> tuple[list[bytes], list[bytes], bytes]:
     """``(argv, env, exe)`` from the stub's context memfd: Vault's argv and environment
     (``KEY=VALUE`` entries) exactly as the stub received them, and the launcher's real path.
     Reads with ``pread`` from offset 0; leaves ``fd`` open and its offset unchanged."""
+    argv, env, exe, verdict = read_launch_context(fd)
+    if verdict is not None:
+        raise StubError(f"fd {fd} holds a native launcher's context (with its verdict), not a stub's")
+    return argv, env, exe
+
+
+# A native proxy-mode launcher's context (nv_proxy.c): CONTEXT_MAGIC's layout under its own
+# magic, then the verdict: u32 count, count times (u32 length, bytes "key=value"), every key of
+# VERDICT_KEYS exactly once, in any order.
+NATIVE_CONTEXT_MAGIC = b"VPCTX\x00\x02\x00"
+# What the native launcher decided, as text: the sealed copy's descriptor (``fd``), how it was
+# made (``how``: memfd, memfd-shared, private-file), the candidate (``binary``, ``file``), its
+# signed manifest's fields, the trusted key's id, and (hot swap) a descriptor of the launcher's
+# own bytes for select-only mode (``self_fd``, empty when there is none).
+VERDICT_KEYS = ("fd", "self_fd", "how", "binary", "file", "name", "type", "version", "sha256", "size", "os",
+                "arch", "issued_at", "expires_at", "key_id")
+# What select-only mode hands back over its socket: the same, without the descriptors (the
+# sealed copy travels as SCM_RIGHTS).
+HANDBACK_KEYS = tuple(k for k in VERDICT_KEYS if k not in ("fd", "self_fd"))
+VERDICT_MAX = 64 << 10
+
+
+def read_launch_context(fd: int) -> tuple[list[bytes], list[bytes], bytes, dict[str, str] | None]:
+    """``(argv, env, exe, verdict)``: :func:`read_context`'s three, and the native launcher's
+    verdict (None in a stub's context)."""
     try:
         size = os.fstat(fd).st_size
         if size > CONTEXT_MAX:
@@ -200,37 +292,67 @@ def read_context(fd: int) -> tuple[list[bytes], list[bytes], bytes]:
     except OSError as exc:
         raise StubError(f"cannot read the launch context from fd {fd}: {exc.strerror}",
                         fix="start the launcher through its stub (the registered file)") from exc
-    if not data.startswith(CONTEXT_MAGIC):
+    native = data.startswith(NATIVE_CONTEXT_MAGIC)
+    if not native and not data.startswith(CONTEXT_MAGIC):
         raise StubError(f"fd {fd} does not hold a launch context (bad magic)")
-    pos = len(CONTEXT_MAGIC)
+    reader = _Reader(data, len(CONTEXT_MAGIC), "the launch context")
+    argv = reader.strings(reader.u32())
+    env = reader.strings(reader.u32())
+    (exe,) = reader.strings(1)
+    verdict = _verdict(reader, VERDICT_KEYS) if native else None
+    reader.end()
+    return argv, env, exe, verdict
 
-    def u32() -> int:
-        nonlocal pos
-        if pos + 4 > len(data):
-            raise StubError("the launch context is truncated")
-        (value,) = _U32.unpack_from(data, pos)
-        pos += 4
+
+def parse_handback(data: bytes) -> dict[str, str]:
+    """The verdict select-only mode sends with its sealed copy (u32 count, then the strings)."""
+    reader = _Reader(data, 0, "select-only mode's verdict")
+    verdict = _verdict(reader, HANDBACK_KEYS)
+    reader.end()
+    return verdict
+
+
+class _Reader:
+    def __init__(self, data: bytes, pos: int, what: str):
+        self.data, self.pos, self.what = data, pos, what
+
+    def u32(self) -> int:
+        if self.pos + 4 > len(self.data):
+            raise StubError(f"{self.what} is truncated")
+        (value,) = _U32.unpack_from(self.data, self.pos)
+        self.pos += 4
         return value
 
-    def strings(count: int) -> list[bytes]:
-        nonlocal pos
+    def strings(self, count: int) -> list[bytes]:
         out = []
         for _ in range(count):
-            n = u32()
-            if pos + n > len(data):
-                raise StubError("the launch context is truncated")
-            out.append(data[pos:pos + n])
-            pos += n
+            n = self.u32()
+            if self.pos + n > len(self.data):
+                raise StubError(f"{self.what} is truncated")
+            out.append(self.data[self.pos:self.pos + n])
+            self.pos += n
         return out
 
-    argv = strings(u32())
-    env = strings(u32())
-    (exe,) = strings(1)
-    if pos != len(data):
-        raise StubError(f"the launch context has {len(data) - pos} trailing bytes")
-    return argv, env, exe
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise StubError(f"{self.what} has {len(self.data) - self.pos} trailing bytes")
+
+
+def _verdict(reader: _Reader, keys: tuple[str, ...]) -> dict[str, str]:
+    count = reader.u32()
+    if count != len(keys):
+        raise StubError(f"{reader.what}: the verdict has {count} entries, not {len(keys)}")
+    out: dict[str, str] = {}
+    for raw in reader.strings(count):
+        key, sep, value = raw.partition(b"=")
+        name = key.decode("ascii", "replace")
+        if not sep or name not in keys or name in out or b"\x00" in value:
+            raise StubError(f"{reader.what}: unexpected verdict entry {raw[:80]!r}")
+        out[name] = os.fsdecode(value)
+    return out
 
 
 __all__ = ["STUB_NAMES", "NATIVE_STUB_NAMES", "StubError", "stub_bytes", "pack", "unpack", "pack_native",
-           "unpack_native", "read_context", "CONTEXT_FLAG", "TRAILER_MAGIC", "CONTEXT_MAGIC",
-           "NATIVE_TRAILER_MAGIC"]
+           "unpack_native", "unpack_native_python", "read_context", "read_launch_context", "parse_handback",
+           "CONTEXT_FLAG", "TRAILER_MAGIC", "CONTEXT_MAGIC", "NATIVE_TRAILER_MAGIC", "NATIVE_PROXY_TRAILER_MAGIC",
+           "NATIVE_CONTEXT_MAGIC", "VERDICT_KEYS", "HANDBACK_KEYS"]

@@ -36,6 +36,7 @@
 #define NV_INT_DIGITS_MAX 4300              /* Python's int/str conversion limit */
 #define NV_MAX_REJECTION_LINES 10
 #define NV_KEY_ID_LEN 8
+#define NV_EXPIRY_WARNING (30 * 86400)      /* a launch this close to its manifest's expiry warns */
 
 /* ---- growable strings ------------------------------------------------------------------- */
 typedef struct {
@@ -54,6 +55,9 @@ _Noreturn void nv_oom(void);
 void *nv_xmalloc(size_t n);
 char *nv_xstrndup(const char *s, size_t n);
 
+/* A JSON string that Python's json.loads turns into what Python itself would hold (os.fsdecode):
+ * bytes that are not UTF-8 as \udc80+byte (surrogateescape), encoded lone surrogates as \uD8xx. */
+void nv_json_str(nv_buf *b, const char *s);
 /* Python's repr() of a str given as UTF-8 (lone surrogates as WTF-8), and of bytes. */
 void nv_repr_str(nv_buf *b, const char *s, size_t n);
 void nv_repr_bytes(nv_buf *b, const unsigned char *s, size_t n);
@@ -64,6 +68,11 @@ int nv_utf8_valid(const unsigned char *s, size_t n);
 /* YYYY-MM-DDTHH:MM:SSZ of a Unix time (shim.trust.manifest.format_time). */
 void nv_format_time(nv_buf *b, int64_t ts);
 int64_t nv_days_from_civil(int64_t y, int64_t m, int64_t d);
+/* A little-endian u64 (the launcher file's trailers). */
+uint64_t nv_le64(const unsigned char *p);
+/* pread exactly n bytes at off (retrying EINTR and short reads): 0, or -1 (errno set, or a
+ * file that ended early). */
+int nv_read_at(int fd, void *buf, size_t n, uint64_t off);
 
 /* ---- verdicts ---------------------------------------------------------------------------- */
 typedef enum {
@@ -85,6 +94,7 @@ typedef enum {
     NV_AMBIGUOUS,           /* AmbiguousVersionError */
     NV_NO_VALID_VERSION,    /* NoValidVersionError */
     NV_LAUNCH,              /* LaunchError */
+    NV_NEWER_REFUSED,       /* NewerVersionRefusedError */
     NV_CLASS_COUNT
 } nv_class;
 
@@ -235,8 +245,26 @@ void nv_selection_free(nv_selection *s);
 int nv_open_binary(nv_selection *s, nv_candidate *c, nv_error *err);
 /* sha256 of the first size bytes of fd, compared with the manifest (check_digest). */
 int nv_check_digest(int fd, nv_candidate *c, nv_error *err);
+/* SHA-256 of the first size bytes of fd (nv_sha256.c: Nettle, the CPU's SHA instructions where it
+ * has them). 0, or -1 with errno. */
+int nv_sha256_fd(int fd, uint64_t size, unsigned char out[32]);
 /* The refusal when nothing passed (Selection.refusal). */
 void nv_refusal(const nv_selection *s, nv_error *err);
+/* Selection.passed_over: the refused candidates that would have run before the chosen one (a
+ * newer version, or one whose version is unknown); all refused ones when nothing was chosen.
+ * Indices into s->cands, in name order, into out (room for s->ncands; NULL: only count). */
+size_t nv_passed_over(const nv_selection *s, size_t *out);
+/* entry._no_quiet_fallback, its refusal: 1 with err set (NewerVersionRefusedError) when a
+ * version was chosen, the policy says on_refused_newer=refuse and a version was passed over. */
+int nv_newer_refused(const nv_selection *s, nv_error *err);
+/* The time as Python's time.time() gives it (a double from CLOCK_REALTIME's nanoseconds);
+ * *secs: its whole seconds (what the selection compares with). */
+double nv_clock(int64_t *secs);
+/* entry._no_quiet_fallback, its warning: 1 when the chosen version's manifest expires within
+ * NV_EXPIRY_WARNING of now (Python's clock value), with the WARN line's message (the same
+ * text, "in X.X days" included) in message and the days left in *days. */
+int nv_expiry_warning(const nv_selection *s, double now, nv_buf *message, double *days);
+#define NV_FIX_RESIGN "re-sign the same binary with a later --expires (or none) and ship the new manifest and .minisig"
 
 /* ---- hclog lines on stderr --------------------------------------------------------------------- */
 typedef struct {

@@ -4,13 +4,16 @@
  *
  *   nv-explain select NOW UID POLICY_FILE...  for each policy, every candidate's verdict,
  *                                           exhaustively (like shim.trust.verify.report): one
- *                                           line per policy, a JSON array
+ *                                           line per policy, a JSON array (each with
+ *                                           passed_over), and when a version is chosen a last
+ *                                           {"launch":...}: the on_refused_newer refusal or
+ *                                           the expiry warning a launch at NOW gives
  *   nv-explain manifest FILE...             Manifest.parse of each file's bytes, a line each
  *   nv-explain signature FILE...            Signature.parse of each file's bytes, a line each
  *
  * Strings are written so that Python's json.loads gives what Python itself would hold:
  * bytes that are not UTF-8 as U+DC80+byte (surrogateescape), encoded lone surrogates as
- * \uD8xx escapes.
+ * \uD8xx escapes (nv_json_str).
  */
 #include "nv.h"
 
@@ -20,28 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static void json_str(nv_buf *b, const char *str)
-{
-    const unsigned char *s = (const unsigned char *)(str ? str : "");
-    size_t n = strlen((const char *)s), i = 0;
-    nv_buf_putc(b, '"');
-    while (i < n) {
-        unsigned char c = s[i];
-        if (c == '"' || c == '\\') { nv_buf_putc(b, '\\'); nv_buf_putc(b, (char)c); i++; }
-        else if (c < 0x20) { nv_buf_printf(b, "\\u%04x", c); i++; }
-        else if (c < 0x80) { nv_buf_putc(b, (char)c); i++; }
-        else {
-            size_t k = nv_utf8_len(s + i, n - i);
-            if (k) { nv_buf_put(b, s + i, k); i += k; }
-            else if (n - i >= 3 && c == 0xED && s[i + 1] >= 0xA0 && s[i + 1] <= 0xBF && s[i + 2] >= 0x80 &&
-                     s[i + 2] <= 0xBF) {
-                nv_buf_printf(b, "\\u%04x", 0xD000u | ((unsigned)(s[i + 1] & 0x3F) << 6) | (s[i + 2] & 0x3F));
-                i += 3;
-            } else { nv_buf_printf(b, "\\udc%02x", c); i++; }
-        }
-    }
-    nv_buf_putc(b, '"');
-}
+static void json_str(nv_buf *b, const char *str) { nv_json_str(b, str); }
 
 static void put_error(nv_buf *b, const nv_error *e)
 {
@@ -130,18 +112,48 @@ static void select_one(const char *policy_path, int64_t now, unsigned uid)
         put_error(&b, &s.fatal);
         nv_buf_putc(&b, '}');
     }
+    size_t *over = nv_xmalloc((s.ncands ? s.ncands : 1) * sizeof *over);
+    size_t nover = nv_passed_over(&s, over), j = 0;
     for (size_t k = 0; k < s.ncands; k++) {
         const nv_candidate *c = &s.cands[k];
         nv_buf_puts(&b, k ? ",{\"binary\":" : "{\"binary\":");
         json_str(&b, c->binary);
         nv_buf_puts(&b, ",\"chosen\":");
         nv_buf_puts(&b, s.chosen == (long)k ? "true" : "false");
+        nv_buf_puts(&b, ",\"passed_over\":");
+        int passed = j < nover && over[j] == k;     /* over is in name order too */
+        j += passed;
+        nv_buf_puts(&b, passed ? "true" : "false");
         nv_buf_puts(&b, ",\"version\":");
         if (c->has_manifest) json_str(&b, c->manifest.version_text);
         else nv_buf_puts(&b, "null");
         nv_buf_putc(&b, ',');
         put_error(&b, &c->error);
         nv_buf_putc(&b, '}');
+    }
+    free(over);
+    if (s.chosen >= 0) {    /* entry._no_quiet_fallback on this selection: its refusal, or its warning */
+        nv_error refused = {0};
+        nv_buf warning = {0};
+        double days;
+        nv_buf_puts(&b, ",{\"launch\":true,\"refusal\":");
+        if (nv_newer_refused(&s, &refused)) {
+            nv_buf_putc(&b, '{');
+            put_error(&b, &refused);
+            nv_buf_puts(&b, "},\"warning\":null}");
+        } else if (nv_expiry_warning(&s, (double)now, &warning, &days)) {
+            nv_buf_puts(&b, "null,\"warning\":{\"message\":");
+            json_str(&b, warning.p);
+            nv_buf_puts(&b, ",\"plugin\":");
+            json_str(&b, policy.name);
+            nv_buf_puts(&b, ",\"file\":");
+            json_str(&b, s.cands[s.chosen].path);
+            nv_buf_puts(&b, ",\"fix\":\"" NV_FIX_RESIGN "\"}}");
+        } else {
+            nv_buf_puts(&b, "null,\"warning\":null}");
+        }
+        nv_error_clear(&refused);
+        nv_buf_free(&warning);
     }
     nv_buf_putc(&b, ']');
     emit(&b);

@@ -13,7 +13,9 @@
  * Vault's argv (argv[0] becomes the binary's path) and Vault's environment, untouched.
  * Where memfd exec is refused, the verified bytes go to a private file (shim/launch/memexec.py
  * does the same). Run by hand (no cookie), it explains itself on stderr and reports what the
- * next launch would run and why each other candidate is refused; nothing is executed.
+ * next launch would run and why each other candidate is refused; nothing is executed. By hand,
+ * `explain --json` writes that decision as one JSON document on stdout instead (for
+ * `vault-plugin-shim doctor` and `verify --launcher`); no launch path writes to stdout.
  *
  * What it looks at in Vault's environment, without getenv: whether a go-plugin magic
  * cookie is there (as every go-plugin plugin does), and TMPDIR, only for the private-copy
@@ -22,10 +24,13 @@
  *
  * A second process of a version shares the sealed memfd a running one executes (only one
  * owned by our uid, fully sealed, of the signed size, and hashing to the manifest), so a pod
- * pays for one copy per version. Proxy mode stays on the Python path.
+ * pays for one copy per version. Proxy mode (nv_proxy.c) makes the same decision here, then
+ * starts the Python proxy with the sealed copy and the verdict; its hot swap rescans run this
+ * launcher's select-only mode.
  */
 #define _GNU_SOURCE
 #include "nv.h"
+#include "nv_proxy.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -105,27 +110,6 @@ static _Noreturn void bad_file(const char *reason)
 
 /* ---- the launcher's own file ------------------------------------------------------------------- */
 
-static uint64_t le64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
-    return v;
-}
-
-static int read_at(int fd, void *buf, size_t n, uint64_t off)
-{
-    char *p = buf;
-    while (n) {
-        ssize_t r = pread(fd, p, n, (off_t)off);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return -1;
-        p += r;
-        n -= (size_t)r;
-        off += (uint64_t)r;
-    }
-    return 0;
-}
-
 /* The policy bytes from the trailer, checked strictly (every byte accounted for). */
 static unsigned char *read_policy(size_t *len)
 {
@@ -143,13 +127,15 @@ static unsigned char *read_policy(size_t *len)
     uint64_t size = (uint64_t)st.st_size;
     unsigned char tr[TRAILER_SIZE];
     if (size < TRAILER_SIZE) bad_file("the file is shorter than its trailer");
-    if (read_at(fd, tr, TRAILER_SIZE, size - TRAILER_SIZE) < 0) bad_file("the trailer cannot be read");
-    if (memcmp(tr, TRAILER_MAGIC, 8) != 0) bad_file("no native launcher trailer at the end of the file (bad magic)");
-    uint64_t off = le64(tr + 8), plen = le64(tr + 16), end = size - TRAILER_SIZE;
+    if (nv_read_at(fd, tr, TRAILER_SIZE, size - TRAILER_SIZE) < 0) bad_file("the trailer cannot be read");
+    int proxy = memcmp(tr, NV_PROXY_TRAILER_MAGIC, 8) == 0;    /* proxy mode: with the Python part (nv_proxy.c) */
+    if (!proxy && memcmp(tr, TRAILER_MAGIC, 8) != 0) bad_file("no native launcher trailer at the end of the file (bad magic)");
+    uint64_t off = nv_le64(tr + 8), plen = nv_le64(tr + 16);
+    uint64_t end = proxy ? nv_proxy_layout(fd, size, off, self_path) : size - TRAILER_SIZE;
     if (off == 0 || off > end || plen != end - off) bad_file("trailer: the policy is not right before the trailer");
     if (plen == 0 || plen > NV_POLICY_MAX) bad_file("trailer: the policy is empty or larger than 64 KiB");
     unsigned char *policy = nv_xmalloc((size_t)plen);
-    if (read_at(fd, policy, (size_t)plen, off) < 0) bad_file("the policy cannot be read");
+    if (nv_read_at(fd, policy, (size_t)plen, off) < 0) bad_file("the policy cannot be read");
     close(fd);
     *len = (size_t)plen;
     return policy;
@@ -392,6 +378,7 @@ static int shared_copy(nv_candidate *c, const char *name)
 static int seal_and_check(nv_selection *s, nv_candidate *c, void *ctxp, nv_error *err)
 {
     launch_ctx *lc = ctxp;
+    if (nv_proxy_skipped(c, err)) return -1;    /* select-only: a release hot swap asked to pass over */
     int src = nv_open_binary(s, c, err);
     if (src < 0) return -1;
     char name[250];     /* the kernel keeps 249 bytes of a memfd's name */
@@ -522,6 +509,78 @@ static int hash_only(nv_selection *s, nv_candidate *c, void *ctx, nv_error *err)
     return r;
 }
 
+/* ---- run by hand: the explanation, `doctor`, and `explain --json` for the tools -------------- */
+
+/* The decision the next launch would make, made the way a launch makes it but exhaustively
+ * (every candidate hashed, nothing copied or run), as the current uid, followed by
+ * entry._no_quiet_fallback's refusal and warning. */
+typedef struct {
+    nv_selection s;
+    char goos[65], goarch[65];
+    double now;                 /* time.time() */
+    int dir_ok;                 /* the plugins directory was opened and listed (else s.fatal) */
+    const nv_error *refusal;    /* the launch's refusal (its ERROR line), or NULL: it runs s.chosen */
+    nv_error own;
+    size_t *over;               /* passed over (Selection.passed_over), indices into s.cands */
+    size_t nover;
+    int warns;                  /* the chosen manifest expires within NV_EXPIRY_WARNING */
+    nv_buf warning;
+    double days;
+} dry_run;
+
+static void dry_decide(dry_run *d, const nv_policy *p, const char *dir)
+{
+    memset(d, 0, sizeof *d);
+    nv_host_platform(d->goos, d->goarch);
+    d->s.policy = p;
+    d->s.plugins_dir = dir;
+    d->now = nv_clock(&d->s.now);
+    d->s.uid = (unsigned)geteuid();
+    d->s.goos = d->goos;
+    d->s.goarch = d->goarch;
+    d->s.dir_fd = -1;
+    d->dir_ok = nv_select(&d->s, hash_only, NULL, 1) == 0;
+    d->over = nv_xmalloc((d->s.ncands ? d->s.ncands : 1) * sizeof *d->over);
+    if (!d->dir_ok) {
+        d->refusal = &d->s.fatal;
+        return;
+    }
+    d->nover = nv_passed_over(&d->s, d->over);
+    if (d->s.chosen < 0) {
+        nv_refusal(&d->s, &d->own);
+        d->refusal = &d->own;
+    } else if (nv_newer_refused(&d->s, &d->own)) {
+        d->refusal = &d->own;
+    } else {
+        d->warns = nv_expiry_warning(&d->s, d->now, &d->warning, &d->days);
+    }
+}
+
+static void dry_free(dry_run *d)
+{
+    nv_selection_free(&d->s);
+    nv_error_clear(&d->own);
+    nv_buf_free(&d->warning);
+    free(d->over);
+}
+
+static int is_passed_over(const dry_run *d, size_t k)
+{
+    for (size_t j = 0; j < d->nover; j++)
+        if (d->over[j] == k) return 1;
+    return 0;
+}
+
+static void write_all(int fd, const nv_buf *b)
+{
+    for (size_t done = 0; done < b->n;) {
+        ssize_t w = write(fd, b->p + done, b->n - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) break;
+        done += (size_t)w;
+    }
+}
+
 /* Text for a person's terminal: control characters (a file name can hold escape sequences)
  * written visibly as \xNN. */
 static void put_visible(nv_buf *b, const char *s)
@@ -533,68 +592,255 @@ static void put_visible(nv_buf *b, const char *s)
     }
 }
 
-/* Run by hand: what this launcher is, and what the next launch would run (nothing runs).
- * Exit status 0 when a version would run, else 1. */
+/* Run by hand (no cookie; `L`, `L doctor`, any other arguments): what this launcher is, and
+ * what the next launch would do, on stderr (nothing runs). Exit status 0 when a version would
+ * run, else 1. */
 static int explain(const nv_policy *p, const char *dir)
 {
     nv_buf o = {0};
-    nv_buf_printf(&o, "This is a vault-plugin-shim launcher (native, exec mode) for the %s plugin '", p->type);
+    nv_buf_printf(&o, "This is a vault-plugin-shim launcher (native, %s mode) for the %s plugin '",
+                  p->proxy ? "proxy" : "exec", p->type);
     put_visible(&o, p->name);
     nv_buf_puts(&o, "'.\n\nIt is not meant to be run by hand. Vault (or OpenBao) runs it in place of the plugin:\n"
                     "it verifies the signed plugin versions in ");
     put_visible(&o, dir);
-    nv_buf_printf(&o, " against its\nembedded trust policy and then executes the highest valid one.\n\n"
-                      "What the next launch on this node would do (as uid %u, nothing executed):\n",
+    nv_buf_puts(&o, " against its\nembedded trust policy and then executes the highest valid one.\n\nIts policy: "
+                    "trusted keys ");
+    for (size_t k = 0; k < p->nkeys; k++) {
+        char hex[17];
+        nv_key_id_hex(hex, p->keys[k].key_id);
+        nv_buf_printf(&o, "%s%s", k ? ", " : "", hex);
+    }
+    nv_buf_puts(&o, ", minimum version ");
+    put_visible(&o, p->min_version_text ? p->min_version_text : "none");
+    nv_buf_printf(&o, ", on_refused_newer %s.\n\n", p->refuse_newer ? "refuse" : "fallback");
+    nv_buf_printf(&o, "What the next launch on this node would do (as uid %u, nothing executed):\n",
                   (unsigned)geteuid());
-    char goos[65], goarch[65];
-    nv_host_platform(goos, goarch);
-    nv_selection s;
-    memset(&s, 0, sizeof s);
-    s.policy = p;
-    s.plugins_dir = dir;
-    s.now = (int64_t)time(NULL);
-    s.uid = (unsigned)geteuid();
-    s.goos = goos;
-    s.goarch = goarch;
-    s.dir_fd = -1;
-    int rc = 1;
-    if (nv_select(&s, hash_only, NULL, 1) < 0) {
-        nv_buf_printf(&o, "  the plugins directory is refused: %s: ", nv_class_name(s.fatal.cls));
-        put_visible(&o, s.fatal.reason);
-        nv_buf_putc(&o, '\n');
+    dry_run d;
+    dry_decide(&d, p, dir);
+    if (!d.dir_ok) {
+        nv_buf_printf(&o, "  the plugins directory is refused: %s: ", nv_class_name(d.s.fatal.cls));
+        put_visible(&o, d.s.fatal.reason);
+        nv_buf_puts(&o, "\nnext launch runs: nothing (the plugins directory is refused)\n");
     } else {
-        for (size_t k = 0; k < s.ncands; k++) {
-            const nv_candidate *c = &s.cands[k];
+        for (size_t k = 0; k < d.s.ncands; k++) {
+            const nv_candidate *c = &d.s.cands[k];
             nv_buf_puts(&o, "  ");
             put_visible(&o, c->binary);
             if (c->error.cls == NV_OK) {
                 nv_buf_puts(&o, ": ok, version ");
                 put_visible(&o, c->manifest.version_text);
-                nv_buf_puts(&o, s.chosen == (long)k ? " (runs)\n" : "\n");
+                nv_buf_puts(&o, d.s.chosen != (long)k ? "\n" : d.refusal ? " (chosen, but the launch refuses)\n"
+                                                                         : " (runs)\n");
             } else {
                 nv_buf_printf(&o, ": refused: %s: ", nv_class_name(c->error.cls));
                 put_visible(&o, c->error.reason);
                 nv_buf_putc(&o, '\n');
             }
         }
-        nv_buf_puts(&o, "next launch runs: ");
-        if (s.chosen >= 0) {
-            put_visible(&o, s.cands[s.chosen].path);
+        if (d.s.chosen < 0) {
+            nv_buf_printf(&o, "next launch runs: nothing (%zu candidate%s found)\n", d.s.ncands,
+                          d.s.ncands == 1 ? "" : "s");
+        } else if (d.refusal) {
+            nv_buf_printf(&o, "next launch refuses: %s: ", nv_class_name(d.refusal->cls));
+            put_visible(&o, d.refusal->reason);
+            nv_buf_puts(&o, "\n  fix: ");
+            put_visible(&o, nv_error_fix(d.refusal));
             nv_buf_putc(&o, '\n');
-            rc = 0;
         } else {
-            nv_buf_printf(&o, "nothing (%zu candidate%s found)\n", s.ncands, s.ncands == 1 ? "" : "s");
+            nv_buf_puts(&o, "next launch runs: ");
+            put_visible(&o, d.s.cands[d.s.chosen].path);
+            nv_buf_putc(&o, '\n');
+            if (d.nover) {
+                nv_buf_printf(&o, "fallback: %zu version(s) newer than ", d.nover);
+                put_visible(&o, d.s.cands[d.s.chosen].manifest.version_text);
+                nv_buf_puts(&o, " are present and refused: the launch falls back to it and logs an ERROR for each "
+                                "(on_refused_newer: fallback)\n");
+            }
+            if (d.warns) {
+                nv_buf_puts(&o, "warning: ");
+                put_visible(&o, d.warning.p + strlen("vault-plugin-shim: "));
+                nv_buf_puts(&o, "\n  fix: " NV_FIX_RESIGN "\n");
+            }
         }
     }
-    for (size_t done = 0; done < o.n;) {
-        ssize_t w = write(2, o.p + done, o.n - done);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) break;
-        done += (size_t)w;
-    }
+    nv_buf_puts(&o, "\n(`");
+    put_visible(&o, self_path);
+    nv_buf_puts(&o, " explain --json` writes this on stdout as JSON, for `vault-plugin-shim doctor` and "
+                    "`verify --launcher`.)\n");
+    write_all(2, &o);
     nv_buf_free(&o);
-    nv_selection_free(&s);
+    int rc = d.refusal ? 1 : 0;
+    dry_free(&d);
     return rc;
+}
+
+static void json_time(nv_buf *b, int has, int64_t ts)
+{
+    if (!has) {
+        nv_buf_puts(b, "null");
+        return;
+    }
+    nv_buf_putc(b, '"');
+    nv_format_time(b, ts);
+    nv_buf_putc(b, '"');
+}
+
+/* Diagnostic.fields(): error, reason, file, cause, fix (the empty ones left out). */
+static void json_error(nv_buf *b, const nv_error *e)
+{
+    if (!e || e->cls == NV_OK) {
+        nv_buf_puts(b, "null");
+        return;
+    }
+    nv_buf_puts(b, "{\"error\":");
+    nv_json_str(b, nv_class_name(e->cls));
+    nv_buf_puts(b, ",\"reason\":");
+    nv_json_str(b, e->reason);
+    if (e->path && *e->path) {
+        nv_buf_puts(b, ",\"file\":");
+        nv_json_str(b, e->path);
+    }
+    if (e->cause && *e->cause) {
+        nv_buf_puts(b, ",\"cause\":");
+        nv_json_str(b, e->cause);
+    }
+    if (*nv_error_fix(e)) {
+        nv_buf_puts(b, ",\"fix\":");
+        nv_json_str(b, nv_error_fix(e));
+    }
+    nv_buf_putc(b, '}');
+}
+
+/* `L explain --json` by hand: the same decision as one JSON document on stdout (the only
+ * path that writes there; shim/ops/doctor.py reads it). Exit status as explain's. */
+static int explain_json(const nv_policy *p, const char *dir)
+{
+    dry_run d;
+    dry_decide(&d, p, dir);
+    nv_buf b = {0};
+    nv_buf_puts(&b, "{\"schema\":\"vault-plugin-shim/explain/v1\",\"kind\":\"native\",\"launcher\":");
+    nv_json_str(&b, self_path);
+    nv_buf_printf(&b, ",\"uid\":%u,\"now\":%lld,\"clock\":", (unsigned)geteuid(), (long long)d.s.now);
+    json_time(&b, 1, d.s.now);
+    nv_buf_puts(&b, ",\"platform\":");
+    nv_buf_printf(&b, "{\"os\":");
+    nv_json_str(&b, d.goos);
+    nv_buf_puts(&b, ",\"arch\":");
+    nv_json_str(&b, d.goarch);
+    nv_buf_puts(&b, "},\"policy\":{\"name\":");
+    nv_json_str(&b, p->name);
+    nv_buf_puts(&b, ",\"type\":");
+    nv_json_str(&b, p->type);
+    nv_buf_puts(&b, ",\"plugins_dir\":");
+    nv_json_str(&b, dir);
+    nv_buf_puts(&b, ",\"plugins_dir_as_built\":");
+    nv_json_str(&b, p->plugins_dir);
+    nv_buf_puts(&b, ",\"min_version\":");
+    if (p->min_version_text) nv_json_str(&b, p->min_version_text);
+    else nv_buf_puts(&b, "null");
+    nv_buf_printf(&b, ",\"max_size\":%lld,\"on_refused_newer\":\"%s\",\"mode\":\"%s\",\"key_ids\":[",
+                  (long long)p->max_size, p->refuse_newer ? "refuse" : "fallback", p->proxy ? "proxy" : "exec");
+    for (size_t k = 0; k < p->nkeys; k++) {
+        char hex[17];
+        nv_key_id_hex(hex, p->keys[k].key_id);
+        nv_buf_printf(&b, "%s\"%s\"", k ? "," : "", hex);
+    }
+    nv_buf_puts(&b, "]},\"directory_error\":");
+    json_error(&b, d.dir_ok ? NULL : &d.s.fatal);
+    nv_buf_puts(&b, ",\"candidates\":[");
+    for (size_t k = 0; k < d.s.ncands; k++) {
+        const nv_candidate *c = &d.s.cands[k];
+        const nv_manifest *m = &c->manifest;
+        int chosen = d.s.chosen == (long)k;
+        nv_buf_puts(&b, k ? ",{\"binary\":" : "{\"binary\":");
+        nv_json_str(&b, c->binary);
+        nv_buf_puts(&b, ",\"file\":");
+        nv_json_str(&b, c->path);
+        nv_buf_printf(&b, ",\"verdict\":\"%s\",\"chosen\":%s,\"runs\":%s,\"passed_over\":%s,\"version\":",
+                      c->error.cls == NV_OK ? "ok" : "refused", chosen ? "true" : "false",
+                      chosen && !d.refusal ? "true" : "false", is_passed_over(&d, k) ? "true" : "false");
+        if (c->has_manifest) {
+            nv_json_str(&b, m->version_text);
+            nv_buf_puts(&b, ",\"sha256\":");
+            nv_json_str(&b, m->sha256);
+            nv_buf_printf(&b, ",\"size\":%lld,\"issued_at\":", (long long)m->size);
+            json_time(&b, 1, m->issued_at);
+            nv_buf_puts(&b, ",\"expires_at\":");
+            json_time(&b, m->has_expiry, m->expires_at);
+            nv_buf_printf(&b, ",\"expires_soon\":%s",
+                          m->has_expiry && (double)m->expires_at - d.now < NV_EXPIRY_WARNING ? "true" : "false");
+        } else {
+            nv_buf_puts(&b, "null,\"sha256\":null,\"size\":null,\"issued_at\":null,\"expires_at\":null,"
+                            "\"expires_soon\":false");
+        }
+        nv_buf_puts(&b, ",\"key_id\":");
+        if (c->key_index >= 0) {
+            char hex[17];
+            nv_key_id_hex(hex, p->keys[c->key_index].key_id);
+            nv_buf_printf(&b, "\"%s\"", hex);
+        } else {
+            nv_buf_puts(&b, "null");
+        }
+        nv_buf_puts(&b, ",\"error\":");
+        json_error(&b, &c->error);
+        nv_buf_putc(&b, '}');
+    }
+    const nv_candidate *chosen = d.s.chosen >= 0 ? &d.s.cands[d.s.chosen] : NULL;
+    nv_buf_puts(&b, "],\"chosen\":");
+    if (chosen) nv_json_str(&b, chosen->path);
+    else nv_buf_puts(&b, "null");
+    nv_buf_puts(&b, ",\"version\":");
+    if (chosen) nv_json_str(&b, chosen->manifest.version_text);
+    else nv_buf_puts(&b, "null");
+    nv_buf_puts(&b, ",\"runs\":");
+    if (chosen && !d.refusal) nv_json_str(&b, chosen->path);
+    else nv_buf_puts(&b, "null");
+    nv_buf_puts(&b, ",\"passed_over\":[");
+    for (size_t j = 0; j < d.nover; j++) {
+        if (j) nv_buf_putc(&b, ',');
+        nv_json_str(&b, d.s.cands[d.over[j]].path);
+    }
+    nv_buf_puts(&b, "],\"refusal\":");
+    json_error(&b, d.refusal);
+    nv_buf_puts(&b, ",\"expiry_warning\":");
+    if (d.warns) {
+        nv_buf_puts(&b, "{\"message\":");
+        nv_json_str(&b, d.warning.p);
+        nv_buf_puts(&b, ",\"file\":");
+        nv_json_str(&b, chosen->path);
+        nv_buf_puts(&b, ",\"expires_at\":");
+        json_time(&b, 1, chosen->manifest.expires_at);
+        nv_buf_printf(&b, ",\"days\":%.1f,\"fix\":\"%s\"}", d.days, NV_FIX_RESIGN);
+    } else {
+        nv_buf_puts(&b, "null");
+    }
+    int rc = d.refusal ? 1 : 0;
+    nv_buf_printf(&b, ",\"exit_status\":%d}\n", rc);
+    write_all(1, &b);
+    nv_buf_free(&b);
+    dry_free(&d);
+    return rc;
+}
+
+/* entry._no_quiet_fallback, at launch: refuse to fall back past a refused newer version when
+ * the policy says so (the default runs the older one; its refusal was logged above), and warn
+ * at each launch within 30 days of the chosen manifest's expiry. */
+static void no_quiet_fallback(const nv_selection *s, double now)
+{
+    nv_error e = {0};
+    if (nv_newer_refused(s, &e)) refuse(s->policy, &e);
+    nv_buf m = {0};
+    double days;
+    if (nv_expiry_warning(s, now, &m, &days)) {
+        nv_log l;
+        nv_log_begin(&l, "warn", m.p, m.n);
+        nv_log_fieldz(&l, "plugin", s->policy->name);
+        nv_log_fieldz(&l, "file", s->cands[s->chosen].path);
+        nv_log_fieldz(&l, "fix", NV_FIX_RESIGN);
+        nv_log_end(&l, 2);
+    }
+    nv_buf_free(&m);
 }
 
 int main(int argc, char **argv, char **envp)
@@ -627,6 +873,7 @@ int main(int argc, char **argv, char **envp)
         fail_error("vault-plugin-shim: invalid launcher policy", &err);
     }
     free(raw);
+    nv_proxy_early(&policy, argc, argv, self_path);     /* proxy mode's layout; select-only mode */
     char *dir = resolve_dir(policy.plugins_dir);
     const char *cookie = strcmp(policy.type, "database") == 0 ? DATABASE_COOKIE : BACKEND_COOKIE;
     if (!cookie_is(envp, cookie)) {
@@ -647,7 +894,13 @@ int main(int argc, char **argv, char **envp)
             nv_log_end(&l, 2);
             return 1;
         }
-        return explain(&policy, dir);
+        /* By hand. Vault passes the catalog's args only with its cookie, so these are a person's
+         * (or a tool's): `explain --json` for the tools, anything else (`doctor` too) explains. */
+        int json = argc == 3 && strcmp(argv[1], "explain") == 0 && strcmp(argv[2], "--json") == 0;
+        int rc = json ? explain_json(&policy, dir) : explain(&policy, dir);
+        nv_policy_free(&policy);
+        free(dir);
+        return rc;
     }
 
     launch_ctx lc = {env_value(envp, "TMPDIR"), -1, NULL, 0};
@@ -657,7 +910,7 @@ int main(int argc, char **argv, char **envp)
     memset(&s, 0, sizeof s);
     s.policy = &policy;
     s.plugins_dir = dir;
-    s.now = (int64_t)time(NULL);
+    double now = nv_clock(&s.now);
     s.uid = (unsigned)geteuid();
     s.goos = goos;
     s.goarch = goarch;
@@ -668,7 +921,9 @@ int main(int argc, char **argv, char **envp)
         nv_refusal(&s, &err);
         refuse(&policy, &err);
     }
+    no_quiet_fallback(&s, now);
 
+    nv_proxy_run(&s, lc.fd, lc.how, argc, argv, envp);  /* proxy mode and select-only mode end here */
     nv_candidate *c = &s.cands[s.chosen];
     /* A #! script's interpreter reopens it through /dev/fd/N after exec: keep it open. */
     char head[2] = {0, 0};

@@ -405,35 +405,6 @@ int nv_open_binary(nv_selection *s, nv_candidate *c, nv_error *err)
     return fd;
 }
 
-/* SHA-256 of the first size bytes of fd: mapped where possible, else read. */
-static int sha256_fd(int fd, uint64_t size, unsigned char out[crypto_hash_sha256_BYTES])
-{
-    crypto_hash_sha256_state st;
-    crypto_hash_sha256_init(&st);
-    void *map = size ? mmap(NULL, (size_t)size, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
-    if (map != MAP_FAILED) {
-        const unsigned char *p = map;
-        for (uint64_t done = 0; done < size;) {     /* chunks: no overflow of the length type */
-            uint64_t chunk = size - done < (1u << 24) ? size - done : (1u << 24);
-            crypto_hash_sha256_update(&st, p + done, chunk);
-            done += chunk;
-        }
-        munmap(map, (size_t)size);
-    } else if (size) {
-        static unsigned char buf[1 << 16];
-        for (uint64_t done = 0; done < size;) {
-            size_t want = size - done < sizeof buf ? (size_t)(size - done) : sizeof buf;
-            ssize_t r = pread(fd, buf, want, (off_t)done);
-            if (r < 0 && errno == EINTR) continue;
-            if (r <= 0) return -1;
-            crypto_hash_sha256_update(&st, buf, (size_t)r);
-            done += (uint64_t)r;
-        }
-    }
-    crypto_hash_sha256_final(&st, out);
-    return 0;
-}
-
 int nv_check_digest(int fd, nv_candidate *c, nv_error *err)
 {
     struct stat st;
@@ -446,12 +417,12 @@ int nv_check_digest(int fd, nv_candidate *c, nv_error *err)
                 (long long)st.st_size, (long long)c->manifest.size);
         return -1;
     }
-    unsigned char digest[crypto_hash_sha256_BYTES];
-    if (sha256_fd(fd, (uint64_t)st.st_size, digest) < 0) {
+    unsigned char digest[32];
+    if (nv_sha256_fd(fd, (uint64_t)st.st_size, digest) < 0) {     /* nv_sha256.c: Nettle */
         nv_fail(err, NV_REJECTED, c->path, NULL, "cannot be hashed (%s)", strerror(errno));
         return -1;
     }
-    char hex[2 * crypto_hash_sha256_BYTES + 1];
+    char hex[2 * sizeof digest + 1];
     sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
     if (sodium_memcmp(hex, c->manifest.sha256, 64) != 0) {
         nv_fail(err, NV_DIGEST_MISMATCH, c->path, NULL, "sha256 is %s, the signed manifest says %s", hex,
@@ -472,4 +443,50 @@ void nv_refusal(const nv_selection *s, nv_error *err)
                                  "BINARY.manifest.json.minisig"
                                : "see the error logged above for each candidate",
                 &b);
+}
+
+size_t nv_passed_over(const nv_selection *s, size_t *out)
+{
+    const nv_candidate *chosen = s->chosen >= 0 ? &s->cands[s->chosen] : NULL;
+    size_t n = 0;
+    for (size_t k = 0; k < s->ncands; k++) {
+        const nv_candidate *c = &s->cands[k];
+        if (c->error.cls == NV_OK) continue;
+        if (chosen && c->has_manifest) {     /* launch_order(c) > launch_order(chosen) */
+            int v = nv_version_cmp(&c->manifest.version, &chosen->manifest.version);
+            if (v < 0 || (v == 0 && c->manifest.issued_at <= chosen->manifest.issued_at)) continue;
+        }
+        if (out) out[n] = k;
+        n++;
+    }
+    return n;
+}
+
+int nv_newer_refused(const nv_selection *s, nv_error *err)
+{
+    if (s->chosen < 0 || !s->policy->refuse_newer) return 0;
+    size_t *over = nv_xmalloc((s->ncands ? s->ncands : 1) * sizeof *over);
+    size_t n = nv_passed_over(s, over);
+    if (n)
+        nv_fail(err, NV_NEWER_REFUSED, s->cands[over[0]].path, NULL,
+                "%zu version(s) newer than %s are present and refused, and this launcher's policy refuses to "
+                "fall back (on_refused_newer: refuse)", n, s->cands[s->chosen].manifest.version_text);
+    free(over);
+    return n != 0;
+}
+
+int nv_expiry_warning(const nv_selection *s, double now, nv_buf *message, double *days)
+{
+    if (s->chosen < 0) return 0;
+    const nv_candidate *c = &s->cands[s->chosen];
+    if (!c->manifest.has_expiry) return 0;
+    double left = (double)c->manifest.expires_at - now;    /* expires_soon(): Python's int - float */
+    if (left >= NV_EXPIRY_WARNING) return 0;
+    *days = left / 86400;
+    nv_buf_printf(message, "vault-plugin-shim: %s plugin %s %s expires at ", s->policy->type, s->policy->name,
+                  c->manifest.version_text);
+    nv_format_time(message, c->manifest.expires_at);
+    /* "{left / 86400:.1f}": printf's %.1f rounds the same double the same way (exactly, ties to even). */
+    nv_buf_printf(message, ", in %.1f days: after that no launcher starts it", *days);
+    return 1;
 }

@@ -1,10 +1,12 @@
 /* Strings, Python-style quoting, UTF-8, times and the error plumbing of the native verifier. */
 #include "nv.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- memory ------------------------------------------------------------------------------ */
@@ -214,7 +216,40 @@ void nv_repr_bytes(nv_buf *b, const unsigned char *s, size_t n)
     nv_buf_putc(b, quote);
 }
 
+void nv_json_str(nv_buf *b, const char *str)
+{
+    const unsigned char *s = (const unsigned char *)(str ? str : "");
+    size_t n = strlen((const char *)s), i = 0;
+    nv_buf_putc(b, '"');
+    while (i < n) {
+        unsigned char c = s[i];
+        if (c == '"' || c == '\\') { nv_buf_putc(b, '\\'); nv_buf_putc(b, (char)c); i++; }
+        else if (c < 0x20 || c == 0x7F) { nv_buf_printf(b, "\\u%04x", c); i++; }
+        else if (c < 0x80) { nv_buf_putc(b, (char)c); i++; }
+        else {
+            size_t k = nv_utf8_len(s + i, n - i);
+            if (k) { nv_buf_put(b, s + i, k); i += k; }
+            else if (n - i >= 3 && c == 0xED && s[i + 1] >= 0xA0 && s[i + 1] <= 0xBF && s[i + 2] >= 0x80 &&
+                     s[i + 2] <= 0xBF) {
+                nv_buf_printf(b, "\\u%04x", 0xD000u | ((unsigned)(s[i + 1] & 0x3F) << 6) | (s[i + 2] & 0x3F));
+                i += 3;
+            } else { nv_buf_printf(b, "\\udc%02x", c); i++; }
+        }
+    }
+    nv_buf_putc(b, '"');
+}
+
 /* ---- times ---------------------------------------------------------------------------------- */
+
+/* time.time(): _PyTime_AsSecondsDouble of CLOCK_REALTIME's nanoseconds. */
+double nv_clock(int64_t *secs)
+{
+    struct timespec ts = {0, 0};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    *secs = (int64_t)ts.tv_sec;
+    if (ts.tv_nsec == 0) return (double)ts.tv_sec;
+    return (double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9;
+}
 
 static int64_t floor_div(int64_t a, int64_t b)
 {
@@ -269,6 +304,7 @@ static const char *const CLASS_NAMES[NV_CLASS_COUNT] = {
     [NV_AMBIGUOUS] = "AmbiguousVersionError",
     [NV_NO_VALID_VERSION] = "NoValidVersionError",
     [NV_LAUNCH] = "LaunchError",
+    [NV_NEWER_REFUSED] = "NewerVersionRefusedError",
 };
 
 /* The default_fix of each class in shim/trust/errors.py and shim/launch/errors.py. */
@@ -294,6 +330,8 @@ static const char *const DEFAULT_FIXES[NV_CLASS_COUNT] = {
     [NV_AMBIGUOUS] = "ship one build per version (or give each its own version number); semver "
                      "ignores +build metadata when ordering",
     [NV_NO_VALID_VERSION] = "see the errors logged above for each candidate",
+    [NV_NEWER_REFUSED] = "ship the newer release intact (binary, manifest and .minisig from the same "
+                         "release), or remove it if the older version is meant to run",
 };
 
 const char *nv_class_name(nv_class c) { return c < NV_CLASS_COUNT ? CLASS_NAMES[c] : "?"; }
@@ -345,4 +383,28 @@ void nv_fail(nv_error *e, nv_class cls, const char *path, const char *fix, const
     b.n = (size_t)need;
     b.cap = (size_t)need + 1;
     nv_fail_buf(e, cls, path, fix, &b);
+}
+
+uint64_t nv_le64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+int nv_read_at(int fd, void *buf, size_t n, uint64_t off)
+{
+    char *p = buf;
+    while (n) {
+        ssize_t r = pread(fd, p, n, (off_t)off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            if (r == 0) errno = EIO;
+            return -1;
+        }
+        p += r;
+        n -= (size_t)r;
+        off += (uint64_t)r;
+    }
+    return 0;
 }
