@@ -196,13 +196,14 @@ def cmd_verify(args) -> int:
     from shim.trust.verify import report
 
     target = os.path.abspath(args.path) if args.path else None
-    only, directory = None, target
+    only, directory, ask_launcher = None, target, False
     if target and not os.path.isdir(target):
         only, directory = os.path.basename(target), os.path.dirname(target)
     if args.launcher:
         from shim.launch.build import inspect
 
-        policy = inspect(args.launcher).policy
+        info = inspect(args.launcher)
+        policy = info.policy
         if policy is None and args.catalog_args:
             from shim.trust.policy import split_args
 
@@ -212,6 +213,9 @@ def cmd_verify(args) -> int:
                              fix="a --policy-in-args launcher takes its policy from the catalog's args: "
                                  "pass them with --arg (see `vault plugin info -version=<version> <type> <name>`)")
         policy = policy.resolved(args.launcher)
+        # A native launcher decides by its own code: ask it (its dry mode), for its own plugins dir.
+        ask_launcher = info.native and (not directory or os.path.realpath(directory) ==
+                                        os.path.realpath(policy.plugins_dir))
         if directory:
             policy = policy.replace(plugins_dir=directory)
     else:
@@ -220,6 +224,13 @@ def cmd_verify(args) -> int:
         policy = _policy_from_args(args, directory)
     now = time.time()
     selection = report(policy, now)
+    decided_by, differ, launch_refusal = "vault-plugin-shim", [], None
+    if ask_launcher:
+        from shim.ops.doctor import NativeSelection, native_differences, native_explain
+
+        theirs = NativeSelection(native_explain(os.path.abspath(args.launcher)))
+        differ = native_differences(selection, theirs, None if directory else policy.plugins_dir)
+        selection, decided_by, launch_refusal = theirs, "launcher", theirs.refusal
     if only is None:
         results, chosen, passed_over = selection.candidates, selection.chosen, selection.passed_over()
     else:  # one file: is it valid on its own?
@@ -228,10 +239,14 @@ def cmd_verify(args) -> int:
         passed_over = [c for c in results if c.error is not None]
     expected = _expected_version(args.expect_version)
     problems = _verify_problems(policy, chosen, passed_over, expected)
+    if launch_refusal is not None and only is None and chosen is not None:   # on_refused_newer: refuse
+        problems.insert(0, f"next launch refuses (the launcher's own decision): {launch_refusal.reason}")
+    problems += [f"the launcher's own code and vault-plugin-shim's selection differ: {d}" for d in differ]
     if args.json:
         print(json.dumps({
             "plugin": policy.name, "type": policy.type, "plugins_dir": policy.plugins_dir,
-            "on_refused_newer": policy.on_refused_newer, "ok": not problems,
+            "on_refused_newer": policy.on_refused_newer, "ok": not problems, "decided_by": decided_by,
+            "refusal": None if launch_refusal is None or only is not None else launch_refusal.fields(),
             "would_launch": None if chosen is None else chosen.path,
             "version": None if chosen is None else str(chosen.manifest.version),
             "expires_at": None if chosen is None else _time_or_none(chosen.manifest.expires_at),
@@ -239,6 +254,8 @@ def cmd_verify(args) -> int:
             "candidates": [_candidate_json(c, now) for c in results]}, indent=2))
     else:
         print(f"{policy.type} plugin {policy.name!r}, plugins dir {policy.plugins_dir}")
+        if decided_by == "launcher":
+            print(f"  verdicts by the launcher's own code (`{args.launcher} explain --json`)")
         if not results:
             print(f"  no candidates ({'no manifest for ' + only if only else 'no *.manifest.json files'})")
         for c in results:
@@ -322,21 +339,19 @@ def cmd_launcher_build(args) -> int:
     policy = _policy_from_args(args, args.plugins_dir, keep_relative=True)
     if args.hot_swap and policy.mode != "proxy":
         raise UsageError("--hot-swap needs --mode proxy (in exec mode the launcher is gone once the plugin runs)")
-    kind = args.kind or ("native" if policy.mode == "exec" else "python")
-    if kind == "native":
+    kind = args.kind or "native"
+    if kind == "native" and args.policy_in_args:
+        raise UsageError("a native launcher embeds its policy; --policy-in-args needs the Python launcher",
+                         fix="pass --kind python with --policy-in-args, or leave --policy-in-args out")
+    if kind == "native" and policy.mode == "exec":
         # The static launcher decides and executes by itself: no interpreter in the image.
-        if policy.mode != "exec":
-            raise UsageError(f"--kind native builds exec-mode launchers; {policy.mode} mode runs Python",
-                             fix="leave --kind out (proxy mode builds the Python launcher), or use --mode exec")
-        if args.policy_in_args:
-            raise UsageError("a native launcher embeds its policy; --policy-in-args needs the Python launcher",
-                             fix="pass --kind python with --policy-in-args, or leave --policy-in-args out")
         for flag, given in (("--python", args.python), ("--python-only-in-image", args.python_only_in_image)):
             if given:
                 raise UsageError(f"{flag} does not apply: an exec-mode launcher is native and starts no interpreter",
                                  fix=f"drop {flag}, or pass --kind python for the interpreter-backed launcher")
         python = None
     else:
+        # The Python launcher, or a native proxy launcher: it decides, then starts the proxy's Python.
         python = args.python or os.path.abspath(sys.executable)
         if not args.python_only_in_image:
             _check_launcher_python(python, policy.mode, args.hot_swap)
@@ -347,8 +362,9 @@ def cmd_launcher_build(args) -> int:
     register = ["vault-plugin-shim", "register", policy.type, policy.name,
                 "--launcher", f"<plugin_directory>/{command}", *(f"--arg={a}" for a in catalog_args)]
     extra = "".join(f" -args={a}" for a in catalog_args)
-    runs = (f"native:   static, needs nothing else in the image ({policy.mode} mode)" if kind == "native" else
-            f"python:   {python} -I ({policy.mode} mode{', hot swap' if args.hot_swap else ''})")
+    runs = ("native:   static, needs nothing else in the image (exec mode)" if python is None else
+            f"{'native:   decides, then starts' if kind == 'native' else 'python:  '} {python} -I "
+            f"({policy.mode} mode{', hot swap' if args.hot_swap else ''})")
     _emit(args, {"launcher": args.output, "sha256": sha, "kind": kind, "python": python,
                  "flags": [] if python is None else ["-I"], "mode": policy.mode,
                  "hot_swap": args.hot_swap, "command": command, "catalog_args": catalog_args,
@@ -506,11 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "relative to the launcher's own directory when Vault runs it")
     p.add_argument("--mode", default="exec", choices=("exec", "proxy"))
     p.add_argument("--kind", choices=("native", "python"),
-                   help="native: one static file that verifies and executes the plugin by itself, no "
-                        "interpreter in the image (exec mode's default); python: the interpreter-backed launcher "
-                        "(proxy mode's, and what --policy-in-args needs)")
-    p.add_argument("--python", help="--kind python: absolute path of the interpreter the launcher starts "
-                                    "(default: this one)")
+                   help="native (the default): a static file that selects, verifies and seals the plugin by "
+                        "itself; in exec mode it needs no interpreter in the image, in proxy mode it then starts "
+                        "the proxy's Python with its verdict. python: the interpreter-backed launcher, which "
+                        "decides in Python (what --policy-in-args needs)")
+    p.add_argument("--python", help="proxy mode, or --kind python: absolute path of the interpreter the launcher "
+                                    "starts (default: this one)")
     p.add_argument("--python-only-in-image", action="store_true",
                    help="the --python interpreter exists only in the target image, not on this machine: "
                         "skip the checks that run it here")
