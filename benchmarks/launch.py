@@ -1,7 +1,8 @@
 """Launch overhead of exec mode: time from launch to handshake for a 50 MB plugin,
 direct (Vault hashes the 50 MB file, execs it) versus through the launcher (Vault hashes
 the small launcher; the launcher verifies the manifest, copies the 50 MB into a sealed memfd,
-hashes it there, and fexecve()s it). Same go-plugin host, same run, interleaved rounds.
+hashes it there, and fexecve()s it): the native launcher (exec mode's default) and the
+interpreter-backed one (``--kind python``). Same go-plugin host, same run, interleaved rounds.
 
     python -m benchmarks.launch [--size-mb 50] [--rounds 5] [--iterations 6]
 """
@@ -20,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.support import gopeer  # noqa: E402
+from shim.launch.build import write_launcher  # noqa: E402
 from tests.support import releases as R  # noqa: E402
 
 
@@ -36,13 +38,15 @@ def measure(size_mb: int = 50, rounds: int = 5, iterations: int = 6) -> dict:
         os.chmod(plugin, 0o755)
         keys = R.new_keys()
         R.release(keys, plugin, version="1.0.0")
-        launcher = R.launcher(tmp, R.policy(versions, keys))
+        pol = R.policy(versions, keys)
+        native = tmp / "launcher-native"
+        write_launcher(pol, None, str(native), native=True)
+        targets = (("direct", plugin), ("native", native), ("python", R.launcher(tmp, pol)))
         sock = tmp / "sock"
         sock.mkdir()
-        samples = {"direct": {"handshake_ms": [], "first_call_ms": []},
-                   "launcher": {"handshake_ms": [], "first_call_ms": []}}
+        samples = {name: {"handshake_ms": [], "first_call_ms": []} for name, _ in targets}
         for _ in range(rounds):
-            for name, target in (("direct", plugin), ("launcher", launcher)):
+            for name, target in targets:
                 res = gopeer.run_host(host, target, "bench", iterations=iterations,
                                       sha256=gopeer.sha256_file(target), host_env={"TMPDIR": str(sock)},
                                       timeout=300)
@@ -55,20 +59,22 @@ def measure(size_mb: int = 50, rounds: int = 5, iterations: int = 6) -> dict:
     for name, by_key in samples.items():
         for key, values in by_key.items():
             out[f"{name}_{key}_p50"] = statistics.median(values)
-    out["ratio_handshake"] = out["launcher_handshake_ms_p50"] / out["direct_handshake_ms_p50"]
-    out["ratio_first_call"] = out["launcher_first_call_ms_p50"] / out["direct_first_call_ms_p50"]
+    for name in ("native", "python"):
+        for key in ("handshake", "first_call"):
+            out[f"{name}_ratio_{key}"] = out[f"{name}_{key}_ms_p50"] / out[f"direct_{key}_ms_p50"]
     return out
 
 
 def rows(result: dict) -> list[tuple[str, str, str, str]]:
     """(benchmark, baseline, shim, ratio) rows for the combined table."""
     n = f"{result['size_mb']} MB plugin"
-    return [
-        (f"exec mode: launch -> handshake, {n} (p50 ms)", f"{result['direct_handshake_ms_p50']:.1f}",
-         f"{result['launcher_handshake_ms_p50']:.1f}", f"{result['ratio_handshake']:.2f}x"),
-        (f"exec mode: launch -> first call, {n} (p50 ms)", f"{result['direct_first_call_ms_p50']:.1f}",
-         f"{result['launcher_first_call_ms_p50']:.1f}", f"{result['ratio_first_call']:.2f}x"),
-    ]
+    out = []
+    for name, label in (("native", "native launcher"), ("python", "Python launcher")):
+        for key, what in (("handshake", "handshake"), ("first_call", "first call")):
+            out.append((f"exec mode ({label}): launch -> {what}, {n} (p50 ms)",
+                        f"{result[f'direct_{key}_ms_p50']:.1f}", f"{result[f'{name}_{key}_ms_p50']:.1f}",
+                        f"{result[f'{name}_ratio_{key}']:.2f}x"))
+    return out
 
 
 def main(argv=None) -> int:
