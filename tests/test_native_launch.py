@@ -563,3 +563,25 @@ def test_the_dry_mode_and_the_refusal_run_clean_under_asan_and_ubsan(setup):
         assert proc.returncode == status and b"Sanitizer" not in proc.stderr, proc.stderr
         levels = [line["@level"] for line in releases.hclog_lines(proc.stderr)]
         assert levels == (["error", "error", "error"] if status else ["error", "error", "warn", "info"]), proc.stderr
+
+
+def test_a_binary_that_cannot_execute_is_named_and_said_not_to_have_started(setup):
+    """Issue 17, case 11: the failure after the "starting" line says that the plugin did not
+    start, and names the binary (not the temporary directory) with the errno and the fix."""
+    tmp, versions, keys, pol, reports = setup
+    broken = versions / "myplugin-1.0.0"
+    broken.write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 57 + b"not a program")   # a truncated ELF header
+    broken.chmod(0o755)
+    releases.release(keys, broken, version="1.0.0")
+    scratch = tmp / "scratch"
+    scratch.mkdir(mode=0o700)
+    proc = releases.run(native_launcher(tmp, pol), env=env(reports, TMPDIR=str(scratch)))
+    assert proc.returncode == 1 and proc.stdout == b""
+    lines = releases.hclog_lines(proc.stderr)
+    assert [ln["@level"] for ln in lines] == ["info", "error"], lines
+    assert lines[0]["@message"] == "vault-plugin-shim: starting secret plugin myplugin 1.0.0"
+    failed = lines[1]
+    assert failed["@message"] == "vault-plugin-shim: cannot execute the verified copy"
+    assert failed["file"] == str(broken)
+    assert "the plugin did not start" in failed["reason"] and failed["cause"]
+    assert "built for this node" in failed["fix"]
