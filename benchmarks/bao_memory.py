@@ -53,6 +53,7 @@ if str(ROOT) not in sys.path:
 from benchmarks import baostage as S  # noqa: E402
 from shim.demo import gomod  # noqa: E402
 from shim.demo.bao import descendants  # noqa: E402
+from shim.trust.verify import digest_file  # noqa: E402
 
 MB = 1024 * 1024
 MUX_NAME = "benchmux"            # the multiplexed plugin's name in its manifest and launchers' policies
@@ -89,7 +90,7 @@ class MuxStage:
         self.binary = binary
         self.size = binary.stat().st_size
         self.files = {t: image.dir / self.commands[t] for t in S.TARGETS}
-        self.sha256 = {t: S.sha256_file(f) for t, f in self.files.items()}
+        self.sha256 = {t: digest_file(str(f))[0] for t, f in self.files.items()}
 
     def register(self, client: S.Client) -> None:
         for t in S.TARGETS:

@@ -18,7 +18,6 @@ several nodes' plugin directories (the takeover benchmark). Only loopback is use
 from __future__ import annotations
 
 import atexit
-import hashlib
 import http.client
 import json
 import os
@@ -35,6 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from shim.demo import bao, gobuild  # noqa: E402
+from shim.trust.verify import digest_file  # noqa: E402
 
 TARGETS = ("direct", "exec", "proxy")
 PLUGIN_NAME = "bench"          # the name in the manifests and both launchers' policies
@@ -73,14 +73,6 @@ def shared_image(pad_mb: int = 0) -> "Image":
     return _SHARED[pad_mb]
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class Image:
     """The plugin directory contents described in the module docstring, built under ``root``."""
 
@@ -113,7 +105,7 @@ class Image:
         for mode in ("exec", "proxy"):
             _cli("launcher", "build", "--trusted-key", pk, "--name", PLUGIN_NAME, "--type", "secret",
                  "--plugins-dir", "versions", "--mode", mode, "--output", self.dir / COMMANDS[mode], cwd=work)
-        self.sha256 = {t: sha256_file(self.dir / COMMANDS[t]) for t in TARGETS}
+        self.sha256 = {t: digest_file(str(self.dir / COMMANDS[t]))[0] for t in TARGETS}
         self.files = {t: self.dir / COMMANDS[t] for t in TARGETS}
 
 

@@ -52,9 +52,9 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import baostage as S  # noqa: E402
 from shim.demo.bao import descendants  # noqa: E402
+from shim.goplugin.vault import BACKEND_COOKIE as COOKIE  # noqa: E402
 from shim.launch import stubs  # noqa: E402
 
-COOKIE = ("VAULT_BACKEND_PLUGIN", "6669da05-b1c8-4f49-97d9-c8e5bed98e20")
 MODES = ("exec", "proxy")
 CANDIDATES = ("src", "pyc", "S", "src-S")
 BASELINES = ("python -I -c pass", "python -I -S -c pass", "stub + empty zip __main__")

@@ -80,10 +80,8 @@ def measure(quick: bool = False, rounds: int | None = None, clients: int = 6) ->
             keys = R.new_keys()
             policy = R.policy(versions, keys, name=NAME).replace(mode="proxy")
             launcher = server.plugin_dir / f"{NAME}-launcher"
-            write_launcher(policy, R.PYTHON, str(launcher), "proxy", hot_swap=True)
+            sha = write_launcher(policy, R.PYTHON, str(launcher), "proxy", hot_swap=True)
             _ship(keys, staging, versions, v1, "1.0.0")
-            import hashlib
-            sha = hashlib.sha256(launcher.read_bytes()).hexdigest()
             server.bao("plugin", "register", f"-sha256={sha}", f"-command={launcher.name}", "-version=v1.0.0",
                        "secret", NAME)
             server.bao("secrets", "enable", f"-path={NAME}", "-plugin-version=v1.0.0", NAME)

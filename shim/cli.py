@@ -103,7 +103,7 @@ def _policy_from_args(args, plugins_dir: str, *, keep_relative: bool = False):
     from shim.trust.policy import Policy
 
     try:
-        floor = Version.parse(args.min_version.lstrip("v")) if args.min_version else None
+        floor = Version.parse_tag(args.min_version) if args.min_version else None
     except ValueError as exc:
         raise UsageError(str(exc), fix="pass --min-version as X.Y.Z") from None
     if not (keep_relative and not os.path.isabs(plugins_dir)):
@@ -157,12 +157,12 @@ def cmd_keygen(args) -> int:
 def cmd_sign(args) -> int:
     from shim.ops.release import sign_release
     from shim.trust import minisign
-    from shim.trust.manifest import Version, manifest_path, signature_path
+    from shim.trust.manifest import Version, format_time, manifest_path, signature_path
 
     if bool(args.secret_key) == bool(args.transit_key):
         raise UsageError("pass exactly one of --secret-key and --transit-key")
     try:
-        version = Version.parse(args.version[1:] if args.version.startswith("v") else args.version)
+        version = Version.parse_tag(args.version)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     path = args.plugin_file
@@ -187,12 +187,13 @@ def cmd_sign(args) -> int:
                  "manifest": manifest_path(path), "signature": signature_path(path)},
           [f"signed {manifest.type} plugin {manifest.name} {manifest.version} "
            f"({manifest.os}/{manifest.arch}, sha256 {manifest.sha256}) with key {minisign.key_id_hex(key_id)}, "
-           + ("no expiry" if manifest.expires_at is None else f"expires {_time_or_none(manifest.expires_at)}"),
+           + ("no expiry" if manifest.expires_at is None else f"expires {format_time(manifest.expires_at)}"),
            f"  {manifest_path(path)}", f"  {signature_path(path)}"])
     return 0
 
 
 def cmd_verify(args) -> int:
+    from shim.trust.manifest import format_time_or_none
     from shim.trust.verify import report
 
     target = os.path.abspath(args.path) if args.path else None
@@ -249,7 +250,7 @@ def cmd_verify(args) -> int:
             "refusal": None if launch_refusal is None or only is not None else launch_refusal.fields(),
             "would_launch": None if chosen is None else chosen.path,
             "version": None if chosen is None else str(chosen.manifest.version),
-            "expires_at": None if chosen is None else _time_or_none(chosen.manifest.expires_at),
+            "expires_at": None if chosen is None else format_time_or_none(chosen.manifest.expires_at),
             "passed_over": [c.path for c in passed_over], "problems": problems,
             "candidates": [_candidate_json(c, now) for c in results]}, indent=2))
     else:
@@ -276,7 +277,7 @@ def _expected_version(text: str | None):
     if text is None:
         return None
     try:
-        return Version.parse(text.removeprefix("v"))
+        return Version.parse_tag(text)
     except ValueError as exc:
         raise UsageError(str(exc), fix="pass --expect-version as X.Y.Z") from None
 
@@ -299,29 +300,25 @@ def _verify_problems(policy, chosen, passed_over, expected) -> list[str]:
     return out
 
 
-def _time_or_none(ts):
-    from shim.trust.manifest import format_time
-
-    return None if ts is None else format_time(ts)
-
-
 def _expiry_text(manifest, now: float) -> str:
+    from shim.trust.manifest import format_time
     from shim.trust.verify import expires_soon
 
     if manifest.expires_at is None:
         return "no expiry"
     left = expires_soon(manifest, now)
-    text = f"expires {_time_or_none(manifest.expires_at)}"
+    text = f"expires {format_time(manifest.expires_at)}"
     return text if left is None else f"{text} (WARNING: in {left / 86400:.1f} days: re-sign it, see README)"
 
 
 def _candidate_json(c, now: float) -> dict:
+    from shim.trust.manifest import format_time, format_time_or_none
     from shim.trust.verify import expires_soon
 
     out = {"file": c.path, "ok": c.error is None}
     if c.manifest is not None:
         out.update(version=str(c.manifest.version), sha256=c.manifest.sha256, size=c.manifest.size,
-                   issued_at=_time_or_none(c.manifest.issued_at), expires_at=_time_or_none(c.manifest.expires_at),
+                   issued_at=format_time(c.manifest.issued_at), expires_at=format_time_or_none(c.manifest.expires_at),
                    expires_soon=expires_soon(c.manifest, now) is not None)
     if c.key is not None:
         out["key_id"] = c.key.key_id_hex

@@ -84,3 +84,31 @@ def test_the_command_line_modules_import_each_other_without_a_cycle():
     below = [(s, d) for s, d, _ in imports() if s in ("shim.demo.cli", "shim.ops.cli", "shim.ops.doctor")
              and d == "shim.cli"]
     assert below == []
+
+
+# gRPC services of Vault's SDK (sdk/plugin/pb, sdk/database/dbplugin/v5, sdk/helper/pluginutil): what
+# proxy mode's hot swap decodes. go-plugin's own services (plugin.GRPCBroker, GRPCController,
+# GRPCStdio, grpc.health) are the wire protocol and belong in goplugin.
+SDK_SERVICES = ("/pb.", "/dbplugin.", "/pluginutil.")
+
+
+def test_the_go_plugin_room_calls_no_service_of_vaults_sdk():
+    """goplugin speaks go-plugin to any host; what Vault's SDK services mean (Setup, the database
+    plugin's Initialize) is launch's business (shim/launch/capture.py), not the protocol's. Read
+    from the string and bytes constants of the code (docstrings may name them)."""
+    named = []
+    for path in sorted((SHIM / "goplugin").rglob("*.py")):
+        if "_proto" in path.parts:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Constant) or id(node) in docstrings:
+                continue
+            value = node.value.decode("latin-1") if isinstance(node.value, bytes) else node.value
+            if isinstance(value, str) and value.startswith(SDK_SERVICES):
+                named.append(f"{path.relative_to(SHIM.parent)}:{node.lineno}: {value}")
+    assert named == []

@@ -120,6 +120,19 @@ def _build(tmp_path, *extra):
                "--plugins-dir", tmp_path / "versions", "--output", tmp_path / "lau", *extra)
 
 
+def test_every_version_option_takes_one_leading_v_and_refuses_two(tmp_path):
+    """--min-version, --expect-version and sign's --version read a version the same way:
+    1.2.3 or v1.2.3; vv1.2.3 is a usage error (exit 1), never a quiet 1.2.3."""
+    d, pk = setup(tmp_path)
+    verify = ("verify", "--trusted-key", pk, "--name", "kv")
+    assert cli(*verify, "--min-version", "v1.1.0", d).stdout == cli(*verify, "--min-version", "1.1.0", d).stdout
+    refused = [cli(*verify, "--min-version", "vv1.1.0", d), cli(*verify, "--expect-version", "vv1.1.0", d),
+               _build(tmp_path, "--min-version", "vv1.1.0"), _sign(tmp_path, "--version", "vv1.0.0")[0]]
+    for p in refused:
+        assert p.returncode == 1 and "'vv1." in p.stderr and "Traceback" not in p.stderr, (p.args, p.stderr)
+    assert not (tmp_path / "lau").exists()
+
+
 def test_launcher_build_refuses_an_interpreter_that_does_not_exist(tmp_path):
     p = _build(tmp_path, "--kind", "python", "--python", "/nope/python3")
     assert p.returncode != 0 and "Traceback" not in p.stderr

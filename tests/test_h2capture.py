@@ -1,4 +1,4 @@
-"""The set-up call capture (shim.goplugin.h2capture), fed real frames.
+"""The set-up call capture (shim.launch.capture), fed real frames.
 
 ``tests/data/h2rec/*.jsonl`` are the bytes each side of one routed connection sent, recorded
 in the launcher's router while a real OpenBao 2.7.2 mounted the demo secrets engine
@@ -17,7 +17,7 @@ import hpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from shim.goplugin import h2capture as cap
+from shim.launch import capture as cap
 from shim.goplugin.h2route import DATA, END_HEADERS, END_STREAM, HEADERS, PREFACE, RST_STREAM, Router, frame
 
 REC = Path(__file__).resolve().parent / "data" / "h2rec"

@@ -22,15 +22,12 @@ import pytest
 
 from shim.demo.bao import descendants
 from tests.support import baoplugins as bp
-from tests.support import gopeer, openbao, wait
+from tests.support import gopeer, openbao
+from tests.support.wait import wait_until
 
 MODES = ("exec", "proxy")
 CASES = [(kind, mode) for kind in bp.KINDS for mode in MODES]
 DEADLINE = 60.0
-
-
-def wait_until(condition, what: str, deadline: float = DEADLINE):
-    return wait.wait_until(condition, what, deadline=deadline)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +59,7 @@ def tree(marker: str) -> set[int]:
 def assert_gone(pids: set[int], server, tmp_before: set[str], what: str) -> None:
     """None of `pids` is alive, and the server's TMPDIR holds nothing new (sockets, key dirs)."""
     try:
-        wait_until(lambda: not any(alive(p) for p in pids), f"{sorted(pids)} to exit ({what})")
+        wait_until(lambda: not any(alive(p) for p in pids), f"{sorted(pids)} to exit ({what})", deadline=DEADLINE)
         wait_until(lambda: set(os.listdir(server.tmpdir)) <= tmp_before,
                    f"{server.tmpdir} to be clean ({what})", deadline=15)
     except AssertionError as exc:
@@ -287,7 +284,7 @@ def test_upgrade_through_the_launcher_never_touches_the_catalog(bao_raft, plugin
             assert answer["transport"] == ("automtls" if mode == "exec" else "plaintext")
         data = dep.write_data()
         dep.check_data(data, "v1.0.0")
-        first = wait_until(lambda: tree(marker), "the plugin's processes")
+        first = wait_until(lambda: tree(marker), "the plugin's processes", deadline=DEADLINE)
         seen |= first
         if pid is not None:
             assert pid in first
@@ -302,8 +299,9 @@ def test_upgrade_through_the_launcher_never_touches_the_catalog(bao_raft, plugin
         dep.check_data(data, "v2.0.0")
         assert rel.catalog_sha256() == rel.sha256
         assert set(openbao_catalog_versions(server, kind, name)) == {"v1.0.0"}
-        wait_until(lambda: not any(alive(p) for p in first), "v1's processes to exit after the reload")
-        second = wait_until(lambda: tree(marker), "v2's processes")
+        wait_until(lambda: not any(alive(p) for p in first), "v1's processes to exit after the reload",
+                   deadline=DEADLINE)
+        second = wait_until(lambda: tree(marker), "v2's processes", deadline=DEADLINE)
         seen |= second
         if pid2 is not None:
             assert pid2 in second and pid2 != pid
@@ -322,7 +320,7 @@ def test_upgrade_through_the_launcher_never_touches_the_catalog(bao_raft, plugin
         assert dep.running()[0] == "v2.0.0"
         dep.check_data(data, "v2.0.0")
         assert rel.catalog_sha256() == rel.sha256
-        seen |= wait_until(lambda: tree(marker), "v2's processes after the restart")
+        seen |= wait_until(lambda: tree(marker), "v2's processes after the restart", deadline=DEADLINE)
     finally:
         seen |= tree(marker)
         dep.teardown(data)

@@ -11,14 +11,8 @@ import json
 
 import pytest
 
-from shim.ops.register import (
-    BareVersionError,
-    MountStepError,
-    PROBE_VERSION,
-    Registration,
-    enable_mount,
-    sha256_file,
-)
+from shim.ops.errors import BareVersionError, MountStepError
+from shim.ops.register import PROBE_VERSION, Registration, enable_mount, sha256_file
 from shim.ops.vaultenv import VaultEnv, detect_server
 from tests.support import openbao
 

@@ -12,8 +12,9 @@ import subprocess
 
 import pytest
 
-from shim.ops.transit import TransitError, TransitSigner
-from shim.ops.vaultenv import VaultEnv, VaultNotFoundError, VaultPermissionError
+from shim.ops.errors import TransitError, VaultNotFoundError, VaultPermissionError
+from shim.ops.transit import TransitSigner
+from shim.ops.vaultenv import VaultEnv
 from tests.support import openbao
 
 

@@ -16,25 +16,16 @@ import socket
 import pytest
 
 from shim.ops.cli import add_register_parser
-from shim.ops.register import (
-    PROBE_VERSION,
+from shim.ops.errors import (
     LauncherFileError,
     PluginVersionMismatchError,
-    Registration,
     RegistrationError,
-    apply,
-    plan,
-    render_dry_run,
-    sha256_file,
-)
-from shim.ops.vaultenv import (
-    ServerInfo,
     VaultConfigError,
-    VaultEnv,
     VaultServerError,
     VaultUnreachableError,
-    server_info_from,
 )
+from shim.ops.register import PROBE_VERSION, Registration, apply, plan, render_dry_run, sha256_file
+from shim.ops.vaultenv import ServerInfo, VaultEnv, server_info_from
 from support.fakevault import ROOT_TOKEN, FakeVault
 
 LAUNCHER_BYTES = b"#!/usr/bin/python3 -I\nprint('launcher')\n"

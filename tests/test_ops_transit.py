@@ -12,7 +12,8 @@ import os
 
 import pytest
 
-from shim.ops.transit import TransitSignatureError, TransitSigner, key_id_for
+from shim.ops.errors import TransitSignatureError
+from shim.ops.transit import TransitSigner, key_id_for
 from shim.ops.vaultenv import VaultEnv
 from support.fakevault import ROOT_TOKEN, FakeVault
 

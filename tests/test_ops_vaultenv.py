@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shim.ops.vaultenv import DEFAULT_ADDR, VaultConfigError, VaultEnv, parse_go_bool, vault_messages
+from shim.ops.errors import VaultConfigError
+from shim.ops.vaultenv import DEFAULT_ADDR, VaultEnv, parse_go_bool, vault_messages
 
 
 def env(tmp_path, **values):

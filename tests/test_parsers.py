@@ -193,6 +193,17 @@ def test_semver_is_ascii_and_anchored(text):
         Version.parse(text)
 
 
+def test_a_version_tag_loses_exactly_one_leading_v():
+    """Vault writes v1.2.3, manifests 1.2.3: one ``v`` is dropped, never two."""
+    from shim.trust.manifest import strip_v
+
+    assert Version.parse_tag("v1.2.3") == Version.parse_tag("1.2.3") == Version.parse("1.2.3")
+    assert strip_v("vv1.2.3") == "v1.2.3" and strip_v("1.2.3") == "1.2.3"
+    for text in ("vv1.2.3", "V1.2.3", "v", ""):
+        with pytest.raises(ValueError, match=repr(text)):
+            Version.parse_tag(text)
+
+
 @pytest.mark.parametrize("name", ["my-plugin\n", "plugín", "my plugin", "-x", "x" * 129])
 def test_plugin_names_are_ascii_and_anchored(name):
     from shim.trust.manifest import NAME_RE

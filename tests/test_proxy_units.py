@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from shim.goplugin import handshake as hs
-from shim.launch.child import child_environment
 from shim.goplugin.janitor import Janitor, Ledger
+from shim.launch.environment import VaultEnvironment
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +22,7 @@ def test_child_environment_drops_what_the_launcher_owns():
              hs.ENV_UNIX_SOCKET_DIR: "/vault/sock", hs.ENV_UNIX_SOCKET_GROUP: "vault",
              hs.ENV_MULTIPLEX_GRPC: "true", "VAULT_PLUGIN_AUTOMTLS_ENABLED": "true", "TMPDIR": "/tmp",
              "VAULT_VERSION": "1.17.0", hs.ENV_MIN_PORT: "10000"}
-    env = child_environment(vault, "/tmp/vps.x/c")
+    env = VaultEnvironment.parse(vault).for_child("/tmp/vps.x/c")
     assert hs.ENV_CLIENT_CERT not in env  # plaintext to the child: see README, proxy mode
     assert hs.ENV_UNIX_SOCKET_GROUP not in env and hs.ENV_MULTIPLEX_GRPC not in env
     assert env[hs.ENV_UNIX_SOCKET_DIR] == env["TMPDIR"] == "/tmp/vps.x/c"
@@ -30,6 +30,27 @@ def test_child_environment_drops_what_the_launcher_owns():
     assert env["VAULT_PLUGIN_AUTOMTLS_ENABLED"] == "true"
     for key in ("VAULT_BACKEND_PLUGIN", hs.ENV_PROTOCOL_VERSIONS, "VAULT_VERSION", hs.ENV_MIN_PORT):
         assert env[key] == vault[key]
+
+
+def test_vaults_environment_is_read_once_into_what_the_proxy_and_the_child_use():
+    from dataclasses import FrozenInstanceError
+
+    from shim.goplugin.vault import BACKEND_COOKIE, DATABASE_COOKIE
+
+    vault = VaultEnvironment.parse({DATABASE_COOKIE[0]: DATABASE_COOKIE[1], hs.ENV_PROTOCOL_VERSIONS: "5,x,6",
+                                    hs.ENV_CLIENT_CERT: "PEM", hs.ENV_UNIX_SOCKET_DIR: "/vault/sock",
+                                    hs.ENV_UNIX_SOCKET_GROUP: "", "TMPDIR": "/var/tmp"})
+    assert (vault.cookie, vault.protocol_versions) == (DATABASE_COOKIE, (5, 6))
+    assert (vault.client_cert, vault.socket_dir, vault.socket_group, vault.tmpdir) == (
+        "PEM", "/vault/sock", None, "/var/tmp")   # empty is unset
+    with pytest.raises(FrozenInstanceError):
+        vault.tmpdir = "/elsewhere"
+    with pytest.raises(TypeError):
+        vault.variables["TMPDIR"] = "/elsewhere"
+    # no cookie: the backend's key, with a value the plugin's go-plugin refuses
+    bare = VaultEnvironment.parse({})
+    assert bare.cookie == (BACKEND_COOKIE[0], "unset") and bare.protocol_versions == ()
+    assert (bare.client_cert, bare.socket_dir, bare.tmpdir) == (None, None, None)
 
 
 def test_ledger_tracks_additions_and_retractions():

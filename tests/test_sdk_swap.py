@@ -101,8 +101,8 @@ class Plugin:
             pids = self.processes()
             exes = [_exe(p) for p in pids]
             return pids[0] if exes == [want] else None
-        return wait_until(only, f"one plugin process of {self.name} {version} "
-                                f"(seen {[_exe(p) for p in self.processes()]})", deadline=deadline)
+        return wait_until(only, f"one plugin process of {self.name} {version}", deadline=deadline,
+                          detail=lambda: f"seen {[_exe(p) for p in self.processes()]}")
 
 
 def _parent(pid: int) -> int:

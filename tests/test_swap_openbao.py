@@ -24,6 +24,7 @@ from tests.support import baoplugins as bp
 from tests.support import openbao
 from tests.support import releases as R
 from tests.support import swap as S
+from tests.support.wait import wait_until
 
 SWAP_DEADLINE = 5.0        # the issue: within 5 s of the file landing, v2 answers
 # The issue asks for >= 200 requests/s; benchmarks/swap.py shows that on a quiet machine (the
@@ -132,30 +133,26 @@ class Mount:
 
     def wait_one_child(self, launcher: int, version: str, deadline: float = 60.0) -> int:
         """One process tree per mount: after a swap, exactly one plugin process, of ``version``."""
-        end = time.monotonic() + deadline
-        while True:
+        def exes(kids: list[int]) -> list[str]:
+            return [os.readlink(f"/proc/{p}/exe") for p in kids if S.alive(p)]
+
+        def only() -> int | None:
             kids = self.plugin_children(launcher)
-            exes = [os.readlink(f"/proc/{p}/exe") for p in kids if S.alive(p)]
-            if exes == [f"/memfd:{self.name}-{version} (deleted)"]:
-                return kids[0]
-            if time.monotonic() > end:
-                raise AssertionError(f"plugin processes under launcher {launcher}: {exes}, want only {version}")
-            time.sleep(0.1)
+            return kids[0] if exes(kids) == [f"/memfd:{self.name}-{version} (deleted)"] else None
+
+        return wait_until(only, f"only {version} under launcher {launcher}", deadline=deadline, poll=0.1,
+                          detail=lambda: f"plugin processes: {exes(self.plugin_children(launcher))}")
 
     def teardown(self, launcher: int | None) -> None:
         """Disable the mount: the launcher's whole tree goes, and nothing stays in TMPDIR."""
         self.server.bao("secrets", "disable", self.name, check=False)
         if launcher is None:
             return
-        end = time.monotonic() + 30
-        while S.tree_of(launcher) and time.monotonic() < end:
-            time.sleep(0.1)
-        assert not S.tree_of(launcher), f"left after disable: {S.tree_of(launcher)}"
-        end = time.monotonic() + 15
-        while set(os.listdir(self.server.tmpdir)) - self.tmp_before and time.monotonic() < end:
-            time.sleep(0.1)
-        assert set(os.listdir(self.server.tmpdir)) <= self.tmp_before, \
-            f"left in TMPDIR: {sorted(set(os.listdir(self.server.tmpdir)) - self.tmp_before)}"
+        wait_until(lambda: not S.tree_of(launcher), f"launcher {launcher}'s tree to go after disable",
+                   deadline=30, poll=0.1, detail=lambda: f"left: {S.tree_of(launcher)}")
+        wait_until(lambda: set(os.listdir(self.server.tmpdir)) <= self.tmp_before, "TMPDIR to be clean",
+                   deadline=15, poll=0.1,
+                   detail=lambda: f"left: {sorted(set(os.listdir(self.server.tmpdir)) - self.tmp_before)}")
 
 
 @pytest.fixture
@@ -275,16 +272,14 @@ def rescanned(m: Mount, launcher: int, deadline: float = 30.0) -> dict:
 
     before = (status(m, launcher).get("last_rescan") or {}).get("at", 0)
     os.kill(launcher, signal.SIGHUP)
-    end = time.monotonic() + deadline
-    while True:
+
+    def done() -> dict | None:
         state = status(m, launcher)
         last = state.get("last_rescan") or {"at": 0, "trigger": ""}
-        if last["at"] > before and "SIGHUP" in last["trigger"] \
-                and state.get("pending") is None:
-            return state
-        if time.monotonic() > end:
-            raise AssertionError(f"no rescan after SIGHUP within {deadline:.0f} s: {state}")
-        time.sleep(0.1)
+        return state if last["at"] > before and "SIGHUP" in last["trigger"] and state.get("pending") is None else None
+
+    return wait_until(done, "a rescan after SIGHUP", deadline=deadline, poll=0.1,
+                      detail=lambda: f"status: {status(m, launcher)}")
 
 
 @pytest.mark.parametrize("mount", ["python", "native"], indirect=True)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from shim.goplugin import grpcutil, h2capture as cap, handshake as hs
+from shim.goplugin import grpcutil, handshake as hs
 from shim.goplugin.broker import ConnInfo
 from shim.goplugin.client import PluginClient
-from shim.launch import swap
+from shim.launch import capture as cap, swap
 from tests.support import swap as S
 from tests.test_h2capture import plans, recording
 
@@ -199,6 +199,7 @@ def test_a_file_replaced_between_verification_and_start_changes_nothing(faults, 
 
     from shim.launch.child import Child
     from shim.launch.entry import select_sealed
+    from shim.launch.environment import VaultEnvironment
     from tests.support import releases as R
 
     versions = tmp_path / "versions"
@@ -217,7 +218,7 @@ def test_a_file_replaced_between_verification_and_start_changes_nothing(faults, 
     child_dir.mkdir(mode=0o700)
     env = {hs.VAULT_BACKEND.cookie_key: hs.VAULT_BACKEND.cookie_value, hs.ENV_PROTOCOL_VERSIONS: "5",
            "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    child = Child(fd, [cand.path], env, str(child_dir), start_timeout=30)
+    child = Child(fd, [cand.path], VaultEnvironment.parse(env), str(child_dir), start_timeout=30)
     try:
         child.connect()
         assert child.channel.unary_unary(cap.TYPE)(b"", timeout=10) == b"\x08\x01"  # "type" would say 2

@@ -34,6 +34,8 @@ import uuid
 from pathlib import Path
 from typing import Callable, Mapping
 
+from shim.trust.verify import digest_file
+
 GOCODE = Path("/usr/share/gocode")
 GOCODE_SRC = GOCODE / "src"
 BAOPLUGIN_DIR = Path(__file__).resolve().parent / "baoplugin"
@@ -282,20 +284,12 @@ def cached_build(root: Path, label: str, key: str, build: Callable[[Path], dict]
                 raise
             os.replace(tmp_out, built)
             (entry / "build.json").write_text(json.dumps({**record, "seconds": round(time.monotonic() - t0, 3)}))
-    if out.exists() and out.stat().st_size == built.stat().st_size and _sha256(out) == _sha256(built):
+    if out.exists() and out.stat().st_size == built.stat().st_size and digest_file(str(out)) == digest_file(str(built)):
         return out
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     shutil.copy2(built, tmp)
     os.replace(tmp, out)
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- the demo OpenBao plugins

@@ -29,7 +29,6 @@ stopping or down; the same in both runs), ``other`` (anything else, shown as is)
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import itertools
 import json
@@ -47,6 +46,7 @@ from typing import Callable
 
 from shim.demo import cluster as cl
 from shim.demo import schedule as sched
+from shim.trust.verify import digest_file
 
 PLUGIN = "demo-kv"
 MOUNT = "demo"
@@ -197,10 +197,6 @@ class RunResult:
 
 # --- images ---------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _cli(*args: str) -> str:
     """The project's own CLI, as an operator would run it."""
     proc = subprocess.run([sys.executable, "-m", "shim.cli", *args], capture_output=True, text=True,
@@ -249,7 +245,7 @@ class Images:
             self.dirs["shim"][v] = shim
 
     def command_sha256(self, run: str, version: str) -> str:
-        return _sha256(self.dirs[run][version] / PLUGIN)
+        return digest_file(str(self.dirs[run][version] / PLUGIN))[0]
 
 
 # --- load -----------------------------------------------------------------------------------

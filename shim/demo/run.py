@@ -15,7 +15,6 @@ requests to whichever node is the leader.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shim.demo import schedule as sched
+from shim.trust.verify import digest_file
 
 PLUGIN = "demo-kv"
 OLD, NEW = "1.0.0", "2.0.0"
@@ -137,7 +137,7 @@ class Workspace:
             self.images[version] = image
 
     def sha256(self, version: str, command: str) -> str:
-        return hashlib.sha256((self.images[version] / command).read_bytes()).hexdigest()
+        return digest_file(str(self.images[version] / command))[0]
 
 
 def write_catalog(path: Path, command: str, sha256: str) -> None:

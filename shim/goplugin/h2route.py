@@ -14,7 +14,7 @@ connection to the plugin child. Almost every frame passes byte for byte; the
   UNAVAILABLE status (for a plugin that died), then GOAWAY;
 * for a hot swap, :meth:`Router.goaway` asks Vault to move to a new connection (a graceful
   GOAWAY: nothing is refused), :meth:`Router.open_calls` tells when the calls left have
-  drained, and a tap (:mod:`shim.goplugin.h2capture`) sees the set-up calls' messages;
+  drained, and a tap (proxy mode's: ``shim.launch.capture``) sees the set-up calls' messages;
   :meth:`Router.hold_broker` then keeps Vault's broker stream after its child is gone
   (Vault opens it once per plugin client): the router answers Vault on that connection
   itself and hands Vault's later ConnInfo to a callback.
@@ -302,7 +302,7 @@ class Router:
 
     ``from_vault`` / ``from_child`` rewrite ConnInfo announcements seen on the broker
     stream (return None to drop one); ``on_shutdown`` is called when Vault calls
-    GRPCController/Shutdown. ``tap`` (an :class:`~shim.goplugin.h2capture.Tap`) is shown
+    GRPCController/Shutdown. ``tap`` (``opened``, ``data``, ``ended``, ``reset``, ``close``) is shown
     each request header block and, for the calls it wants, their DATA and their end. Stream
     state is kept for streams still open toward Vault.
     """
@@ -312,7 +312,7 @@ class Router:
         self.rewrite_from_vault = from_vault or (lambda info: info)
         self.rewrite_from_child = from_child or (lambda info: info)
         self.on_shutdown = on_shutdown
-        self.tap = tap                      # an h2capture.Tap, or None
+        self.tap = tap                      # a tap (proxy mode's: shim.launch.capture.Tap), or None
         self.calls_done = 0                 # call streams (not broker/stdio) that ended
         self.going_away = False
         self._goaway_held = False           # a GOAWAY waits for the child's header block to end

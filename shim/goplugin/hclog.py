@@ -50,14 +50,19 @@ def format_line(level: str, message: str, fields: dict | None = None, now: float
     return json.dumps(entry, separators=(",", ":"), ensure_ascii=False) + "\n"
 
 
-def log(level: str, message: str, **fields) -> None:
-    """Write one line to fd 2 directly: unbuffered, and safe right before exec."""
-    data = format_line(level, message, fields).encode("utf-8", "replace")
+def write_stderr(data: bytes) -> None:
+    """Write ``data`` whole to fd 2 directly: unbuffered, and safe right before exec. A
+    failing fd 2 is ignored: there is nowhere left to say so."""
     try:
         while data:
             data = data[os.write(2, data):]
     except OSError:
         pass
+
+
+def log(level: str, message: str, **fields) -> None:
+    """Write one line to fd 2 (:func:`write_stderr`)."""
+    write_stderr(format_line(level, message, fields).encode("utf-8", "replace"))
 
 
 def write_to(stream, level: str, message: str, **fields) -> None:
@@ -81,4 +86,5 @@ def debug(message: str, **fields) -> None:
     log("debug", message, **fields)
 
 
-__all__ = ["LEVELS", "escape", "format_line", "log", "write_to", "error", "warn", "info", "debug", "timestamp"]
+__all__ = ["LEVELS", "escape", "format_line", "log", "write_stderr", "write_to", "error", "warn", "info", "debug",
+           "timestamp"]

@@ -349,9 +349,8 @@ class HclogHandler(logging.Handler):
         if record.exc_info:
             fields["error"] = logging.Formatter().formatException(record.exc_info)
         try:
-            data = hclog.format_line(level, record.getMessage(), fields, record.created).encode("utf-8", "replace")
-            while data:
-                data = data[os.write(2, data):]
+            hclog.write_stderr(hclog.format_line(level, record.getMessage(), fields, record.created)
+                               .encode("utf-8", "replace"))
         except Exception:
             self.handleError(record)
 

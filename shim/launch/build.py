@@ -22,7 +22,6 @@ build machine's site-packages paths into the launcher would tie it to one image 
 from __future__ import annotations
 
 import ast
-import hashlib
 import io
 import os
 import zipfile
@@ -32,6 +31,7 @@ from pathlib import Path
 from shim.launch import stubs
 from shim.trust.errors import PolicyError
 from shim.trust.policy import Policy
+from shim.trust.verify import digest_bytes
 
 MAIN = "__main__.py"
 EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -93,15 +93,20 @@ PROXY_MODULES = EXEC_MODULES + (
     "shim/goplugin/procgroup.py",
     "shim/goplugin/server.py",
     "shim/goplugin/tlsfront.py",
+    "shim/launch/bridge.py",
     "shim/launch/child.py",
+    "shim/launch/environment.py",
+    "shim/launch/generations.py",
     "shim/launch/proxy.py",
+    "shim/launch/relay.py",
 )
 # Proxy mode with hot swap (README "Hot swap") also runs these; watchdog, from site-packages,
 # is imported on the watcher's thread only.
 HOT_SWAP_MODULES = (
     "shim/goplugin/_proto/grpc_broker_pb2_grpc.py",   # the launcher is the new child's broker host
-    "shim/goplugin/h2capture.py",
+    "shim/launch/capture.py",
     "shim/launch/swap.py",
+    "shim/launch/swaphost.py",
     "shim/launch/watch.py",
 )
 MODULES = {"exec": EXEC_MODULES, "proxy": PROXY_MODULES}
@@ -315,7 +320,7 @@ def write_launcher(policy: Policy | None, python: str | None, output: str, mode:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return hashlib.sha256(data).hexdigest()
+    return digest_bytes(data)
 
 
 @dataclass
@@ -345,7 +350,7 @@ def inspect(path: str) -> LauncherInfo:
         native = stubs.unpack_native(data)
         python_part = None if native is None else stubs.unpack_native_python(data)
         if native is not None and python_part is None:
-            return LauncherInfo(path, hashlib.sha256(data).hexdigest(), "", [], parse_native_policy(native),
+            return LauncherInfo(path, digest_bytes(data), "", [], parse_native_policy(native),
                                 "exec", 0, len(data), native=True)
         if python_part is not None:
             prefix, code, native_swap = python_part
@@ -381,5 +386,5 @@ def inspect(path: str) -> LauncherInfo:
             RecursionError, MemoryError) as exc:
         raise PolicyError("is not a vault-plugin-shim launcher (or a damaged one)", path=path,
                           fix="rebuild it with `vault-plugin-shim launcher build`") from exc
-    return LauncherInfo(path, hashlib.sha256(data).hexdigest(), prefix[0], prefix[1:], policy,
+    return LauncherInfo(path, digest_bytes(data), prefix[0], prefix[1:], policy,
                         mode or "exec", count, len(data), compiled_count, hot_swap, native=python_part is not None)

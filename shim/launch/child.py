@@ -17,8 +17,9 @@ read. For a binary, ``/proc/<child>/exe`` must then be the
 sealed memfd itself (same inode), or the child is killed: what runs is what was verified,
 whatever happened to the link meanwhile. Its stdout and stderr
 lines are passed to the launcher's stderr verbatim, so Vault re-logs hclog JSON lines at
-their own level. :func:`child_environment` (pure) decides what the child sees of Vault's
-environment: everything, minus what the launcher owns.
+their own level. What the child sees of Vault's environment is
+:meth:`~shim.launch.environment.VaultEnvironment.for_child`: everything, minus what the
+launcher owns.
 """
 
 from __future__ import annotations
@@ -29,32 +30,20 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from typing import Callable, Mapping
+from typing import Callable
 
 from shim.goplugin import handshake as hs
+from shim.goplugin.hclog import write_stderr
 from shim.goplugin.client import PluginClient
 from shim.goplugin.errors import StartError
 from shim.goplugin.logrelay import LineSplitter
+from shim.launch.environment import VaultEnvironment
 
 PR_SET_PDEATHSIG = 1
 # A dying process's sockets close a moment before its exit shows (the kernel closes its
 # files, then notifies the parent): a broken connection waits this long to learn whether
 # the child died, so the error says "exited (status N)" and not just "closed".
 EXIT_WAIT = 1.0
-
-# Owned by the launcher, never passed on: the child talks plaintext to us on a private
-# socket (no PLUGIN_CLIENT_CERT), in our directory, and without go-plugin multiplexing.
-OWNED_ENV = (hs.ENV_CLIENT_CERT, hs.ENV_UNIX_SOCKET_DIR, hs.ENV_UNIX_SOCKET_GROUP, hs.ENV_MULTIPLEX_GRPC)
-
-
-def child_environment(vault_env: Mapping[str, str], socket_dir: str) -> dict[str, str]:
-    """Vault's env minus what the launcher owns; the child's sockets (and temp files)
-    go to ``socket_dir``: go-plugin before 1.5 puts its socket in ``$TMPDIR``."""
-    env = {k: v for k, v in vault_env.items() if k not in OWNED_ENV}
-    env[hs.ENV_UNIX_SOCKET_DIR] = socket_dir
-    env["TMPDIR"] = socket_dir
-    return env
-
 
 COMM_MAX = 15  # TASK_COMM_LEN - 1: the kernel keeps this many bytes of the name
 
@@ -107,28 +96,16 @@ class ExecRefusedError(StartError):
     default_fix = "the launcher retries with a private copy of the file; check TMPDIR is not noexec"
 
 
-def write_stderr(data: bytes) -> None:
-    try:
-        while data:
-            data = data[os.write(2, data):]
-    except OSError:
-        pass
-
-
 class Child(PluginClient):
     """The plugin, run from the sealed descriptor ``fd`` with ``argv`` (argv[0] is the
     verified file's path, as in exec mode)."""
 
-    def __init__(self, fd: int, argv: list[str], vault_env: Mapping[str, str], socket_dir: str, *,
+    def __init__(self, fd: int, argv: list[str], vault: VaultEnvironment, socket_dir: str, *,
                  start_timeout: float, on_conninfo: Callable | None = None,
                  on_spawn: Callable[[int], None] | None = None, name: str | None = None,
                  exe_dir: str | None = None):
-        offered = hs.parse_protocol_versions(vault_env.get(hs.ENV_PROTOCOL_VERSIONS)).versions
-        cookie_key = next((k for k in ("VAULT_BACKEND_PLUGIN", "VAULT_DATABASE_PLUGIN") if k in vault_env),
-                          "VAULT_BACKEND_PLUGIN")
         # A legacy host without a version list takes whatever the plugin picks.
-        config = hs.HandshakeConfig(cookie_key, vault_env.get(cookie_key) or "unset",
-                                    offered or tuple(range(1, 100)))
+        config = hs.HandshakeConfig(*vault.cookie, vault.protocol_versions or tuple(range(1, 100)))
         self.fd = fd
         self.name = process_name(name, argv[0])
         self.exe_dir = exe_dir or os.path.dirname(socket_dir)  # private (0700), not the child's TMPDIR
@@ -136,7 +113,7 @@ class Child(PluginClient):
         self.spawned_pid: int | None = None
         self.on_spawn = on_spawn
         self.argv = list(argv)
-        self.child_env = child_environment(vault_env, socket_dir)
+        self.child_env = vault.for_child(socket_dir)
         super().__init__([f"/proc/self/fd/{fd}", *argv[1:]], config, auto_mtls=False,
                          start_timeout=start_timeout, on_stdio=self._stdio, on_conninfo=on_conninfo)
         self._stdout_fwd = _Forward()

@@ -28,10 +28,11 @@ import time
 
 from shim.goplugin import hclog
 from shim.goplugin.errors import Diagnostic
+from shim.goplugin.vault import COOKIES
 from shim.launch.errors import LaunchError
 from shim.trust.errors import DigestMismatchError, NewerVersionRefusedError, PolicyError, RejectedError
 from shim.trust.manifest import format_time
-from shim.trust.policy import COOKIES, Policy, split_args
+from shim.trust.policy import Policy, split_args
 from shim.trust.verify import (MANIFEST_SUFFIX, SIGNATURE_SUFFIX, Candidate, PluginDir, check_digest, expires_soon,
                                select)
 

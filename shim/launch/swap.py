@@ -8,7 +8,7 @@ launcher's select-only mode, which hands a sealed, verified copy back). When tha
 release than the one running, :class:`Swapper`:
 
 1. starts it as a second child from its sealed copy (:meth:`Host.start_generation`);
-2. replays the set-up calls Vault made (:mod:`shim.goplugin.h2capture`): ``Setup`` with the
+2. replays the set-up calls Vault made (:mod:`shim.launch.capture`): ``Setup`` with the
    same broker id (bridged to Vault's Storage listener), config and backend UUID, then
    ``Initialize``; or the database plugin's ``Initialize``;
 3. compares what Vault cached at mount (``Type``, ``SpecialPaths``...): a difference means
@@ -36,8 +36,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from shim.goplugin import h2capture as cap, hclog
+from shim.goplugin import hclog
 from shim.goplugin.errors import Diagnostic
+from shim.launch import capture as cap
+from shim.launch.errors import NativeRefusal, NeedsReload, SwapError
+from shim.trust.manifest import format_time
 
 if TYPE_CHECKING:  # pragma: no cover
     from shim.trust.policy import Policy
@@ -47,17 +50,6 @@ DRAIN_TIMEOUT = 30.0    # calls still open on the old child this long after the 
 SETUP_TIMEOUT = 10.0    # each replayed call must answer within this ("a plugin that hangs in Setup")
 START_TIMEOUT = 20.0    # the new child's handshake line
 STATUS_FILE = "swap-status.json"
-
-
-class SwapError(Diagnostic):
-    """The new version cannot take over; the running one keeps serving."""
-
-
-class NeedsReload(SwapError):
-    """The new version answers what Vault cached at mount differently."""
-
-    default_fix = ("run `vault plugin reload` (OpenBao: `bao plugin reload`) for this plugin's mounts to start "
-                   "this version with fresh mount metadata")
 
 
 # --- releases and what was learned about them -------------------------------------------
@@ -118,11 +110,6 @@ def decide(running: Release, chosen: Release, memory: Memory) -> str:
     if memory.recall(chosen) is not None:
         return REMEMBERED
     return SWAP
-
-
-def _clock_text(ts: float) -> str:
-    from shim.trust.manifest import format_time
-    return format_time(ts)
 
 
 # --- the status doctor reads --------------------------------------------------------------
@@ -287,7 +274,7 @@ def replay(channel, plan: cap.Plan, *, announce: Callable[[int], None], timeout:
 # --- the proxy's side ----------------------------------------------------------------
 
 class Generation(Protocol):
-    """One child as the proxy runs it (shim.launch.proxy.Generation)."""
+    """One child as the proxy runs it (shim.launch.generations.Generation)."""
 
     channel: object            # plaintext gRPC channel of the launcher's own to the child
     app_version: int
@@ -296,7 +283,7 @@ class Generation(Protocol):
 
 
 class Host(Protocol):
-    """What the swap needs from the proxy (shim.launch.proxy.Proxy implements it)."""
+    """What the swap needs from the proxy (shim.launch.swaphost.SwapHost implements it)."""
 
     capture: cap.SetupCapture
 
@@ -344,18 +331,6 @@ SELECT_ONLY = "--vault-plugin-shim-select-only="
 SKIP = "--vault-plugin-shim-skip="
 REFUSING = "vault-plugin-shim: refusing to start "
 REJECTED = "vault-plugin-shim: rejected candidate "
-
-
-class NativeRefusal(Diagnostic):
-    """Select-only mode chose nothing: the native launcher's refusal line, its fields as they were."""
-
-    def __init__(self, fields: dict):
-        super().__init__(str(fields.get("reason") or "the native launcher chose nothing"), path=fields.get("file"),
-                         fix=fields.get("fix"), cause=fields.get("cause") or None)
-        self._fields = {k: v for k, v in fields.items() if k in ("error", "reason", "file", "cause", "fix")}
-
-    def fields(self) -> dict[str, str]:
-        return dict(self._fields) or super().fields()
 
 
 class NativeSelector:
@@ -461,7 +436,7 @@ class NativeSelector:
                     raw = json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
             elif level == "error":
                 last_error = line
-            _write_line(raw)
+            hclog.write_stderr(raw.rstrip(b"\n") + b"\n")
         if refusal is None and last_error is not None:
             refusal = NativeRefusal(last_error)
         if refusal is None and other:
@@ -469,14 +444,6 @@ class NativeSelector:
                                      + " | ".join(other[:3])})
         return refusal
 
-
-def _write_line(raw: bytes) -> None:
-    data = raw.rstrip(b"\n") + b"\n"
-    try:
-        while data:
-            data = data[os.write(2, data):]
-    except OSError:
-        pass
 
 
 class Swapper:
@@ -589,7 +556,7 @@ class Swapper:
 
     @staticmethod
     def _skip_reason(entry: dict) -> str:
-        return (f"failed to take over from the running version at {_clock_text(entry['at'])} (the reason was "
+        return (f"failed to take over from the running version at {format_time(entry['at'])} (the reason was "
                 "logged then; doctor shows it); not tried again until its files change")
 
     def _refuse(self, new: Release, exc: SwapError, level: str) -> None:

@@ -13,6 +13,7 @@ import json
 import sys
 
 from shim.errors import ShimError
+from shim.goplugin.vault import PLUGIN_TYPES
 from shim.ops.doctor import add_doctor_parser
 from shim.ops.transit import TransitSigner, transit_signer_from_env
 
@@ -37,7 +38,7 @@ def add_register_parser(subparsers) -> argparse.ArgumentParser:
         "register", help="register the launcher in Vault's plugin catalog (once)",
         description="Register the launcher in Vault's plugin catalog, optionally pin it and enable a mount.",
         epilog=REGISTER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("type", choices=("secret", "auth", "database"), help="plugin type")
+    p.add_argument("type", choices=PLUGIN_TYPES, help="plugin type")
     p.add_argument("name", help="plugin name in the catalog (what mounts refer to)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--launcher", metavar="PATH",
@@ -70,7 +71,8 @@ def add_register_parser(subparsers) -> argparse.ArgumentParser:
 def _registration(ns: argparse.Namespace):
     from pathlib import Path
 
-    from shim.ops.register import Registration, RegistrationError, sha256_file
+    from shim.ops.errors import RegistrationError
+    from shim.ops.register import Registration, sha256_file
 
     if ns.launcher:
         digest = sha256_file(ns.launcher)

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from shim.errors import ShimError
-from shim.trust.manifest import format_time as _iso
+from shim.trust.manifest import format_time, format_time_or_none
 from shim.trust.verify import SIGNATURE_SUFFIX, digest_file
 
 STATUSES = ("ok", "info", "warn", "fail")
@@ -43,8 +43,7 @@ STATUSES = ("ok", "info", "warn", "fail")
 def _details(c) -> dict:
     """A candidate's version and expiry, for --json."""
     return {} if c.manifest is None else {
-        "version": str(c.manifest.version),
-        "expires_at": None if c.manifest.expires_at is None else _iso(c.manifest.expires_at)}
+        "version": str(c.manifest.version), "expires_at": format_time_or_none(c.manifest.expires_at)}
 
 
 @dataclass(frozen=True)
@@ -488,7 +487,7 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
     out.append(Finding("plugins-dir", "ok", f"owned and writable as required (checked as uid {check_uid})",
                        subject=policy.plugins_dir))
 
-    out.append(Finding("clock", "info", f"node clock {_iso(now)}"))
+    out.append(Finding("clock", "info", f"node clock {format_time(now)}"))
     selection = report(policy, now, check_uid)
     if info.native:     # what Vault runs decides: ask it (its dry mode), and check it against ours
         selection = _native_view(real, policy, selection, check_uid, out)
@@ -505,15 +504,15 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
         if c.error is None:
             tag = ("valid, not the highest" if c is not chosen else "would launch" if launch_refusal is None
                    else "chosen, but the next launch refuses (see below)")
-            expiry = "no expiry" if c.manifest.expires_at is None else f"expires {_iso(c.manifest.expires_at)}"
+            expiry = "no expiry" if c.manifest.expires_at is None else f"expires {format_time(c.manifest.expires_at)}"
             out.append(Finding("candidate", "ok", f"{tag}: version {c.manifest.version}, "
                                                   f"signed by {c.key.key_id_hex}, {expiry}", subject=c.path,
                                details=details))
             left = expires_soon(c.manifest, now, soon)
             if left is not None:
                 out.append(Finding("clock", "warn", f"manifest for {c.manifest.version} expires "
-                                                    f"{_iso(c.manifest.expires_at)} (in {left / 86400:.1f} days); "
-                                                    f"no launcher starts it after that",
+                                                    f"{format_time(c.manifest.expires_at)} "
+                                                    f"(in {left / 86400:.1f} days); no launcher starts it after that",
                                    subject=c.manifest_path, details=details,
                                    fix="re-sign the same binary with a later --expires (or none): `vault-plugin-shim "
                                        "sign` writes a new manifest and .minisig for it; ship those (README: "
@@ -580,8 +579,7 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
                                                f"version {chosen.manifest.version} (sha256 {chosen.manifest.sha256})"
                                                + (" (an older version: see fallback above)" if passed_over else ""),
                           details={"version": str(chosen.manifest.version),
-                                   "expires_at": None if chosen.manifest.expires_at is None
-                                   else _iso(chosen.manifest.expires_at)})
+                                   "expires_at": format_time_or_none(chosen.manifest.expires_at)})
     out.append(running_version_note(policy.type, policy.name))
     out.append(verdict)          # the one-line answer stays last
     return out
@@ -612,7 +610,8 @@ def from_catalog(spec: str, launcher: str) -> tuple[str, list[str]]:
     the one whose command is the launcher's file name. The only part of doctor that talks to
     Vault, and only with --catalog."""
     from shim.ops.register import catalog_entries
-    from shim.ops.vaultenv import VaultConfigError, VaultEnv, VaultRequestError
+    from shim.ops.errors import VaultConfigError, VaultRequestError
+    from shim.ops.vaultenv import VaultEnv
 
     plugin_type, sep, name = spec.partition("/")
     if not sep or not name:

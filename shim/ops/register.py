@@ -51,18 +51,25 @@ from pathlib import Path
 
 from shim.errors import ShimError
 from shim.goplugin.vault import PLUGIN_TYPES
-from shim.trust.manifest import NAME_RE, SEMVER_RE, SHA256_RE
+from shim.trust.manifest import NAME_RE, SEMVER_RE, SHA256_RE, strip_v
 from shim.trust.verify import digest_file
-from shim.ops.vaultenv import (
-    ServerInfo,
-    VaultEnv,
+from shim.ops.errors import (
+    BareVersionError,
+    CatalogOwnedError,
+    LauncherDidNotRunError,
+    LauncherFileError,
+    MountConflictError,
+    MountStepError,
+    PartialRegistrationError,
+    PluginVersionMismatchError,
+    RegistrationError,
+    UnversionedPluginError,
+    VaultNotFoundError,
     VaultOpsError,
     VaultPermissionError,
-    VaultRequestError,
     VaultServerError,
-    call,
-    detect_server,
 )
+from shim.ops.vaultenv import ServerInfo, VaultEnv, call, detect_server
 
 _ENV_KEY = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z", re.ASCII)
 RECORDED = "<reported version>"
@@ -78,39 +85,6 @@ DATABASE_NOTE = (
     "(`vault secrets enable database`) and name the plugin in a connection: "
     "`vault write database/config/<connection> plugin_name=<name> "
     "[plugin_version=<version>] allowed_roles=... <plugin-specific settings>`")
-
-
-class RegistrationError(ShimError):
-    """The registration request itself is inconsistent (caught before anything is sent)."""
-
-
-class LauncherFileError(ShimError):
-    """The launcher file to hash cannot be read."""
-
-    default_fix = "pass the launcher file exactly as it is installed in Vault's plugin_directory"
-
-
-class PluginVersionMismatchError(VaultRequestError):
-    """Vault ran the launcher; the plugin it started reports another version."""
-
-    def __init__(self, name: str, reported: str, requested: str):
-        self.reported, self.requested = reported, requested
-        if reported.startswith("v"):
-            fix = (f"with the shim the catalog entry is the launcher, not a plugin release: leave "
-                   f"--version out (then {reported}, the version the plugin reports, is recorded), "
-                   f"or pass --version {reported}")
-        else:
-            fix = (f"the plugin must report vX.Y.Z: make its version RPC return v{reported.lstrip('v')} "
-                   f"(a bare {reported!r} never matches, since --version is always v-prefixed)")
-        super().__init__(
-            f"nothing was registered: to learn the version the server ran the launcher on its "
-            f"active node, which started the plugin currently installed there; {name} reported "
-            f"version {reported} but --version asked for {requested} (plugin version mismatch)",
-            fix=fix)
-
-
-class MountConflictError(VaultOpsError):
-    """The mount path is already used by something else."""
 
 
 # --- the request -----------------------------------------------------------------------
@@ -150,7 +124,7 @@ class Registration:
             if not sep or not _ENV_KEY.match(key):
                 raise RegistrationError(f"environment entry {item!r} is not KEY=VALUE",
                                         fix="write each --env as NAME=value")
-        if self.version and not SEMVER_RE.match(self.version.removeprefix("v")):
+        if self.version and not SEMVER_RE.match(strip_v(self.version)):
             raise RegistrationError(f"version {self.version!r} is not a semantic version",
                                     fix="use the form v1.2.3 (or leave --version out)")
         if self.version and not self.version.startswith("v"):
@@ -477,35 +451,6 @@ class RegisterResult:
         return "\n".join(lines)
 
 
-class CatalogOwnedError(VaultOpsError):
-    """The catalog entry this registration would write belongs to another launcher."""
-
-
-class LauncherDidNotRunError(VaultOpsError):
-    """The server could not run the launcher (a trial mount of the probe entry failed)."""
-
-
-class UnversionedPluginError(VaultOpsError):
-    """The plugin reports no version, and the request names one (--version, --pin)."""
-
-
-class BareVersionError(VaultOpsError):
-    """The plugin reports ``1.2.3``: registrable, but no mount can ever find it."""
-
-
-class MountStepError(VaultOpsError):
-    """Enabling the mount failed, for a reason named more precisely than the HTTP status."""
-
-
-class PartialRegistrationError(VaultOpsError):
-    """A step after the catalog write failed; the reason says what was and was not written."""
-
-    def __init__(self, error: ShimError, result: RegisterResult, reg: Registration):
-        self.error, self.result = error, result
-        super().__init__(f"{error.reason}. Registration half-applied: {result.account(reg)}",
-                         fix=error.fix, path=error.path)
-
-
 def _where_to_look(client) -> str:
     """The active node (from sys/leader) whose log holds the launcher's reasons; without HA
     (one node) that is the server at the address we talk to."""
@@ -654,8 +599,6 @@ class _Reported(Exception):
 
 
 def _read_entry(client, reg: Registration, version: str) -> CatalogEntry | None:
-    from shim.ops.vaultenv import VaultNotFoundError
-
     try:
         resp = call(f"reading the catalog entry {reg.plugin_type}/{reg.name} {version}", "GET",
                     reg.catalog_path, lambda: client.adapter.get(f"/v1/{reg.catalog_path}",
@@ -721,7 +664,7 @@ def _mount_failure(reg: Registration, version: str, server: ServerInfo, node: st
                 f"the launcher that was hashed here in every node's plugin_directory (or register "
                 f"the one that is installed)"))
         if "plugin not found in the catalog" in message:
-            bare = version.lstrip("v")
+            bare = strip_v(version)
             return MountStepError(where, fix=(
                 f"the catalog has no entry {reg.plugin_type}/{reg.name} {version}: it was removed "
                 f"or never written; check `vault plugin list {reg.plugin_type}` (a plugin must "
@@ -887,10 +830,7 @@ def _policy(path: str) -> str:
 
 
 __all__ = [
-    "ApiCall", "BareVersionError", "CatalogEntry", "CatalogOwnedError", "DATABASE_NOTE",
-    "LauncherDidNotRunError", "LauncherFileError", "MountConflictError", "MountStepError",
-    "PLUGIN_TYPES", "PROBE_VERSION", "PartialRegistrationError", "PluginVersionMismatchError",
-    "RegisterResult", "Registration", "RegistrationError", "UnversionedPluginError", "catalog_entries", "apply", "enable_mount", "plan",
-    "probe_version",
-    "render_dry_run", "sha256_file",
+    "ApiCall", "CatalogEntry", "DATABASE_NOTE", "PLUGIN_TYPES", "PROBE_VERSION", "RegisterResult",
+    "Registration", "catalog_entries", "apply", "enable_mount", "plan", "probe_version", "render_dry_run",
+    "sha256_file",
 ]

@@ -23,7 +23,7 @@ def sign_release(binary: str, *, name: str, type: str, version: str | Version, k
     ``sign``, or Vault Transit's), ``key_id`` its minisign key id.
     """
     if not isinstance(version, Version):
-        version = Version.parse(version[1:] if version.startswith("v") else version)
+        version = Version.parse_tag(version)
     sha256, size = digest_file(binary)
     goos, goarch = host_platform()
     manifest = Manifest(name=name, type=type, version=version, sha256=sha256, size=size,

@@ -25,20 +25,10 @@ import binascii
 import hashlib
 import re
 
-from shim.ops.vaultenv import VaultEnv, VaultOpsError, call
+from shim.ops.errors import TransitError, TransitSignatureError
+from shim.ops.vaultenv import VaultEnv, call
 
 _SIGNATURE = re.compile(r"^vault:v(?P<version>\d+):(?P<sig>[A-Za-z0-9+/=]+)$")
-
-
-class TransitError(VaultOpsError):
-    """The Transit key cannot serve minisign signatures, or Transit misbehaved."""
-
-
-class TransitSignatureError(TransitError):
-    """Transit answered with a signature that is malformed or does not verify."""
-
-    default_fix = ("do not publish anything signed in this run; check that VAULT_ADDR reaches "
-                   "the intended Vault and that the key is not being rotated or replaced")
 
 
 def key_id_for(public_key_raw: bytes) -> bytes:

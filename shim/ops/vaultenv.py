@@ -26,48 +26,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
 
-from shim.errors import ShimError
+from shim.ops.errors import (
+    VaultConfigError,
+    VaultNotFoundError,
+    VaultOpsError,
+    VaultPermissionError,
+    VaultRequestError,
+    VaultServerError,
+    VaultUnreachableError,
+)
+from shim.trust.manifest import strip_v
 
 DEFAULT_ADDR = "https://127.0.0.1:8200"
 TOKEN_FILE = ".vault-token"
 
 T = TypeVar("T")
-
-
-# --- errors --------------------------------------------------------------------------
-
-class VaultOpsError(ShimError):
-    """Base for failures while talking to Vault (or OpenBao): the server refused or failed, could
-    not be reached, or holds what stops the operation. The CLI exits 2 for these, as the
-    ``vault`` CLI does for an error of the server; 1 for a local or usage error."""
-
-    exit_status = 2
-
-
-class VaultConfigError(VaultOpsError):
-    """The environment does not say how to reach or authenticate to Vault."""
-
-    exit_status = 1
-
-
-class VaultUnreachableError(VaultOpsError):
-    """No HTTP answer: wrong address, DNS, TLS verification, or Vault is down."""
-
-
-class VaultPermissionError(VaultOpsError):
-    """403: the token is invalid or its policies do not allow the call."""
-
-
-class VaultRequestError(VaultOpsError):
-    """400 (or another 4xx): Vault understood the call and refused its content."""
-
-
-class VaultNotFoundError(VaultOpsError):
-    """404: the path does not exist on this server (missing mount, or too old a Vault)."""
-
-
-class VaultServerError(VaultOpsError):
-    """5xx: Vault failed while carrying the call out, or is sealed / in standby."""
 
 
 # --- environment ---------------------------------------------------------------------
@@ -257,7 +230,7 @@ class ServerInfo:
 
     @property
     def version_tuple(self) -> tuple[int, ...]:
-        head = self.version.lstrip("v").split("+")[0].split("-")[0]
+        head = strip_v(self.version).split("+")[0].split("-")[0]
         try:
             return tuple(int(p) for p in head.split("."))
         except ValueError:
@@ -281,7 +254,7 @@ def server_info_from(status: Mapping) -> ServerInfo:
         return ServerInfo("vault", version)
     if "commit_date" in data:
         return ServerInfo("openbao", version)
-    major = version.lstrip("v").split(".")[0]
+    major = strip_v(version).split(".")[0]
     if major.isdigit():
         return ServerInfo("openbao" if int(major) >= 2 else "vault", version)
     return ServerInfo("unknown", version)

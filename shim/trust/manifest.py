@@ -45,6 +45,15 @@ class Version(Record):
         pre = tuple(int(p) if p.isdigit() else p for p in m.group(4).split(".")) if m.group(4) else ()
         return cls(int(m.group(1)), int(m.group(2)), int(m.group(3)), pre, m.group(5) or "")
 
+    @classmethod
+    def parse_tag(cls, text: str) -> "Version":
+        """A version as people, git tags and Vault's catalog write it: ``1.2.3`` or ``v1.2.3``
+        (:func:`strip_v`; ``vv1.2.3`` is refused)."""
+        try:
+            return cls.parse(strip_v(text))
+        except ValueError:
+            raise ValueError(f"{text!r} is not a semantic version ([v]MAJOR.MINOR.PATCH[-pre][+build])") from None
+
     @property
     def precedence(self) -> tuple:
         """Sort key by semver precedence: build metadata is ignored, a release sorts after
@@ -63,6 +72,12 @@ class Version(Record):
         if self.prerelease:
             out += "-" + ".".join(str(p) for p in self.prerelease)
         return out + (f"+{self.build}" if self.build else "")
+
+
+def strip_v(text: str) -> str:
+    """``text`` without the one leading ``v`` of Vault's form (``v1.2.3``); only one, so
+    that ``vv1.2.3`` stays what it is: no version."""
+    return text[1:] if text.startswith("v") else text
 
 
 def parse_time(text: str) -> int:
@@ -90,7 +105,13 @@ def _days_from_civil(y: int, m: int, d: int) -> int:
 
 
 def format_time(ts: float) -> str:
+    """A Unix timestamp as ``YYYY-MM-DDTHH:MM:SSZ``, the manifest's form (:func:`parse_time`)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(ts)))
+
+
+def format_time_or_none(ts: float | None) -> str | None:
+    """:func:`format_time`, or None for no time (a manifest without expiry)."""
+    return None if ts is None else format_time(ts)
 
 
 def _reject_duplicates(pairs):
@@ -162,7 +183,7 @@ class Manifest(Record):
         doc = {"schema": SCHEMA, "name": self.name, "type": self.type, "version": str(self.version),
                "sha256": self.sha256, "size": self.size, "os": self.os, "arch": self.arch,
                "issued_at": format_time(self.issued_at),
-               "expires_at": None if self.expires_at is None else format_time(self.expires_at)}
+               "expires_at": format_time_or_none(self.expires_at)}
         return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
 
     def trusted_comment(self) -> str:

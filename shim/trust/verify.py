@@ -35,7 +35,7 @@ from shim.trust.errors import (
     WrongPluginError,
 )
 from shim.trust import minisign
-from shim.trust.manifest import MAX_MANIFEST_BYTES, Manifest
+from shim.trust.manifest import MAX_MANIFEST_BYTES, Manifest, format_time
 from shim.trust.policy import Policy
 
 MANIFEST_SUFFIX = ".manifest.json"
@@ -84,20 +84,15 @@ def _check_manifest_against(policy: Policy, manifest: Manifest, now: float, path
         raise RollbackError(f"version {manifest.version} is below the minimum version {policy.min_version}",
                             path=path)
     if manifest.expires_at is not None and now >= manifest.expires_at:
-        raise ExpiredError(f"manifest for {manifest.version} expired at {_iso(manifest.expires_at)} "
-                           f"(node clock: {_iso(now)})", path=path)
+        raise ExpiredError(f"manifest for {manifest.version} expired at {format_time(manifest.expires_at)} "
+                           f"(node clock: {format_time(now)})", path=path)
     if manifest.issued_at > now + CLOCK_SKEW:
-        raise ExpiredError(f"manifest for {manifest.version} is issued at {_iso(manifest.issued_at)}, "
-                           f"in the future of this node's clock ({_iso(now)})", path=path,
+        raise ExpiredError(f"manifest for {manifest.version} is issued at {format_time(manifest.issued_at)}, "
+                           f"in the future of this node's clock ({format_time(now)})", path=path,
                            fix="fix the node's clock (NTP), or the signing machine's")
     if manifest.size > policy.max_size:
         raise FileTooLargeError(f"binary size {manifest.size} exceeds the policy's max_size {policy.max_size}",
                                 path=path, fix="raise max_size in a new launcher build")
-
-
-def _iso(ts: float) -> str:
-    from shim.trust.manifest import format_time
-    return format_time(ts)
 
 
 def check_file_stat(st: os.stat_result, path: str, *, directory: bool = False, uid: int | None = None) -> None:
@@ -264,12 +259,17 @@ def expires_soon(manifest: Manifest, now: float, window: float = EXPIRY_WARNING)
     return manifest.expires_at - now
 
 
+def digest_bytes(data: bytes) -> str:
+    """sha256 hex of bytes already in memory (a launcher just built or read whole)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def digest_of(fd: int, size: int) -> str:
     """sha256 of the first ``size`` bytes of ``fd`` (a sealed memfd or a file)."""
     if size == 0:
-        return hashlib.sha256().hexdigest()
+        return digest_bytes(b"")
     with mmap.mmap(fd, size, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED) as view:
-        return hashlib.sha256(view).hexdigest()
+        return digest_bytes(view)
 
 
 def digest_file(path: str) -> tuple[str, int]:

@@ -46,7 +46,6 @@ $GOPEER_CACHE_DIR); the result is copied into dest_dir, so callers may modify
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import signal
@@ -58,13 +57,14 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from shim.demo import gobuild
+from shim.goplugin.vault import BACKEND_COOKIE
+from shim.trust.verify import digest_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GOPEER_DIR = REPO_ROOT / "tests" / "gopeer"
 HOST_SRC = GOPEER_DIR / "host"
 PLUGIN_SRC = GOPEER_DIR / "plugin"
-DEFAULT_COOKIE_KEY = "VAULT_BACKEND_PLUGIN"
-DEFAULT_COOKIE_VALUE = "6669da05-b1c8-4f49-97d9-c8e5bed98e20"
+DEFAULT_COOKIE_KEY, DEFAULT_COOKIE_VALUE = BACKEND_COOKIE
 # What go-plugin 1.0.1's plugin side fails with when it dials a broker id the
 # host serves under AutoMTLS (no ServerName; fixed upstream in go-plugin 1.4.4).
 BROKER_BUG_101 = "certificate is valid for localhost, not unused"
@@ -130,11 +130,8 @@ def build_plugin(dest_dir: Path | str, version: str, multiplier: int, name: str 
 
 
 def sha256_file(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    """What go-plugin's SecureConfig checks (:func:`shim.trust.verify.digest_file`)."""
+    return digest_file(str(path))[0]
 
 
 def pad(path: Path | str, size: int, fill: str = "zero") -> Path:

@@ -19,13 +19,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from shim.demo import bao
+from tests.support.wait import wait_until
 
 
 def require_bao():
@@ -36,12 +36,13 @@ def require_bao():
 
 
 def _wait_gone(server: bao.Server, timeout: float) -> list[int]:
-    end = time.monotonic() + timeout
-    left = server.leftover_processes()
-    while left and time.monotonic() < end:
-        time.sleep(0.1)
-        left = server.leftover_processes()
-    return left
+    """The server's processes still alive once they had ``timeout`` seconds to exit."""
+    try:
+        wait_until(lambda: not server.leftover_processes(), f"the processes of {server.root} to exit",
+                   deadline=timeout, poll=0.1)
+    except AssertionError:
+        pass
+    return server.leftover_processes()
 
 
 def assert_nothing_left(server: bao.Server, timeout: float = 30.0) -> None:
@@ -81,15 +82,11 @@ def started(server: bao.Server) -> Iterator[bao.Server]:
 
 
 def wait_for_log(server: bao.Server, text: str, offset: int = 0, timeout: float = 60.0) -> str:
-    end = time.monotonic() + timeout
-    while True:
-        for line in server.log_text(offset).splitlines():
-            if text in line:
-                return line
-        if time.monotonic() > end:
-            raise AssertionError(f"{text!r} not in {server.log_path} within {timeout:.0f} s; "
-                                 f"it ends:\n{server.log_tail()}")
-        time.sleep(0.1)
+    def line() -> str | None:
+        return next((ln for ln in server.log_text(offset).splitlines() if text in ln), None)
+
+    return wait_until(line, f"{text!r} in {server.log_path}", deadline=timeout, poll=0.1,
+                      detail=lambda: f"it ends:\n{server.log_tail()}")
 
 
 def cli_env(server: bao.Server, **extra: str) -> dict[str, str]:
@@ -159,9 +156,9 @@ class Release:
 
     @property
     def sha256(self) -> str:
-        import hashlib
+        from shim.trust.verify import digest_file
 
-        return hashlib.sha256(self.launcher.read_bytes()).hexdigest()
+        return digest_file(str(self.launcher))[0]
 
 
 def catalog_entries(server: bao.Server, kind: str, name: str) -> dict[str, dict]:

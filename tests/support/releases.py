@@ -9,11 +9,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from shim.goplugin.vault import COOKIES
 from shim.launch.build import write_launcher
 from shim.trust import minisign
 from shim.trust.manifest import Manifest, Version, manifest_path, signature_path
-from shim.trust.policy import COOKIES, Policy
-from shim.trust.verify import host_platform
+from shim.trust.policy import Policy
+from shim.trust.verify import digest_file, host_platform
 
 PYTHON = os.path.abspath(sys.executable)
 
@@ -40,20 +41,22 @@ def script_plugin(path: Path, label: str) -> Path:
 
 def make_manifest(binary: Path, *, name="myplugin", type="secret", version="1.0.0", expires=None,
                   issued=None, os_=None, arch=None) -> Manifest:
-    import hashlib
-
-    data = binary.read_bytes()
+    sha256, size = digest_file(str(binary))
     goos, goarch = host_platform()
     now = int(time.time()) if issued is None else issued
     return Manifest(name=name, type=type, version=Version.parse(version),
-                    sha256=hashlib.sha256(data).hexdigest(), size=len(data), os=os_ or goos,
+                    sha256=sha256, size=size, os=os_ or goos,
                     arch=arch or goarch, issued_at=now, expires_at=expires)
+
+
+def signature(keys: Keys, data: bytes, trusted_comment="test release") -> bytes:
+    """The .minisig bytes for ``data``, as release CI signs a manifest (prehashed ``ED``)."""
+    return minisign.sign_detached(data, keys.secret.key_id, keys.secret.sign, trusted_comment=trusted_comment)
 
 
 def sign_bytes(keys: Keys, binary: Path, data: bytes, trusted_comment="test release") -> None:
     Path(manifest_path(str(binary))).write_bytes(data)
-    Path(signature_path(str(binary))).write_bytes(
-        minisign.sign_detached(data, keys.secret.key_id, keys.secret.sign, trusted_comment=trusted_comment))
+    Path(signature_path(str(binary))).write_bytes(signature(keys, data, trusted_comment))
 
 
 def release(keys: Keys, binary: Path, **kw) -> Manifest:

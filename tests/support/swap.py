@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.wait import wait_until
+
 SWAPPLUGIN_DIR = Path(__file__).resolve().parent.parent / "swapplugin"
 FAULTS = ("none", "exit-at-start", "exit-in-setup", "hang-in-setup", "setup-error", "special-paths", "type")
 
@@ -130,15 +132,10 @@ class Load:
         return min(times) if times else None
 
     def wait_for(self, match, what: str, after: float, deadline: float) -> float:
-        end = time.monotonic() + deadline
-        while True:
-            t = self.first(match, after)
-            if t is not None:
-                return t
-            if time.monotonic() > end:
-                seen = sorted({s.served_by for s in self.snapshot() if s.start >= after})[:10]
-                raise AssertionError(f"no read {what} within {deadline:.0f} s (seen: {seen})")
-            time.sleep(0.05)
+        def seen() -> str:
+            return f"seen: {sorted({s.served_by for s in self.snapshot() if s.start >= after})[:10]}"
+
+        return wait_until(lambda: self.first(match, after), f"a read {what}", deadline=deadline, detail=seen)
 
     def wait_served_by(self, version: str, after: float, deadline: float) -> float:
         return self.wait_for(lambda v: v == version, f"answered by {version}", after, deadline)
