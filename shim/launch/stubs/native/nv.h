@@ -278,5 +278,9 @@ void nv_log_error_fields(nv_log *l, const nv_error *e);
 void nv_log_end(nv_log *l, int fd);         /* writes and frees */
 /* The rejection lines of one selection (entry._log_rejections). */
 void nv_log_rejections(const nv_selection *s, int fd);
+/* One hclog error line (message and the error's fields) on stderr, then exit 1. */
+_Noreturn void nv_fail_error(const char *message, const nv_error *e);
+/* The same for a LaunchError built here: reason, file, strerror(err) as the cause (0: none), fix. */
+_Noreturn void nv_fail_launch(const char *message, const char *path, const char *reason, int err, const char *fix);
 
 #endif

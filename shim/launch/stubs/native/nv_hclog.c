@@ -139,3 +139,23 @@ void nv_log_rejections(const nv_selection *s, int fd)
         nv_log_end(&l, fd);
     }
 }
+
+_Noreturn void nv_fail_error(const char *message, const nv_error *e)
+{
+    nv_log l;
+    nv_log_begin(&l, "error", message, strlen(message));
+    nv_log_error_fields(&l, e);
+    nv_log_end(&l, 2);
+    _exit(1);
+}
+
+_Noreturn void nv_fail_launch(const char *message, const char *path, const char *reason, int err, const char *fix)
+{
+    nv_error e = {0};
+    e.cls = NV_LAUNCH;
+    e.reason = nv_xstrndup(reason, strlen(reason));
+    e.path = path ? nv_xstrndup(path, strlen(path)) : NULL;
+    e.cause = err ? nv_xstrndup(strerror(err), strlen(strerror(err))) : NULL;
+    e.fix = fix;
+    nv_fail_error(message, &e);
+}

@@ -68,15 +68,6 @@ static struct sigaction vaults_sigxfsz;     /* restored before exec: the plugin 
 
 /* ---- failing --------------------------------------------------------------------------------- */
 
-static _Noreturn void fail_error(const char *message, const nv_error *e)
-{
-    nv_log l;
-    nv_log_begin(&l, "error", message, strlen(message));
-    nv_log_error_fields(&l, e);
-    nv_log_end(&l, 2);
-    _exit(1);
-}
-
 /* entry._main's refusal: "refusing to start TYPE plugin NAME: REASON", the plugin, the error. */
 static _Noreturn void refuse(const nv_policy *p, const nv_error *e)
 {
@@ -91,21 +82,9 @@ static _Noreturn void refuse(const nv_policy *p, const nv_error *e)
     _exit(1);
 }
 
-static _Noreturn void fail_launch(const char *message, const char *path, const char *reason, int err,
-                                  const char *fix)
-{
-    nv_error e = {0};
-    e.cls = NV_LAUNCH;
-    e.reason = nv_xstrndup(reason, strlen(reason));
-    e.path = path ? nv_xstrndup(path, strlen(path)) : NULL;
-    e.cause = err ? nv_xstrndup(strerror(err), strlen(strerror(err))) : NULL;
-    e.fix = fix;
-    fail_error(message, &e);
-}
-
 static _Noreturn void bad_file(const char *reason)
 {
-    fail_launch("vault-plugin-shim: the launcher file is damaged", self_path, reason, 0, FIX_REBUILD);
+    nv_fail_launch("vault-plugin-shim: the launcher file is damaged", self_path, reason, 0, FIX_REBUILD);
 }
 
 /* ---- the launcher's own file ------------------------------------------------------------------- */
@@ -115,13 +94,13 @@ static unsigned char *read_policy(size_t *len)
 {
     ssize_t n = readlink("/proc/self/exe", self_path, sizeof self_path - 1);
     if (n < 0)
-        fail_launch("vault-plugin-shim: cannot find the launcher's own file", "/proc/self/exe",
+        nv_fail_launch("vault-plugin-shim: cannot find the launcher's own file", "/proc/self/exe",
                     "readlink(/proc/self/exe) failed", errno, "mount /proc in the Vault container");
     self_path[n] = 0;
     int fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0)
-        fail_launch("vault-plugin-shim: cannot open the launcher's own file", self_path,
+        nv_fail_launch("vault-plugin-shim: cannot open the launcher's own file", self_path,
                     "open(/proc/self/exe) failed", errno, "mount /proc in the Vault container");
     if (!S_ISREG(st.st_mode)) bad_file("the executed file is not a regular file");
     uint64_t size = (uint64_t)st.st_size;
@@ -477,7 +456,7 @@ static _Noreturn void cannot_execute(const nv_candidate *c, int err, const char 
         : err == ENOEXEC || err == ENOENT
         ? "check that the binary is built for this node (ELF, right architecture; a script's interpreter exists)"
         : fix_for(err);
-    fail_launch("vault-plugin-shim: cannot execute the verified copy", c->path, r.p, err, fix);
+    nv_fail_launch("vault-plugin-shim: cannot execute the verified copy", c->path, r.p, err, fix);
 }
 
 /* The value of the first KEY= entry, as execve's consumers (Go's os.Getenv, Python's
@@ -870,7 +849,7 @@ int main(int argc, char **argv, char **envp)
     if (nv_policy_parse(raw, plen, &policy, &err) < 0) {
         free(err.path);
         err.path = nv_xstrndup(self_path, strlen(self_path));
-        fail_error("vault-plugin-shim: invalid launcher policy", &err);
+        nv_fail_error("vault-plugin-shim: invalid launcher policy", &err);
     }
     free(raw);
     nv_proxy_early(&policy, argc, argv, self_path);     /* proxy mode's layout; select-only mode */
@@ -939,7 +918,7 @@ int main(int argc, char **argv, char **envp)
         /* A shared copy we cannot execute (issue 17): our own copy, then the fallback below. */
         close(lc.fd);
         lc.no_share = 1;
-        if (seal_and_check(&s, c, &lc, &err) < 0) fail_error("vault-plugin-shim: cannot copy the binary", &err);
+        if (seal_and_check(&s, c, &lc, &err) < 0) nv_fail_error("vault-plugin-shim: cannot copy the binary", &err);
         if (script) fcntl(lc.fd, F_SETFD, 0);
         log_start(&s, c, lc.how);
         e = exec_fd(lc.fd, xargv, envp);
@@ -955,8 +934,8 @@ int main(int argc, char **argv, char **envp)
         nv_log_fieldz(&l, "file", c->path);
         nv_log_end(&l, 2);
         int copy = private_copy(lc.fd, (uint64_t)c->manifest.size, c->binary, tmp_parent(&lc), &err);
-        if (copy < 0) fail_error("vault-plugin-shim: cannot make the private copy", &err);
-        if (nv_check_digest(copy, c, &err) < 0) fail_error("vault-plugin-shim: the private copy does not match", &err);
+        if (copy < 0) nv_fail_error("vault-plugin-shim: cannot make the private copy", &err);
+        if (nv_check_digest(copy, c, &err) < 0) nv_fail_error("vault-plugin-shim: the private copy does not match", &err);
         close(lc.fd);
         lc.fd = copy;
         lc.how = "private-file";

@@ -77,29 +77,14 @@ static struct {
 
 /* ---- failing: one hclog error line (the fields of Diagnostic.fields()), exit 1 ---------------- */
 
-static _Noreturn void fail(const char *message, const char *path, const char *reason, int err, const char *fix)
-{
-    nv_error e = {0};
-    e.cls = NV_LAUNCH;
-    e.reason = nv_xstrndup(reason, strlen(reason));
-    e.path = path ? nv_xstrndup(path, strlen(path)) : NULL;
-    e.cause = err ? nv_xstrndup(strerror(err), strlen(strerror(err))) : NULL;
-    e.fix = fix;
-    nv_log l;
-    nv_log_begin(&l, "error", message, strlen(message));
-    nv_log_error_fields(&l, &e);
-    nv_log_end(&l, 2);
-    _exit(1);
-}
-
 static _Noreturn void damaged(const char *reason)
 {
-    fail("vault-plugin-shim: the launcher file is damaged", px.self_path, reason, 0, FIX_REBUILD);
+    nv_fail_launch("vault-plugin-shim: the launcher file is damaged", px.self_path, reason, 0, FIX_REBUILD);
 }
 
 static _Noreturn void no_memfd(const char *what, int err)
 {
-    fail("vault-plugin-shim: cannot start the proxy's interpreter", px.self_path, what, err,
+    nv_fail_launch("vault-plugin-shim: cannot start the proxy's interpreter", px.self_path, what, err,
          err == EMFILE || err == ENFILE ? "raise Vault's open-file limit (ulimit -n, systemd LimitNOFILE)"
                                         : "check the memory limit (memfds count against the cgroup's memory), and "
                                           "allow memfd_create for the Vault process (seccomp profile or LSM policy)");
@@ -138,7 +123,7 @@ uint64_t nv_proxy_layout(int fd, uint64_t size, uint64_t policy_off, const char 
     if (px.meta[0] != '/') damaged("meta: the interpreter path is not absolute");
     px.fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
     if (px.fd < 0)
-        fail("vault-plugin-shim: cannot keep the launcher's own file open", self_path, "fcntl(F_DUPFD) failed",
+        nv_fail_launch("vault-plugin-shim: cannot keep the launcher's own file open", self_path, "fcntl(F_DUPFD) failed",
              errno, "raise Vault's open-file limit (ulimit -n, systemd LimitNOFILE)");
     px.size = size;
     px.have = 1;
@@ -334,7 +319,7 @@ static _Noreturn void hand_back(const nv_selection *s, int fd, const char *how)
     do r = sendmsg(px.sock, &msg, MSG_NOSIGNAL);
     while (r < 0 && errno == EINTR);
     if (r != (ssize_t)b.n)
-        fail("vault-plugin-shim: select-only mode cannot hand the verified copy back", px.self_path,
+        nv_fail_launch("vault-plugin-shim: select-only mode cannot hand the verified copy back", px.self_path,
              "sendmsg on the handover socket failed", r < 0 ? errno : EMSGSIZE,
              "the proxy launcher that asked has gone; nothing to do");
     _exit(0);
@@ -452,7 +437,7 @@ static _Noreturn void start_interpreter(const nv_selection *s, int fd, const cha
     xargv[n] = NULL;
     static char *const fixed_env[] = {"LC_ALL=C.UTF-8", "OPENSSL_CONF=/dev/null", NULL};
     execve(xargv[0], xargv, fixed_env);
-    fail("vault-plugin-shim: cannot start the launcher's interpreter", xargv[0], "execve of the interpreter failed",
+    nv_fail_launch("vault-plugin-shim: cannot start the launcher's interpreter", xargv[0], "execve of the interpreter failed",
          errno, "install the interpreter at this path, or rebuild the launcher with "
                 "`vault-plugin-shim launcher build --python <path>` and register its new sha256");
 }
