@@ -94,13 +94,13 @@ def _wrap(owner, attr, label, emit_before=False, emit_after=False):
     setattr(owner, attr, timed)
 from shim.launch.entry import main_from_stub
 _mark("import-entry")
-import shim.launch.entry as _E
 import shim.launch.memexec as _X
+import shim.launch.sealed as _S
 import shim.launch.stubs as _ST
 _wrap(_ST, "read_context", "context")
-_wrap(_E, "select", "select")
+_wrap(_S, "select", "select")
 _wrap(_X, "to_memfd", "memfd-copy")
-_wrap(_E, "check_digest", "sha256")
+_wrap(_S, "check_digest", "sha256")
 _wrap(_X, "fexecve", "exec", emit_before=True)
 if MODE == "proxy":
     import shim.launch.proxy as _P

@@ -86,6 +86,93 @@ def test_the_command_line_modules_import_each_other_without_a_cycle():
     assert below == []
 
 
+MODULES = {".".join(p.relative_to(SHIM.parent).with_suffix("").parts).removesuffix(".__init__")
+           for p in SHIM.rglob("*.py")}
+
+
+def private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def module_imports() -> list[tuple[str, str, int, bool, str | None]]:
+    """(importing module, imported shim module, line, only for type checkers, name) for every
+    import of ours in shim/, resolved to the module itself (``from shim.launch import swap`` is
+    shim.launch.swap); ``name``: what a ``from`` import takes that is not a module."""
+    out = []
+    for path in sorted(SHIM.rglob("*.py")):
+        rel = path.relative_to(SHIM.parent).with_suffix("")
+        module = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        package = module if rel.name == "__init__" else module.rsplit(".", 1)[0]
+        tree = ast.parse(path.read_text(), str(path))
+        typing_only = {id(n) for block in ast.walk(tree)
+                       if isinstance(block, ast.If) and ast.unparse(block.test).endswith("TYPE_CHECKING")
+                       for stmt in block.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found = [(a.name, None) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                source = node.module or ""
+                if node.level:
+                    base = package.split(".")
+                    source = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+                found = [(f"{source}.{a.name}", None) if f"{source}.{a.name}" in MODULES else (source, a.name)
+                         for a in node.names]
+            else:
+                continue
+            out += [(module, dst, node.lineno, id(node) in typing_only, name) for dst, name in found
+                    if dst == "shim" or dst.startswith("shim.")]
+    return out
+
+
+def test_no_module_imports_a_private_name_of_another():
+    """A leading underscore means "this module's own": another module that needs it needs a
+    public name for it (``entry._private_copy`` became ``sealed.private_copy``). Read from
+    ``from M import _x`` and from ``M._x`` on a module imported by name."""
+    wrong = [f"{src} imports {dst}.{name} (line {line})" for src, dst, line, _, name in module_imports()
+             if name is not None and private(name) and dst != src]
+    for path in sorted(SHIM.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        modules = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                   for a in node.names if a.name.startswith("shim.") and a.asname}
+        modules |= {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    and node.module and node.module.startswith("shim") for a in node.names
+                    if f"{node.module}.{a.name}" in MODULES}
+        wrong += [f"{path.relative_to(SHIM.parent)} uses {node.value.id}.{node.attr} (line {node.lineno})"
+                  for node in ast.walk(tree) if isinstance(node, ast.Attribute) and private(node.attr)
+                  and isinstance(node.value, ast.Name) and node.value.id in modules]
+    assert wrong == []
+
+
+def test_the_modules_import_each_other_without_a_cycle():
+    """Not only the rooms: no module of ours reaches itself through what it imports, at the
+    top or inside a function (a lazy import is a cycle still, only a later one). Imports for
+    type checkers alone do not run, and do not count."""
+    graph: dict[str, set[str]] = {}
+    for src, dst, _, typing_only, _ in module_imports():
+        if not typing_only and src != dst:
+            graph.setdefault(src, set()).add(dst)
+
+    def cycle_from(start: str) -> list[str] | None:
+        path, seen = [start], set()
+
+        def walk(node: str) -> bool:
+            for nxt in sorted(graph.get(node, ())):
+                if nxt == start:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    path.append(nxt)
+                    if walk(nxt):
+                        return True
+                    path.pop()
+            return False
+
+        return path + [start] if walk(start) else None
+
+    cycles = {" -> ".join(c) for m in sorted(graph) if (c := cycle_from(m)) is not None}
+    assert cycles == set()
+
+
 # gRPC services of Vault's SDK (sdk/plugin/pb, sdk/database/dbplugin/v5, sdk/helper/pluginutil): what
 # proxy mode's hot swap decodes. go-plugin's own services (plugin.GRPCBroker, GRPCController,
 # GRPCStdio, grpc.health) are the wire protocol and belong in goplugin.

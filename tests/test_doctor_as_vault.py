@@ -138,14 +138,14 @@ def test_a_real_noexec_tmpdir_makes_the_fallback_say_so(tmp_path):
 def test_doctor_shows_a_hot_swapping_launchers_pending_and_refused_swaps(setup):
     """A hot-swap launcher publishes its state in its private directory under Vault's
     TMPDIR for the plugin; doctor shows what it runs, a pending swap and why one was refused."""
-    from shim.launch import swap
+    from shim.launch import swapstatus
 
     tmp, keys, plugins = setup
     lau = tmp / "plugins" / "shim"
     write_launcher(policy(plugins, keys).replace(mode="proxy"), sys.executable, str(lau), hot_swap=True)
     run_dir = tmp / "vault-tmp"
     (run_dir / "vps.doctortest").mkdir(parents=True, mode=0o700)
-    board = swap.StatusBoard("myplugin", str(run_dir / "vps.doctortest"))
+    board = swapstatus.StatusBoard("myplugin", str(run_dir / "vps.doctortest"))
     try:
         board.update(running={"version": "1.0.0", "file": str(plugins / "myplugin-1.0.0")}, watching="inotify",
                      pending={"version": "2.0.0", "file": str(plugins / "myplugin-2.0.0"), "state": "starting"},
@@ -166,7 +166,7 @@ def test_doctor_shows_a_hot_swapping_launchers_pending_and_refused_swaps(setup):
 def test_doctor_says_the_next_launch_runs_a_version_hot_swap_refused(setup):
     """Issue #17 case 1: a refusal lives only in the launcher that refused; the next launch
     (a crash, a reload, a restart) selects afresh and starts that version. doctor says so."""
-    from shim.launch import swap
+    from shim.launch import swapstatus
 
     tmp, keys, plugins = setup
     release(keys, script_plugin(plugins / "myplugin-3.0.0", "three"), version="3.0.0")
@@ -174,7 +174,7 @@ def test_doctor_says_the_next_launch_runs_a_version_hot_swap_refused(setup):
     write_launcher(policy(plugins, keys).replace(mode="proxy"), sys.executable, str(lau), hot_swap=True)
     run_dir = tmp / "vault-tmp"
     (run_dir / "vps.doctortest").mkdir(parents=True, mode=0o700)
-    board = swap.StatusBoard("myplugin", str(run_dir / "vps.doctortest"))
+    board = swapstatus.StatusBoard("myplugin", str(run_dir / "vps.doctortest"))
     try:
         board.update(running={"version": "1.0.0", "file": str(plugins / "myplugin-1.0.0")}, watching="inotify",
                      refused=[{"version": "3.0.0", "file": str(plugins / "myplugin-3.0.0"),

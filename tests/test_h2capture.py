@@ -4,7 +4,7 @@
 in the launcher's router while a real OpenBao 2.7.2 mounted the demo secrets engine
 (Setup, Type, SpecialPaths, Initialize, requests), ran the database plugin (Type,
 Initialize, NewUser, Close) and probed a plugin's version at registration (a metadata-mode
-Setup). They go through the real router, whose tap hook hands the capture what it sees.
+Setup). They go through the real router, whose events hand the capture what it sees.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from shim.launch import capture as cap
-from shim.goplugin.h2route import DATA, END_HEADERS, END_STREAM, HEADERS, PREFACE, RST_STREAM, Router, frame
+from shim.goplugin.h2events import ConnInfoSeen
+from shim.goplugin.h2frame import DATA, END_HEADERS, END_STREAM, HEADERS, PREFACE, RST_STREAM, frame
+from shim.goplugin.h2route import Router
 
 REC = Path(__file__).resolve().parent / "data" / "h2rec"
 
@@ -31,23 +33,37 @@ def recording(name: str) -> list[tuple[bool, bytes]]:
     return out
 
 
-def route(chunks, capture: cap.SetupCapture, upto: int | None = None) -> Router:
-    router = Router(tap=capture.tap())
+class Routed:
+    """A router and the capture's tap on it, driven as the relay drives them: the tap sees the
+    router's events, each ConnInfo passes on unchanged."""
+
+    def __init__(self, capture: cap.SetupCapture):
+        self.tap = capture.tap()
+        self.router = Router(watch=self.tap.watched)
+
+    def feed(self, from_vault: bool, data: bytes) -> None:
+        events = (self.router.receive_vault if from_vault else self.router.receive_child)(data)
+        while events:
+            for event in events:
+                self.tap.see(event)
+            last = events[-1]
+            events = self.router.answer(last.info) if isinstance(last, ConnInfoSeen) and last.relayed else []
+
+
+def route(chunks, capture: cap.SetupCapture, upto: int | None = None) -> Routed:
+    routed = Routed(capture)
     for from_vault, data in chunks[:upto]:
-        if from_vault:
-            router.receive_vault(data)
-        else:
-            router.receive_child(data)
-        router.data_to_child()
-        router.data_to_vault()
-    return router
+        routed.feed(from_vault, data)
+        routed.router.data_to_child()
+        routed.router.data_to_vault()
+    return routed
 
 
 def plans(chunks, capture: cap.SetupCapture) -> list[cap.Plan]:
     """The capture's plan after each chunk of the recording."""
-    router, out = Router(tap=capture.tap()), []
+    routed, out = Routed(capture), []
     for from_vault, data in chunks:
-        (router.receive_vault if from_vault else router.receive_child)(data)
+        routed.feed(from_vault, data)
         out.append(capture.plan())
     return out
 
@@ -84,12 +100,9 @@ def test_a_real_database_session_replays_initialize_until_close_ends_it():
     assert capture.plan().replay == []  # the recording ends with Close: nothing left to replay
     # Before Close: Initialize (with the directory) is what a new child needs.
     capture = cap.SetupCapture("database")
-    router = Router(tap=capture.tap())
+    routed = Routed(capture)
     for from_vault, data in chunks:
-        if from_vault:
-            router.receive_vault(data)
-        else:
-            router.receive_child(data)
+        routed.feed(from_vault, data)
         calls = capture.calls()
         if any(p == cap.DB_INITIALIZE for p, _ in calls) and any(p == cap.DB_TYPE for p, _ in calls):
             plan = capture.plan()
@@ -106,14 +119,14 @@ def test_a_real_database_session_replays_initialize_until_close_ends_it():
 def test_a_backend_is_not_ready_before_vault_set_it_up():
     chunks = recording("openbao-secret-mount.jsonl")
     capture = cap.SetupCapture("secret")
-    router = Router(tap=capture.tap())
+    routed = Routed(capture)
     seen_waiting = seen_in_flight = False
     for from_vault, data in chunks:
         plan = capture.plan()
         if not any(c.path == cap.SETUP for c in plan.replay):
             seen_waiting |= "not set the plugin up" in plan.waiting or "in flight" in plan.waiting
             seen_in_flight |= plan.in_flight > 0
-        (router.receive_vault if from_vault else router.receive_child)(data)
+        routed.feed(from_vault, data)
     assert seen_waiting and seen_in_flight
     ready = [p for p in plans(chunks, cap.SetupCapture("secret")) if p.replay and not p.in_flight]
     assert ready and all(p.waiting == "" for p in ready)
@@ -160,11 +173,11 @@ def _setup_body(broker: int, config: dict, uuid: str) -> bytes:
     return out + ld(3, uuid.encode())
 
 
-def _one_call(router: Router, sid: int, path: str, request: bytes, reply: bytes | None, *, flag=0,
+def _one_call(routed: Routed, sid: int, path: str, request: bytes, reply: bytes | None, *, flag=0,
               extra=(), reset=False) -> None:
-    router.receive_vault(_headers(sid, path, extra) + frame(DATA, END_STREAM, sid, _msg(request, flag)))
+    routed.feed(True, _headers(sid, path, extra) + frame(DATA, END_STREAM, sid, _msg(request, flag)))
     if reset:
-        router.receive_vault(frame(RST_STREAM, 0, sid, (8).to_bytes(4, "big")))
+        routed.feed(True, frame(RST_STREAM, 0, sid, (8).to_bytes(4, "big")))
         return
     resp = hpack.Encoder()
     out = frame(HEADERS, END_HEADERS, sid, resp.encode([(":status", "200")]))
@@ -172,48 +185,48 @@ def _one_call(router: Router, sid: int, path: str, request: bytes, reply: bytes 
         out += frame(DATA, 0, sid, _msg(reply))
     out += frame(HEADERS, END_HEADERS | END_STREAM, sid, resp.encode([("grpc-status", "0" if reply is not None
                                                                           else "13")]))
-    router.receive_child(out)
+    routed.feed(False, out)
 
 
-def _fresh_router(capture):
-    router = Router(tap=capture.tap())
-    router.receive_vault(PREFACE)
-    return router
+def _fresh_router(capture) -> Routed:
+    routed = Routed(capture)
+    routed.feed(True, PREFACE)
+    return routed
 
 
 def test_a_failed_setup_is_not_replayed_and_cleanup_forgets_a_working_one():
     capture = cap.SetupCapture("secret")
-    router = _fresh_router(capture)
+    routed = _fresh_router(capture)
     mid = (("multiplex_id", "m1"),)
-    _one_call(router, 1, cap.SETUP, _setup_body(3, {"a": "b"}, "u-1"), b"\x0a\x04nope", extra=mid)
+    _one_call(routed, 1, cap.SETUP, _setup_body(3, {"a": "b"}, "u-1"), b"\x0a\x04nope", extra=mid)
     assert capture.plan().replay == [] and "not set the plugin up" in capture.plan().waiting
-    _one_call(router, 3, cap.SETUP, _setup_body(4, {"a": "b"}, "u-1"), b"", extra=mid)
+    _one_call(routed, 3, cap.SETUP, _setup_body(4, {"a": "b"}, "u-1"), b"", extra=mid)
     plan = capture.plan()
     assert [c.path for c in plan.replay] == [cap.SETUP] and plan.broker_ids == [4]
-    _one_call(router, 5, cap.CLEANUP, b"", b"", extra=mid)
+    _one_call(routed, 5, cap.CLEANUP, b"", b"", extra=mid)
     assert capture.plan().replay == []
 
 
 def test_an_initialize_that_failed_is_not_replayed():
     capture = cap.SetupCapture("secret")
-    router = _fresh_router(capture)
-    _one_call(router, 1, cap.SETUP, _setup_body(2, {}, "u"), b"")
-    _one_call(router, 3, cap.INITIALIZE, b"", b"\x0a\x06\x12\x04boom")  # ProtoError{err_msg: "boom"}
+    routed = _fresh_router(capture)
+    _one_call(routed, 1, cap.SETUP, _setup_body(2, {}, "u"), b"")
+    _one_call(routed, 3, cap.INITIALIZE, b"", b"\x0a\x06\x12\x04boom")  # ProtoError{err_msg: "boom"}
     assert [c.path for c in capture.plan().replay] == [cap.SETUP]
     assert cap.initialize_error(b"\x0a\x06\x12\x04boom") == "boom"
 
 
 def test_a_reset_call_never_completes():
     capture = cap.SetupCapture("secret")
-    router = _fresh_router(capture)
-    _one_call(router, 1, cap.SETUP, _setup_body(2, {}, "u"), None, reset=True)
+    routed = _fresh_router(capture)
+    _one_call(routed, 1, cap.SETUP, _setup_body(2, {}, "u"), None, reset=True)
     assert capture.calls() == {} and capture.in_flight == 0
 
 
 def test_a_compressed_setup_refuses_the_swap():
     capture = cap.SetupCapture("secret")
-    router = _fresh_router(capture)
-    _one_call(router, 1, cap.SETUP, _setup_body(2, {}, "u"), b"", flag=1)
+    routed = _fresh_router(capture)
+    _one_call(routed, 1, cap.SETUP, _setup_body(2, {}, "u"), b"", flag=1)
     assert "compressed" in capture.plan().refusal
 
 
@@ -222,13 +235,13 @@ def test_a_multiplexed_plugin_replays_every_mount_and_forgets_a_removed_one():
     and Initialize are replayed in the order the mounts came, MultiplexingSupport is compared,
     and a mount's Cleanup removes only that mount from the next plan."""
     capture = cap.SetupCapture("secret")
-    router = _fresh_router(capture)
-    _one_call(router, 1, cap.MULTIPLEXING, b"", b"\x08\x01")
+    routed = _fresh_router(capture)
+    _one_call(routed, 1, cap.MULTIPLEXING, b"", b"\x08\x01")
     sid = 3
     for broker, key in ((2, "m-a"), (5, "m-b"), (9, "m-c")):
         mid = (("multiplex_id", key),)
-        _one_call(router, sid, cap.SETUP, _setup_body(broker, {}, f"u-{key}"), b"", extra=mid)
-        _one_call(router, sid + 2, cap.INITIALIZE, b"", b"", extra=mid)
+        _one_call(routed, sid, cap.SETUP, _setup_body(broker, {}, f"u-{key}"), b"", extra=mid)
+        _one_call(routed, sid + 2, cap.INITIALIZE, b"", b"", extra=mid)
         sid += 4
     plan = capture.plan()
     assert plan.refusal == "" and plan.waiting == ""
@@ -237,7 +250,7 @@ def test_a_multiplexed_plugin_replays_every_mount_and_forgets_a_removed_one():
         (cap.SETUP, "m-c"), (cap.INITIALIZE, "m-c")]
     assert plan.broker_ids == [2, 5, 9]
     assert [c.path for c in plan.compare] == [cap.MULTIPLEXING]
-    _one_call(router, sid, cap.CLEANUP, b"", b"", extra=(("multiplex_id", "m-b"),))
+    _one_call(routed, sid, cap.CLEANUP, b"", b"", extra=(("multiplex_id", "m-b"),))
     plan = capture.plan()
     assert [(c.path, c.key) for c in plan.replay] == [
         (cap.SETUP, "m-a"), (cap.INITIALIZE, "m-a"), (cap.SETUP, "m-c"), (cap.INITIALIZE, "m-c")]
@@ -246,11 +259,10 @@ def test_a_multiplexed_plugin_replays_every_mount_and_forgets_a_removed_one():
 
 def test_closing_the_connection_ends_its_calls_in_flight():
     capture = cap.SetupCapture("secret")
-    tap = capture.tap()
-    router = Router(tap=tap)
-    router.receive_vault(PREFACE + _headers(1, cap.SETUP))
+    routed = Routed(capture)
+    routed.feed(True, PREFACE + _headers(1, cap.SETUP))
     assert capture.in_flight == 1
-    tap.close()
+    routed.tap.close()
     assert capture.in_flight == 0 and capture.calls() == {}
 
 

@@ -33,6 +33,7 @@ def run_patched(pol, patch: str, tmp: Path, env: dict | None = None) -> subproce
         "import sys\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         "import shim.trust.verify as V, shim.launch.memexec as M, shim.launch.entry as E\n"
+        "import shim.launch.sealed as S\n"
         + patch +
         f"\nraise SystemExit(E.main({pol.to_json()!r}, ['launcher'], dict(__import__('os').environ)))\n")
     return subprocess.run([sys.executable, "-I", "-c", code], env={**R.cookie_env(), **(env or {})},
@@ -49,7 +50,7 @@ def test_swap_after_verification_does_not_take_effect(setup):
         f"    p = {str(path)!r}\n"
         "    data = open(p).read().replace('good', 'evil')\n"
         "    open(p, 'w').write(data)\n"
-        "E.check_digest = check_then_swap\n")
+        "S.check_digest = check_then_swap\n")
     proc = run_patched(pol, patch, tmp)
     assert "evil" in path.read_text(), "the swap happened on disk"
     assert proc.stdout == b"ran good \n", proc.stderr
@@ -311,6 +312,69 @@ def test_private_copy_on_a_noexec_tmpdir_says_so(setup):
     final = R.hclog_lines(proc.stderr)[-1]
     assert final["@level"] == "error" and "cannot execute the verified copy" in final["reason"]
     assert "mounted noexec" in final["fix"] and "TMPDIR" in final["fix"] and "architecture" not in final["fix"]
+
+
+def verified_copy(tmp: Path, data: bytes) -> tuple[object, int]:
+    """A candidate signed for ``data`` and a sealed memfd holding it, as select_sealed returns."""
+    import hashlib
+
+    from shim.trust.manifest import Manifest, Version
+    from shim.trust.verify import Candidate
+
+    cand = Candidate("myplugin-1.0.0", str(tmp / "myplugin-1.0.0"))
+    cand.manifest = Manifest("myplugin", "secret", Version.parse("1.0.0"), hashlib.sha256(data).hexdigest(),
+                             len(data), "linux", "amd64", 0, None)
+    fd = os.memfd_create("verified", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.write(fd, data)
+    return cand, fd
+
+
+def test_start_verified_falls_back_to_one_private_copy_for_every_caller(tmp_path, capfd):
+    """The one fallback of exec mode, proxy mode and hot swap (shim.launch.sealed): a memfd
+    whose execution is refused is started once more from a private copy of the verified
+    bytes, in TMPDIR; the descriptors it was given are closed; a refusal that stays is the
+    launch's LaunchError (or, for hot swap, the refusal itself); a copy that is no memfd is
+    not retried."""
+    from shim.launch.errors import ExecRefusedError, LaunchError
+    from shim.launch.sealed import start_verified
+
+    data = b"#!/bin/sh\necho verified\n"
+    tmpdir = tmp_path / "t"
+    tmpdir.mkdir(mode=0o700)
+    started = []
+
+    def refuse_memfd(fd, how):
+        started.append((how, os.pread(fd, 100, 0)))
+        if how == "memfd":
+            raise ExecRefusedError("executing the verified copy was refused (Permission denied)")
+        return "running"
+
+    cand, fd = verified_copy(tmp_path, data)
+    assert start_verified(cand, fd, "memfd", str(tmpdir), refuse_memfd) == "running"
+    assert started == [("memfd", data), ("private-file", data)]
+    assert list(tmpdir.iterdir()) == []
+    with pytest.raises(OSError):
+        os.fstat(fd)   # given over, and closed
+    warn = [ln for ln in R.hclog_lines(capfd.readouterr().err.encode()) if ln["@level"] == "warn"]
+    assert len(warn) == 1 and "private copy of the verified bytes" in warn[0]["@message"]
+
+    def refuse_all(fd, how):
+        started.append(how)
+        raise ExecRefusedError("executing the verified copy was refused (Permission denied)")
+
+    for how, explain, tries in (("memfd", True, 2), ("memfd-shared", False, 2), ("private-file", True, 1)):
+        started.clear()
+        cand, fd = verified_copy(tmp_path, data)
+        with pytest.raises(LaunchError) as info:
+            start_verified(cand, fd, how, str(tmpdir), refuse_all, explain=explain)
+        assert len(started) == tries, (how, started)
+        if explain:
+            assert type(info.value) is LaunchError
+            assert info.value.reason == ("cannot execute the verified copy (executing the verified copy was refused "
+                                         "(Permission denied))")
+        else:
+            assert type(info.value) is ExecRefusedError
+    capfd.readouterr()
 
 
 def test_the_archive_carries_bytecode_for_its_interpreter(setup):

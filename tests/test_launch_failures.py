@@ -98,12 +98,12 @@ def test_an_unexpected_error_on_one_candidate_does_not_stop_the_fallback(setup):
     tmp, d, keys, pol, path = setup
     v2 = R.script_plugin(d / "myplugin-2.0.0", "two")
     R.release(keys, v2, version="2.0.0")
-    patch = ("orig = E.check_digest\n"
+    patch = ("orig = S.check_digest\n"
              "def flaky(fd, cand):\n"
              "    if str(cand.manifest.version) == '2.0.0':\n"
              "        raise RuntimeError('a bug in one candidate')\n"
              "    return orig(fd, cand)\n"
-             "E.check_digest = flaky\n")
+             "S.check_digest = flaky\n")
     proc = run_patched(pol, patch, tmp)
     assert proc.stdout == b"ran good \n", proc.stderr
     assert b"Traceback" not in proc.stderr
@@ -143,9 +143,9 @@ def test_a_proxy_launcher_whose_interpreter_lacks_grpc(setup):
 
 def test_sigint_during_a_launch(setup):
     tmp, d, keys, pol, path = setup
-    patch = ("import os, signal\norig = E.check_digest\n"
+    patch = ("import os, signal\norig = S.check_digest\n"
              "def interrupted(fd, cand):\n    os.kill(os.getpid(), signal.SIGINT)\n    return orig(fd, cand)\n"
-             "E.check_digest = interrupted\n")
+             "S.check_digest = interrupted\n")
     errors = failed(run_patched(pol, patch, tmp), file=False)
     assert "interrupted (SIGINT)" in errors[-1]["@message"]
 

@@ -10,7 +10,7 @@ These tests generate inputs (seeded, so a failure replays), run both, and compar
   ``shim.trust.verify.report``): names, modes, owners, symlinks, FIFOs, truncated, oversized
   and malformed manifests and signatures, untrusted keys, a key id shared by two keys,
   legacy signatures, tampered binaries and comments, expiry, floors, ties, junk files; with
-  each candidate's ``passed_over`` and what a launch then does (entry._no_quiet_fallback: the
+  each candidate's ``passed_over`` and what a launch then does (sealed.no_quiet_fallback: the
   on_refused_newer=refuse refusal, or the expiry warning);
 * real launches by both launchers: the same rejection, refusal and expiry-warning lines.
 
@@ -349,19 +349,19 @@ def make_directory(rng: random.Random, root: Path, index: int, keys: Keyring, no
 
 def launch_verdict(selection, policy: Policy) -> dict:
     """What a launch at NOW does after this selection chose a version (the Python launcher's
-    entry._no_quiet_fallback): its on_refused_newer refusal, or its expiry WARN line's fields."""
-    from shim.launch import entry
+    sealed.no_quiet_fallback): its on_refused_newer refusal, or its expiry WARN line's fields."""
+    from shim.launch import sealed
     from shim.trust.errors import NewerVersionRefusedError
 
     warned = []
-    real = entry.hclog.warn
-    entry.hclog.warn = lambda message, **fields: warned.append({"message": message, **fields})
+    real = sealed.hclog.warn
+    sealed.hclog.warn = lambda message, **fields: warned.append({"message": message, **fields})
     try:
-        entry._no_quiet_fallback(selection, policy, NOW)
+        sealed.no_quiet_fallback(selection, policy, NOW)
     except NewerVersionRefusedError as exc:
         return {"launch": True, "refusal": verdict(exc), "warning": None}
     finally:
-        entry.hclog.warn = real
+        sealed.hclog.warn = real
     assert len(warned) <= 1
     return {"launch": True, "refusal": None, "warning": warned[0] if warned else None}
 

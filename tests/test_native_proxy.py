@@ -29,7 +29,9 @@ from pathlib import Path
 import pytest
 
 from shim.launch import build, stubs
-from shim.launch.swap import NativeRefusal, NativeSelector, find_status
+from shim.launch.errors import NativeRefusal
+from shim.launch.swapstatus import find_status
+from shim.launch.verdict import NativeSelector
 from tests.support import gopeer
 from tests.support import releases as R
 from tests.support.wait import wait_until

@@ -25,6 +25,7 @@ from shim.goplugin.client import PluginClient
 from shim.goplugin.errors import StartError
 from tests.support import gopeer
 from tests.support import releases as R
+from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = hs.HandshakeConfig(hs.VAULT_BACKEND.cookie_key, hs.VAULT_BACKEND.cookie_value, (5,))
@@ -92,19 +93,15 @@ class Waiter(logging.Handler):
 
     def __init__(self):
         super().__init__(logging.DEBUG)
-        self.cond = threading.Condition()
         self.messages: list[str] = []
 
     def emit(self, record):
-        with self.cond:
-            self.messages.append(record.getMessage())
-            self.cond.notify_all()
+        self.messages.append(record.getMessage())
 
     def wait_for(self, text: str, timeout: float = 15) -> str:
-        with self.cond:
-            ok = self.cond.wait_for(lambda: any(text in m for m in self.messages), timeout)
-            assert ok, f"no log line with {text!r} within {timeout}s: {self.messages[-10:]}"
-            return next(m for m in self.messages if text in m)
+        return wait_until(lambda: next((m for m in list(self.messages) if text in m), None),
+                          f"a log line with {text!r}", deadline=timeout,
+                          detail=lambda: f"last lines: {self.messages[-10:]}")
 
 
 class Vault:

@@ -318,16 +318,21 @@ def ours(launcher: int) -> set[int]:
 
 
 def wait_gone(pids: set[int], deadline: float) -> float:
-    """Seconds until none of ``pids`` is alive; fails naming the survivors at ``deadline``."""
+    """Seconds until none of ``pids`` is alive; fails naming the survivors at ``deadline``
+    (and SIGKILLs them, so that no test leaves them behind)."""
     started = time.monotonic()
-    while any(alive(p) for p in pids):
-        if time.monotonic() - started > deadline:
-            left = {p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:120]
-                    for p in pids if alive(p)}
-            for p in left:
+
+    def survivors() -> dict[int, bytes]:
+        return {p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:120] for p in pids if alive(p)}
+
+    try:
+        wait_until(lambda: not any(alive(p) for p in pids), "every process of the launcher to exit after the "
+                   "host's SIGKILL", deadline=deadline, poll=0.01, detail=lambda: f"still alive: {survivors()}")
+    except AssertionError:
+        for p in pids:
+            if alive(p):
                 os.kill(p, signal.SIGKILL)
-            raise AssertionError(f"still alive {deadline:.0f} s after the host's SIGKILL: {left}")
-        time.sleep(0.01)
+        raise
     return time.monotonic() - started
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from shim.demo.bao import descendants
 from tests.support import baoplugins as bp
 from tests.support import openbao
+from tests.support.wait import wait_until
 from tests.test_proxy_lifecycle import VAULT_GONE_BOUND, alive, wait_gone
 
 NAME = "proxied-kv"
@@ -75,11 +76,15 @@ def test_openbao_sigkill_leaves_no_launcher_janitor_plugin_or_socket(bao_dev, tm
     killed = time.monotonic()
     server.kill()  # reaps it
     took = wait_gone(pids, deadline=max(20.0, 4 * VAULT_GONE_BOUND))
-    deadline = killed + 4 * VAULT_GONE_BOUND
-    while set(os.listdir(server.tmpdir)) - tmp_before - openbao_own and time.monotonic() < deadline:
-        time.sleep(0.02)
+
+    def ours_left() -> list[str]:
+        return sorted(set(os.listdir(server.tmpdir)) - tmp_before - openbao_own)
+
+    wait_until(lambda: not ours_left(), "the launchers' files in OpenBao's TMPDIR to be removed",
+               deadline=max(0.0, killed + 4 * VAULT_GONE_BOUND - time.monotonic()), poll=0.02,
+               detail=lambda: f"left in OpenBao's TMPDIR: {ours_left()}")
     cleaned = time.monotonic() - killed
-    left = sorted(set(os.listdir(server.tmpdir)) - tmp_before - openbao_own)
+    left = ours_left()
     print(f"OpenBao SIGKILL -> processes gone after {took:.2f} s, sockets after {cleaned:.2f} s")
     assert left == [], f"left in OpenBao's TMPDIR: {left}"
     assert max(took, cleaned) < VAULT_GONE_BOUND

@@ -53,6 +53,36 @@ def test_vaults_environment_is_read_once_into_what_the_proxy_and_the_child_use()
     assert (bare.client_cert, bare.socket_dir, bare.tmpdir) == (None, None, None)
 
 
+def test_the_launch_rooms_errors_are_launch_errors():
+    """cli.main catches ShimError: every error the launch path raises on purpose is one, the
+    two that once were go-plugin's included (an exec refused, Vault gone)."""
+    from shim.errors import ShimError
+    from shim.goplugin.errors import GoPluginError
+    from shim.launch import errors
+
+    for cls in (errors.ExecRefusedError, errors.VaultGoneError, errors.SwapError, errors.NativeRefusal):
+        assert issubclass(cls, errors.LaunchError) and issubclass(cls, ShimError)
+        assert not issubclass(cls, GoPluginError), cls
+
+
+def test_vault_gone_while_the_proxy_starts_is_a_warning_and_exit_1(monkeypatch, capfd):
+    """VaultGoneError left GoPluginError for LaunchError: proxy.run still takes it for what it
+    is (Vault went away: a WARN, exit 1), not for a failure to start (an ERROR)."""
+    from shim.goplugin import mtls
+    from shim.launch import proxy
+    from shim.launch.errors import VaultGoneError
+
+    def gone(self):
+        self.vault_gone = True
+        raise VaultGoneError("the process that started this launcher (pid 1) has exited")
+
+    monkeypatch.setattr(proxy.Proxy, "_watch_vault", gone)
+    env = {"VAULT_BACKEND_PLUGIN": "x", hs.ENV_CLIENT_CERT: mtls.generate_identity().cert_pem.decode()}
+    assert proxy.run(0, ["unused"], env, signals=False) == 1
+    err = capfd.readouterr().err
+    assert "not started: Vault has exited" in err and "cannot start" not in err, err
+
+
 def test_ledger_tracks_additions_and_retractions():
     ledger = Ledger()
     for line in (b"+dir /a\n", b"+file /a/s\n", b"+pgid 123\n", b"-pgid 123\n", b"+dir /a\n", b"bogus\n",

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from shim.launch.build import write_launcher
-from shim.launch.swap import find_status
+from shim.launch.swapstatus import find_status
 from tests.support import baoplugins as bp
 from tests.support import openbao
 from tests.support import releases as R

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from shim.launch.build import write_launcher
-from shim.launch.swap import find_status
+from shim.launch.swapstatus import find_status
 from tests.support import baoplugins as bp
 from tests.support import openbao
 from tests.support import releases as R
@@ -259,7 +259,7 @@ def test_a_bad_v3_changes_nothing_and_is_named(bao_dev, builds, mount, bad, reas
 
 
 def status(m: Mount, launcher: int) -> dict:
-    from shim.launch.swap import find_status
+    from shim.launch.swapstatus import find_status
 
     found = [s for s in find_status(m.name, str(m.server.tmpdir)) if s["pid"] == launcher]
     assert len(found) == 1, found

@@ -8,8 +8,9 @@ from __future__ import annotations
 import hpack
 import pytest
 
-from shim.goplugin.h2route import (CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PREFACE,
-                                   FrameReader, Router, frame)
+from shim.goplugin.h2frame import (CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PREFACE,
+                                   FrameReader, frame)
+from shim.goplugin.h2route import Router
 from shim.launch import build
 from shim.trust.errors import PolicyError
 from tests.support import releases as R

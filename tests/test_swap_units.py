@@ -20,7 +20,7 @@ import pytest
 from shim.goplugin import grpcutil, handshake as hs
 from shim.goplugin.broker import ConnInfo
 from shim.goplugin.client import PluginClient
-from shim.launch import capture as cap, swap
+from shim.launch import capture as cap, sealed, swap, swapstatus
 from tests.support import swap as S
 from tests.test_h2capture import plans, recording
 
@@ -56,23 +56,23 @@ def test_a_failed_release_is_not_tried_again_until_it_changes():
 def test_the_status_is_found_under_tmpdir_and_replaced_whole(tmp_path):
     base = tmp_path / "vps.abc123"
     base.mkdir(mode=0o700)
-    board = swap.StatusBoard("statustest-plugin", str(base))
+    board = swapstatus.StatusBoard("statustest-plugin", str(base))
     board.update(running=rel().brief(), watching="inotify", refused=[])
-    found = swap.find_status("statustest-plugin", str(tmp_path))
+    found = swapstatus.find_status("statustest-plugin", str(tmp_path))
     assert [s["pid"] for s in found] == [os.getpid()]
     assert found[0]["running"]["version"] == "2.0.0"
     board.update(pending={**rel(version="3.0.0").brief(), "state": "starting"},
                  refused=[{"version": "2.5.0", "file": "/p/x", "reason": "SpecialPaths differ", "level": "warn"}])
-    state = swap.find_status("statustest-plugin", str(tmp_path))[0]
+    state = swapstatus.find_status("statustest-plugin", str(tmp_path))[0]
     assert state["pending"]["state"] == "starting"
-    assert sorted(os.listdir(base)) == [swap.STATUS_FILE]   # no temporary file left
-    assert (base / swap.STATUS_FILE).stat().st_mode & 0o077 == 0
-    lines = swap.describe_status(state)
+    assert sorted(os.listdir(base)) == [swapstatus.STATUS_FILE]   # no temporary file left
+    assert (base / swapstatus.STATUS_FILE).stat().st_mode & 0o077 == 0
+    lines = swapstatus.describe_status(state)
     assert ("info", "swap pending to 3.0.0 (/p/plugin-2.0.0): starting") in lines
     assert any(level == "warn" and "SpecialPaths differ" in text for level, text in lines)
-    assert swap.find_status("another-plugin", str(tmp_path)) == []
+    assert swapstatus.find_status("another-plugin", str(tmp_path)) == []
     board.close()
-    assert swap.find_status("statustest-plugin", str(tmp_path)) == [] and os.listdir(base) == []
+    assert swapstatus.find_status("statustest-plugin", str(tmp_path)) == [] and os.listdir(base) == []
 
 
 def test_a_status_left_by_a_dead_launcher_or_a_symlink_is_ignored(tmp_path):
@@ -80,17 +80,17 @@ def test_a_status_left_by_a_dead_launcher_or_a_symlink_is_ignored(tmp_path):
                           text=True, check=True)
     base = tmp_path / "vps.dead"
     base.mkdir()
-    (base / swap.STATUS_FILE).write_text(json.dumps({"plugin": "p", "pid": int(dead.stdout)}))
+    (base / swapstatus.STATUS_FILE).write_text(json.dumps({"plugin": "p", "pid": int(dead.stdout)}))
     link = tmp_path / "vps.link"
     link.mkdir()
     target = tmp_path / "elsewhere.json"
     target.write_text(json.dumps({"plugin": "p", "pid": os.getpid()}))
-    (link / swap.STATUS_FILE).symlink_to(target)
-    assert swap.find_status("p", str(tmp_path)) == []
+    (link / swapstatus.STATUS_FILE).symlink_to(target)
+    assert swapstatus.find_status("p", str(tmp_path)) == []
 
 
 def test_doctor_can_read_the_status_without_grpc():
-    code = ("import sys, shim.launch.swap as s; s.find_status('x', '/nonexistent'); "
+    code = ("import sys, shim.launch.swap, shim.launch.swapstatus as s; s.find_status('x', '/nonexistent'); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'watchdog')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
@@ -198,7 +198,6 @@ def test_a_file_replaced_between_verification_and_start_changes_nothing(faults, 
     import time
 
     from shim.launch.child import Child
-    from shim.launch.entry import select_sealed
     from shim.launch.environment import VaultEnvironment
     from tests.support import releases as R
 
@@ -209,7 +208,8 @@ def test_a_file_replaced_between_verification_and_start_changes_nothing(faults, 
     shutil.copyfile(faults["none"], dst)
     dst.chmod(0o755)
     R.release(keys, dst, version="3.0.0")
-    cand, fd, _ = select_sealed(R.policy(versions, keys).replace(mode="proxy"), time.time(), tmpdir=str(tmp_path))
+    cand, fd, _ = sealed.select_sealed(R.policy(versions, keys).replace(mode="proxy"), time.time(),
+                                       tmpdir=str(tmp_path))
     tmp = versions / ".replacement"
     shutil.copyfile(faults["type"], tmp)
     tmp.chmod(0o755)
@@ -231,7 +231,6 @@ def test_a_release_still_being_copied_in_is_a_warning_in_a_rescan_and_an_error_a
     """Issue #17 case 12: a hot swap's rescan that meets a release whose binary is still being
     written (shorter than signed, changed a moment ago) says WARN and that the next rescan
     looks again; a launch, or a release that has not changed for a while, is an ERROR."""
-    from shim.launch import entry
     from tests.support.releases import new_keys, policy, release, script_plugin
 
     keys = new_keys()
@@ -248,14 +247,14 @@ def test_a_release_still_being_copied_in_is_a_warning_in_a_rescan_and_an_error_a
         return [json.loads(ln) for ln in capfd.readouterr().err.splitlines() if "rejected candidate" in ln]
 
     for rescan, level in ((True, "warn"), (False, "error")):
-        cand, fd, _ = entry.select_sealed(pol, time.time(), tmpdir=str(tmp_path), rescan=rescan)
+        cand, fd, _ = sealed.select_sealed(pol, time.time(), tmpdir=str(tmp_path), rescan=rescan)
         os.close(fd)
         assert str(cand.manifest.version) == "1.0.0"
         (line,) = lines()
         assert line["@level"] == level, line
         assert ("still being copied in" in line["@message"]) == rescan, line
     v2.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # the signed size, other bytes: tampered, not growing
-    cand, fd, _ = entry.select_sealed(pol, time.time(), tmpdir=str(tmp_path), rescan=True)
+    cand, fd, _ = sealed.select_sealed(pol, time.time(), tmpdir=str(tmp_path), rescan=True)
     os.close(fd)
     (line,) = lines()
     assert line["@level"] == "error" and "still being copied" not in line["@message"], line
@@ -264,7 +263,7 @@ def test_a_release_still_being_copied_in_is_a_warning_in_a_rescan_and_an_error_a
     os.utime(v2, (old, old))
     for suffix in (".manifest.json", ".manifest.json.minisig"):
         os.utime(str(v2) + suffix, (old, old))
-    cand, fd, _ = entry.select_sealed(pol, time.time(), tmpdir=str(tmp_path), rescan=True)
+    cand, fd, _ = sealed.select_sealed(pol, time.time(), tmpdir=str(tmp_path), rescan=True)
     os.close(fd)
     (line,) = lines()
     assert line["@level"] == "error", "a release that stopped changing and is still wrong is an error"

@@ -5,8 +5,7 @@ One test per refusal in README.md's threat model that has a pure decision behind
 after the row's end-to-end test (tests/test_launch_refusals.py and others keep those, through
 the real launcher file). Each asserts the error class and the reason the operator reads.
 Refusals that only the file system part makes (a symlink refused by ``O_NOFOLLOW``, a file
-over its size limit before reading, a missing file, two builds tied on precedence and issue
-time, which ``PluginDir.ranked`` refuses) stay with the end-to-end tests.
+over its size limit before reading, a missing file) stay with the end-to-end tests.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ import pytest
 from shim.errors import ShimError
 from shim.trust import minisign
 from shim.trust.errors import (
+    AmbiguousVersionError,
     BadSignatureError,
     DigestMismatchError,
     ExpiredError,
@@ -49,6 +49,7 @@ from shim.trust.verify import (
     check_signed_manifest,
     expires_soon,
     launch_order,
+    rank,
 )
 from tests.support import releases as R
 
@@ -336,7 +337,7 @@ def test_a_policy_is_read_strictly(change, reason):
 def test_equal_precedence_is_decided_by_issue_time():
     """Highest precedence first (build metadata ignored, a release after its prereleases);
     equal precedence by the signed issue time, newest first. Equal both ways is a tie that the
-    launch order cannot break: ``PluginDir.ranked`` then refuses both (end-to-end test)."""
+    launch order cannot break: :func:`rank` then refuses both (the next test)."""
     a = candidate(manifest("2.0.0+a", issued=NOW - 20), "2.0.0+a")
     b = candidate(manifest("2.0.0+b", issued=NOW - 10), "2.0.0+b")
     rc = candidate(manifest("2.0.0-rc.1", issued=NOW), "2.0.0-rc.1")
@@ -346,11 +347,39 @@ def test_equal_precedence_is_decided_by_issue_time():
     assert launch_order(twin) == launch_order(b)
 
 
+def test_equal_precedence_is_decided_by_issue_time_or_refused():
+    """semver ignores +build: 2.0.0+aaa and 2.0.0+zzz are the same version. From the signed
+    bytes at the node's clock: the newer signed issue time runs first, whatever the file names;
+    with equal issue times both are refused (nothing tells which is newer), and the next
+    version runs. A candidate refused before keeps its own error."""
+    def checked(version: str, issued: int, name: str) -> Candidate:
+        cand = candidate(None, name)
+        cand.manifest, cand.key = check(*signed(manifest(version, issued=issued)))
+        return cand
+
+    older = checked("2.0.0+aaa", NOW - 20, "2.0.0-aaa")    # the name that sorts first
+    newer = checked("2.0.0+zzz", NOW - 10, "2.0.0-zzz")
+    one = checked("1.0.0", NOW, "1.0.0")
+    expired = candidate(manifest("3.0.0", expires=NOW - 1), "3.0.0")
+    expired.error = ExpiredError("expired", path=expired.path)
+    assert rank([older, newer, one, expired]) == ([newer, older, one], [expired])
+    assert older.error is None and newer.error is None
+
+    twin = checked("2.0.0+aaa", NOW - 10, "2.0.0-aaa")      # re-signed: now a tie with 2.0.0+zzz
+    good, bad = rank([twin, newer, one, expired])
+    assert (good, bad) == ([one], [twin, newer, expired])
+    for cand, other in ((twin, newer), (newer, twin)):
+        assert type(cand.error) is AmbiguousVersionError
+        assert "cannot tell which is newer" in cand.error.reason and other.binary in cand.error.reason
+        assert cand.error.path == cand.path and cand.error.fix
+    assert type(expired.error) is ExpiredError
+
+
 def test_a_refused_newer_version_is_a_named_fallback():
     """``passed_over``: the refused candidates that would have run before the chosen one, a
     version whose manifest did not verify among them (nothing shows it is older). The launch
     acts on it (an ERROR, or ``NewerVersionRefusedError`` under ``on_refused_newer: refuse``,
-    in shim.launch.entry)."""
+    in shim.launch.sealed)."""
     chosen = candidate(manifest("1.5.0"), "1.5.0")
     newer = candidate(manifest("2.0.0"), "2.0.0")
     newer.error = DigestMismatchError("sha256 is 00", path=newer.path)

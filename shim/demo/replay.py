@@ -197,7 +197,7 @@ class RunResult:
 
 # --- images ---------------------------------------------------------------------------------
 
-def _cli(*args: str) -> str:
+def run_cli(*args: str) -> str:
     """The project's own CLI, as an operator would run it."""
     proc = subprocess.run([sys.executable, "-m", "shim.cli", *args], capture_output=True, text=True,
                           timeout=120, stdin=subprocess.DEVNULL)
@@ -222,12 +222,12 @@ class Images:
                                                   name=f"{PLUGIN}-{v}") for v in (OLD, NEW)}
         keys = self.root / "keys"
         keys.mkdir()
-        _cli("keygen", "--unencrypted", "--secret-key", str(keys / "release.key"),
-             "--public-key", str(keys / "release.pub"))
+        run_cli("keygen", "--unencrypted", "--secret-key", str(keys / "release.key"),
+                "--public-key", str(keys / "release.pub"))
         self.launcher = self.root / "launcher"
-        _cli("launcher", "build", "--trusted-key", str(keys / "release.pub"), "--name", PLUGIN,
-             "--type", "secret", "--plugins-dir", "versions", "--min-version", OLD,
-             "--output", str(self.launcher))
+        run_cli("launcher", "build", "--trusted-key", str(keys / "release.pub"), "--name", PLUGIN,
+                "--type", "secret", "--plugins-dir", "versions", "--min-version", OLD,
+                "--output", str(self.launcher))
         self.dirs: dict[str, dict[str, Path]] = {"baseline": {}, "shim": {}}
         for v in (OLD, NEW):
             base = self.root / "baseline" / v
@@ -240,8 +240,8 @@ class Images:
             shutil.copy2(self.launcher, shim / PLUGIN)
             signed = versions / f"{PLUGIN}-{v}"
             shutil.copy2(self.plugins[v], signed)
-            _cli("sign", "--secret-key", str(keys / "release.key"), "--name", PLUGIN, "--type", "secret",
-                 "--version", v, str(signed))
+            run_cli("sign", "--secret-key", str(keys / "release.key"), "--name", PLUGIN, "--type", "secret",
+                    "--version", v, str(signed))
             self.dirs["shim"][v] = shim
 
     def command_sha256(self, run: str, version: str) -> str:

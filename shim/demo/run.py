@@ -109,7 +109,7 @@ class Workspace:
     """Two images (old, new) for each run, with the plugin, the launcher and signatures."""
 
     def __init__(self, root: Path, start_delay: float):
-        from shim.demo.replay import _cli  # the project's own CLI, as an operator runs it
+        from shim.demo.replay import run_cli  # the project's own CLI, as an operator runs it
 
         self.root = root
         # Unix socket paths are limited to 107 bytes: keep the plugins' TMPDIR short.
@@ -117,10 +117,10 @@ class Workspace:
         self.sockets = tempfile.mkdtemp(prefix="vps-demo-", dir=base)
         keys = root / "keys"
         keys.mkdir()
-        _cli("keygen", "--unencrypted", "--secret-key", str(keys / "k.key"), "--public-key", str(keys / "k.pub"))
+        run_cli("keygen", "--unencrypted", "--secret-key", str(keys / "k.key"), "--public-key", str(keys / "k.pub"))
         self.launcher = root / "launcher"
-        _cli("launcher", "build", "--trusted-key", str(keys / "k.pub"), "--name", PLUGIN, "--type", "secret",
-             "--plugins-dir", f"versions/{PLUGIN}", "--min-version", OLD, "--output", str(self.launcher))
+        run_cli("launcher", "build", "--trusted-key", str(keys / "k.pub"), "--name", PLUGIN, "--type", "secret",
+                "--plugins-dir", f"versions/{PLUGIN}", "--min-version", OLD, "--output", str(self.launcher))
         self.images = {}
         for version in (OLD, NEW):
             image = root / "images" / version
@@ -131,8 +131,8 @@ class Workspace:
             plugin.chmod(0o755)
             versioned = image / "versions" / PLUGIN / f"{PLUGIN}-{version}"
             shutil.copy(plugin, versioned)
-            _cli("sign", "--secret-key", str(keys / "k.key"), "--name", PLUGIN, "--type", "secret",
-                 "--version", version, str(versioned))
+            run_cli("sign", "--secret-key", str(keys / "k.key"), "--name", PLUGIN, "--type", "secret",
+                    "--version", version, str(versioned))
             shutil.copy(self.launcher, image / f"{PLUGIN}-shim")
             self.images[version] = image
 

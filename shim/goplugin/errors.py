@@ -116,3 +116,17 @@ class BrokerError(GoPluginError):
     """A GRPCBroker stream, ConnInfo message or brokered connection failed."""
 
     default_fix = "the peer must call AcceptAndServe for the id within 5 seconds of Dial"
+
+
+class H2RouteError(GoPluginError):
+    """A peer sent something that is not HTTP/2 as the frame router needs it; the connection
+    ends. The frame codec raises it as it is (it does not know the peer); the router raises one
+    of the two below, which say whose fault it was."""
+
+
+class HostProtocolError(H2RouteError):
+    """The host (Vault) sent it: its connection is at fault."""
+
+
+class PluginProtocolError(H2RouteError):
+    """The plugin sent it: its connection is at fault, and the host's calls routed to it end."""

@@ -2,317 +2,97 @@
 
 Proxy mode splices Vault's (TLS-terminated) HTTP/2 connection onto a plaintext HTTP/2
 connection to the plugin child. Almost every frame passes byte for byte; the
-:class:`Router` only looks where the launcher must act:
+:class:`Router` only looks where the launcher must act, and tells it so with events
+(:mod:`.h2events`):
 
 * every header block from Vault is HPACK-decoded (in order, so the decoder's dynamic
   table stays in step with the child's) to learn each stream's ``:path``;
-* on ``/plugin.GRPCBroker/StartStream`` the gRPC messages are reassembled both ways,
-  each ConnInfo is handed to a rewrite callback and re-framed; when a message changes
-  length, HTTP/2 flow control is compensated (:class:`Withheld`);
-* ``/plugin.GRPCController/Shutdown`` from Vault is reported (the call itself passes);
+* on ``/plugin.GRPCBroker/StartStream`` the gRPC messages are reassembled both ways; each
+  ConnInfo is a :class:`ConnInfoSeen`, and the router waits for :meth:`Router.answer` (the
+  ConnInfo to pass on instead, or None to drop it) before it routes on; when a message
+  changes length, HTTP/2 flow control is compensated (:class:`~.h2frame.Withheld`);
+* ``/plugin.GRPCController/Shutdown`` from Vault is a :class:`Shutdown` (the call passes);
+* the calls on the paths it is told to ``watch`` are shown as :class:`CallOpened`,
+  :class:`Data` and :class:`CallEnded` (proxy mode's hot swap reads Vault's set-up calls so);
 * :meth:`Router.fail_streams` ends every stream still open toward Vault with a gRPC
   UNAVAILABLE status (for a plugin that died), then GOAWAY;
 * for a hot swap, :meth:`Router.goaway` asks Vault to move to a new connection (a graceful
   GOAWAY: nothing is refused), :meth:`Router.open_calls` tells when the calls left have
-  drained, and a tap (proxy mode's: ``shim.launch.capture``) sees the set-up calls' messages;
-  :meth:`Router.hold_broker` then keeps Vault's broker stream after its child is gone
-  (Vault opens it once per plugin client): the router answers Vault on that connection
-  itself and hands Vault's later ConnInfo to a callback.
+  drained, and :meth:`Router.hold_broker` then keeps Vault's broker stream after its child is
+  gone (Vault opens it once per plugin client): the router answers Vault on that connection
+  itself and shows Vault's later ConnInfo as events that wait for no answer.
 
-Nothing here touches a socket: bytes go in with :meth:`Router.receive_vault` /
-:meth:`Router.receive_child`, bytes come out with :meth:`Router.data_to_child` /
-:meth:`Router.data_to_vault`. Frame layout from RFC 9113, header coding from RFC 7541.
+Nothing here touches a socket, calls back or logs: bytes go in with :meth:`Router.receive_vault`
+/ :meth:`Router.receive_child`, which return the events; bytes come out with
+:meth:`Router.data_to_child` / :meth:`Router.data_to_vault`. Bytes that break HTTP/2 raise
+:class:`~.errors.HostProtocolError` when Vault sent them, :class:`~.errors.PluginProtocolError`
+when the child did. The frames themselves are :mod:`.h2frame`'s.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Generator, Iterable
 
 import hpack
 import hpack.exceptions
 
-from .errors import GoPluginError
+from .errors import GoPluginError, H2RouteError, HostProtocolError, PluginProtocolError
+from .h2events import CallEnded, CallOpened, ConnInfoSeen, Data, Event, Shutdown, UnreadBrokerMessage
+from .h2frame import (ACK, CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, LAST_STREAM_ID,
+                      MAX_FRAME_OUT, NO_ERROR, PING, PREFACE, REFUSED_STREAM, RST_STREAM, SETTINGS,
+                      SETTINGS_HEADER_TABLE_SIZE, WINDOW_UPDATE, Frame, FrameReader, MessageSplitter, Withheld,
+                      encode_literal, frame, grpc_message, length_prefixed, unpadded_payload, window_increment)
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # pragma: no cover
+    from .broker import ConnInfo
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
-END_STREAM = ACK = 0x1
-END_HEADERS = 0x4
-PADDED = 0x8
-PRIORITY_FLAG = 0x20
-SETTINGS_HEADER_TABLE_SIZE = 0x1
-NO_ERROR, REFUSED_STREAM, CANCEL = 0x0, 0x7, 0x8
-
-MAX_FRAME_OUT = 16384            # every peer accepts frames this large (SETTINGS_MAX_FRAME_SIZE floor)
 MAX_BROKER_MESSAGE = 64 << 10    # larger is no ConnInfo: pass it unread rather than hold it
 BROKER_PATH = b"/plugin.GRPCBroker/StartStream"
 STDIO_PATH = b"/plugin.GRPCStdio/StreamStdio"
 SHUTDOWN_PATH = b"/plugin.GRPCController/Shutdown"
-LAST_STREAM_ID = 0x7FFFFFFF
 GRPC_UNAVAILABLE = 14
 
-_FIXED_LENGTH = {PRIORITY: 5, RST_STREAM: 4, PING: 8, WINDOW_UPDATE: 4}
-_ON_STREAM = frozenset({DATA, HEADERS, PRIORITY, RST_STREAM, PUSH_PROMISE, CONTINUATION})
-_ON_CONNECTION = frozenset({SETTINGS, PING, GOAWAY})
+# Routing bytes: a generator that yields each ConnInfoSeen that waits and gets its answer back.
+_Steps = Generator[ConnInfoSeen, "ConnInfo | None", None]
 
 
-class H2RouteError(GoPluginError):
-    """A peer sent something that is not HTTP/2 as the router needs it; the connection ends."""
-
-
-# --- frames ---------------------------------------------------------------------------
-
-class Frame:
-    """One frame as received: ``raw`` is the whole frame, header included."""
-
-    __slots__ = ("type", "flags", "stream_id", "raw")
-
-    def __init__(self, type: int, flags: int, stream_id: int, raw: bytes):
-        self.type, self.flags, self.stream_id, self.raw = type, flags, stream_id, raw
-
-    @property
-    def payload(self) -> bytes:
-        return self.raw[9:]
-
-    def __repr__(self) -> str:
-        return f"Frame(type={self.type}, flags={self.flags:#x}, stream={self.stream_id}, len={len(self.raw) - 9})"
-
-
-def frame(type: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    """Serialize one frame (the reserved bit is always 0)."""
-    return (len(payload).to_bytes(3, "big") + bytes((type, flags)) + (stream_id & 0x7FFFFFFF).to_bytes(4, "big")
-            + payload)
-
-
-def _check(ftype: int, flags: int, sid: int, payload: bytes) -> None:
-    length = len(payload)
-    fixed = _FIXED_LENGTH.get(ftype)
-    if fixed is not None and length != fixed:
-        raise H2RouteError(f"HTTP/2 frame type {ftype} with length {length}, not {fixed}")
-    if ftype in _ON_STREAM and sid == 0:
-        raise H2RouteError(f"HTTP/2 frame type {ftype} on stream 0")
-    if ftype in _ON_CONNECTION and sid != 0:
-        raise H2RouteError(f"HTTP/2 frame type {ftype} on stream {sid}, not 0")
-    if ftype == SETTINGS and (length % 6 or (flags & ACK and length)):
-        raise H2RouteError(f"HTTP/2 SETTINGS frame with length {length}")
-    if ftype == GOAWAY and length < 8:
-        raise H2RouteError(f"HTTP/2 GOAWAY frame with length {length}")
-    if ftype in (DATA, HEADERS, PUSH_PROMISE):
-        unpadded_payload(ftype, flags, payload)
-
-
-def unpadded_payload(ftype: int, flags: int, payload: bytes) -> tuple[bytes, int]:
-    """(payload without padding, number of padding bytes incl. the pad length field);
-    for HEADERS the priority fields are dropped too."""
-    start, end, padding = 0, len(payload), 0
-    if flags & PADDED:
-        if not payload or payload[0] >= end:
-            raise H2RouteError(f"HTTP/2 frame type {ftype}: padding longer than the payload")
-        padding = 1 + payload[0]
-        start, end = 1, end - payload[0]
-    if ftype == HEADERS and flags & PRIORITY_FLAG:
-        start += 5
-    elif ftype == PUSH_PROMISE:
-        start += 4
-    if start > end:
-        raise H2RouteError(f"HTTP/2 frame type {ftype} too short for its flags")
-    return payload[start:end], padding
-
-
-class FrameReader:
-    """Splits a byte stream into checked frames; an incomplete frame waits for more bytes."""
-
-    def __init__(self, preface: bool = False):
-        self._buf = bytearray()
-        self._preface = preface
-
-    def feed(self, data: bytes) -> list[Frame]:
-        buf = self._buf
-        buf += data
-        if self._preface:
-            if len(buf) < len(PREFACE):
-                if not PREFACE.startswith(bytes(buf)):
-                    raise H2RouteError("the peer did not start with the HTTP/2 connection preface")
-                return []
-            if bytes(buf[:len(PREFACE)]) != PREFACE:
-                raise H2RouteError("the peer did not start with the HTTP/2 connection preface")
-            del buf[:len(PREFACE)]
-            self._preface = False
-        frames: list[Frame] = []
-        pos, size = 0, len(buf)
-        while size - pos >= 9:
-            length = int.from_bytes(buf[pos:pos + 3], "big")
-            end = pos + 9 + length
-            if end > size:
-                break
-            ftype, flags = buf[pos + 3], buf[pos + 4]
-            sid = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
-            raw = bytes(buf[pos:end])
-            if ftype <= CONTINUATION and (ftype in _FIXED_LENGTH or ftype not in (DATA, CONTINUATION)
-                                          or flags & PADDED or sid == 0):
-                _check(ftype, flags, sid, raw[9:])
-            frames.append(Frame(ftype, flags, sid, raw))
-            pos = end
-        if pos:
-            del buf[:pos]
-        return frames
-
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
-
-
-# --- HPACK encoding of our own header blocks --------------------------------------------
-
-def _hpack_int(value: int, prefix: int, first: int = 0) -> bytes:
-    limit = (1 << prefix) - 1
-    if value < limit:
-        return bytes((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def encode_literal(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """A header block of "literal header field without indexing, new name" entries only:
-    the peer's decoder table is neither used nor changed (RFC 7541 6.2.2)."""
-    out = bytearray()
-    for name, value in headers:
-        out += b"\x00" + _hpack_int(len(name), 7) + name + _hpack_int(len(value), 7) + value
-    return bytes(out)
-
-
-def grpc_message(text: str) -> bytes:
-    """grpc-message percent-encoding: printable ASCII except '%' passes."""
-    return b"".join(bytes((c,)) if 0x20 <= c <= 0x7E and c != 0x25 else b"%%%02X" % c for c in text.encode())
-
-
-# --- flow control and broker messages ---------------------------------------------------
-
-class Withheld:
-    """Credit owed back because we forwarded more bytes than a sender sent.
-
-    When a rewritten message is m - n bytes longer than the original, the receiver will
-    credit m bytes while the sender spent only n: that much is taken out of the next
-    WINDOW_UPDATEs to the sender, per stream and for the connection (stream 0).
-    """
-
-    def __init__(self):
-        self.owed: dict[int, int] = {}
-
-    def add(self, stream_id: int, amount: int) -> None:
-        if amount > 0:
-            self.owed[stream_id] = self.owed.get(stream_id, 0) + amount
-
-    def filter(self, stream_id: int, increment: int) -> int:
-        """The increment to forward; 0 means drop the WINDOW_UPDATE."""
-        owed = self.owed.get(stream_id)
-        if not owed:
-            return increment
-        if increment <= owed:
-            if increment == owed:
-                del self.owed[stream_id]
-            else:
-                self.owed[stream_id] = owed - increment
-            return 0
-        del self.owed[stream_id]
-        return increment - owed
-
-    def forget(self, stream_id: int) -> None:
-        if stream_id:
-            self.owed.pop(stream_id, None)
-
-
-class MessageSplitter:
-    """gRPC length-prefixed messages (1 flag byte, 4 length bytes, body) from DATA payloads.
-    A message announced larger than MAX_BROKER_MESSAGE turns the splitter into a pass-through."""
-
-    def __init__(self):
-        self.buf = bytearray()
-        self.passthrough = False
-
-    def feed(self, data: bytes) -> list[bytes]:
-        if self.passthrough:
-            return []
-        buf = self.buf
-        buf += data
-        out = []
-        while len(buf) >= 5:
-            size = int.from_bytes(buf[1:5], "big")
-            if size > MAX_BROKER_MESSAGE:
-                self.passthrough = True
-                break
-            if len(buf) < 5 + size:
-                break
-            out.append(bytes(buf[:5 + size]))
-            del buf[:5 + size]
-        return out
-
-    def take_rest(self) -> bytes:
-        rest = bytes(self.buf)
-        self.buf.clear()
-        return rest
-
-
-def rewrite_conninfo(message: bytes, rewrite: Callable) -> bytes:
-    """One gRPC message carrying a ConnInfo, passed through ``rewrite`` (ConnInfo ->
-    ConnInfo, or None to drop it). Returns the new message, or b"" when dropped.
-    Compressed messages cannot be read and pass unchanged; unreadable ones are dropped."""
-    from google.protobuf.message import DecodeError
-
+def read_conninfo(message: bytes) -> ConnInfo:
+    """The ConnInfo in one uncompressed gRPC message. protobuf's DecodeError, or a
+    GoPluginError, when it holds none."""
     from ._proto import grpc_broker_pb2 as pb
-    from .broker import conninfo_from_message, conninfo_to_message
+    from .broker import conninfo_from_message
 
-    if message[0] != 0:
-        log.warning("broker message is compressed; passed on without rewriting")
-        return message
-    try:
-        info = conninfo_from_message(pb.ConnInfo.FromString(message[5:]))
-        new = rewrite(info)
-    except (DecodeError, GoPluginError, OSError) as exc:
-        log.warning("dropping a broker message that cannot be relayed: %s", exc)
-        return b""
-    if new is None:
-        return b""
-    body = conninfo_to_message(new).SerializeToString()
-    return b"\x00" + len(body).to_bytes(4, "big") + body
+    return conninfo_from_message(pb.ConnInfo.FromString(message[5:]))
+
+
+def conninfo_message(info: ConnInfo) -> bytes:
+    """``info`` as one uncompressed gRPC message."""
+    from .broker import conninfo_to_message
+
+    return length_prefixed(conninfo_to_message(info).SerializeToString())
 
 
 # --- the router -------------------------------------------------------------------------
 
 class _Stream:
-    __slots__ = ("headers_out", "broker", "tapped", "long_lived")
+    __slots__ = ("headers_out", "broker", "watched", "long_lived")
 
     def __init__(self):
         self.headers_out = False        # response headers went to Vault
         self.broker: tuple[MessageSplitter, MessageSplitter] | None = None  # (from Vault, from child)
-        self.tapped = False             # the tap watches this call
+        self.watched = False            # its events are shown
         self.long_lived = False         # broker or stdio stream: lives as long as the plugin client
 
 
 class Router:
     """One Vault connection spliced onto one child connection.
 
-    ``from_vault`` / ``from_child`` rewrite ConnInfo announcements seen on the broker
-    stream (return None to drop one); ``on_shutdown`` is called when Vault calls
-    GRPCController/Shutdown. ``tap`` (``opened``, ``data``, ``ended``, ``reset``, ``close``) is shown
-    each request header block and, for the calls it wants, their DATA and their end. Stream
-    state is kept for streams still open toward Vault.
+    ``watch``: the call paths whose calls are shown as :class:`CallOpened`, :class:`Data` and
+    :class:`CallEnded` events. Stream state is kept for streams still open toward Vault.
     """
 
-    def __init__(self, *, from_vault: Callable | None = None, from_child: Callable | None = None,
-                 on_shutdown: Callable[[], None] | None = None, tap=None):
-        self.rewrite_from_vault = from_vault or (lambda info: info)
-        self.rewrite_from_child = from_child or (lambda info: info)
-        self.on_shutdown = on_shutdown
-        self.tap = tap                      # a tap (proxy mode's: shim.launch.capture.Tap), or None
+    def __init__(self, *, watch: Iterable[str] = ()):
+        self.watch = frozenset(path.encode() for path in watch)
         self.calls_done = 0                 # call streams (not broker/stdio) that ended
         self.going_away = False
         self._goaway_held = False           # a GOAWAY waits for the child's header block to end
@@ -330,27 +110,66 @@ class Router:
         self.owed_to_child = Withheld()   # filters WINDOW_UPDATEs Vault sends to the child
         self.finished = False
         self._preface_sent = False
-        self.held: Callable | None = None   # hold_broker's callback: no child any more
+        self.held = False                 # hold_broker: no child any more
+        self._events: list[Event] = []
+        self._waiting: tuple[_Steps, type[H2RouteError]] | None = None   # routing that waits for answer()
 
-    # output
+    # input and output
+
+    def receive_vault(self, data: bytes) -> list[Event]:
+        """Bytes from Vault; the events they bring. HostProtocolError: they break HTTP/2."""
+        return self._start(self._held_from_vault(data) if self.held else self._from_vault(data), HostProtocolError)
+
+    def receive_child(self, data: bytes) -> list[Event]:
+        """Bytes from the child; the events they bring. PluginProtocolError: they break HTTP/2."""
+        return self._start(self._from_child(data), PluginProtocolError)
+
+    def answer(self, info: ConnInfo | None) -> list[Event]:
+        """What to pass on for the :class:`ConnInfoSeen` the router waits on (None drops the
+        message); routing goes on, and the events of the bytes that waited are returned."""
+        if self._waiting is None:
+            raise RuntimeError("no ConnInfoSeen waits for an answer")
+        steps, fault = self._waiting
+        self._waiting = None
+        return self._run(steps, info, fault)
+
+    def _start(self, steps: _Steps, fault: type[H2RouteError]) -> list[Event]:
+        if self._waiting is not None:
+            raise RuntimeError("the router waits for the answer to a ConnInfoSeen")
+        return self._run(steps, None, fault)
+
+    def _run(self, steps: _Steps, answer: ConnInfo | None, fault: type[H2RouteError]) -> list[Event]:
+        events = self._events = []
+        try:
+            asked = steps.send(answer)
+        except StopIteration:
+            return events
+        except H2RouteError as exc:   # the frame codec's (it knows no side), or ours
+            raise fault(exc.reason) from None
+        events.append(asked)
+        self._waiting = (steps, fault)
+        return events
 
     def data_to_child(self) -> bytes:
-        out, self._to_child = self._to_child, []
-        return b"".join(out) if len(out) != 1 else out[0]
+        """The bytes to write to the child now (routed so far, even while an answer is awaited)."""
+        return self._take(self._to_child)
 
     def data_to_vault(self) -> bytes:
-        out, self._to_vault = self._to_vault, []
-        return b"".join(out) if len(out) != 1 else out[0]
+        """The bytes to write to Vault now."""
+        return self._take(self._to_vault)
+
+    @staticmethod
+    def _take(out: list[bytes]) -> bytes:
+        data = b"".join(out) if len(out) != 1 else out[0]
+        out.clear()   # emptied in place: routing that waits for an answer still holds the list
+        return data
 
     # Vault -> child
 
-    def receive_vault(self, data: bytes) -> None:
-        if self.held is not None:
-            self._receive_held(data)
-            return
+    def _from_vault(self, data: bytes) -> _Steps:
         frames = self._vault_in.feed(data)
         out = self._to_child
-        if not self._preface_sent and not self._vault_in._preface:
+        if not self._preface_sent and not self._vault_in.awaiting_preface:
             out.append(PREFACE)
             self._preface_sent = True
         for f in frames:
@@ -361,11 +180,10 @@ class Router:
                 st = self.streams.get(f.stream_id)
                 if st is not None:
                     if st.broker is not None:
-                        self._broker_data(f, st.broker[0], self.rewrite_from_vault, out, self._to_vault,
-                                          self.owed_to_vault)
+                        yield from self._broker_data(f, True, st.broker[0], out, self._to_vault, self.owed_to_vault)
                         continue
-                    if st.tapped:
-                        self.tap.data(f.stream_id, True, unpadded_payload(DATA, f.flags, f.payload)[0])
+                    if st.watched:
+                        self._events.append(Data(f.stream_id, True, unpadded_payload(DATA, f.flags, f.payload)[0]))
             elif t == HEADERS:
                 sid = f.stream_id
                 fragment, _ = unpadded_payload(HEADERS, f.flags, f.payload)
@@ -386,7 +204,7 @@ class Router:
                     self._header_block(sid, bytes(block))
             elif t == WINDOW_UPDATE:
                 if self.owed_to_child.owed:
-                    inc = self.owed_to_child.filter(f.stream_id, int.from_bytes(f.raw[9:13], "big") & 0x7FFFFFFF)
+                    inc = self.owed_to_child.filter(f.stream_id, window_increment(f))
                     if inc:
                         out.append(frame(WINDOW_UPDATE, 0, f.stream_id, inc.to_bytes(4, "big")))
                     continue
@@ -400,24 +218,25 @@ class Router:
         except hpack.exceptions.HPACKError as exc:
             raise H2RouteError(f"cannot decode a header block from Vault: {exc}") from None
         st = self.streams.get(sid)
-        if st is None or st.broker is not None or st.tapped:
+        if st is None or st.broker is not None or st.watched:
             return
         for name, value in headers:
             if name == b":path":
                 if value == BROKER_PATH:
-                    st.broker = (MessageSplitter(), MessageSplitter())
+                    st.broker = (MessageSplitter(MAX_BROKER_MESSAGE), MessageSplitter(MAX_BROKER_MESSAGE))
                     st.long_lived = True
                 elif value == STDIO_PATH:
                     st.long_lived = True
-                elif value == SHUTDOWN_PATH and self.on_shutdown is not None:
-                    self.on_shutdown()
+                elif value == SHUTDOWN_PATH:
+                    self._events.append(Shutdown(sid))
+                if value in self.watch and not st.long_lived:
+                    st.watched = True
+                    self._events.append(CallOpened(sid, headers))
                 break
-        if self.tap is not None and not st.long_lived:
-            st.tapped = self.tap.opened(sid, headers)
 
     # child -> Vault
 
-    def receive_child(self, data: bytes) -> None:
+    def _from_child(self, data: bytes) -> _Steps:
         frames = self._child_in.feed(data)
         out = self._to_vault
         streams = self.streams
@@ -427,13 +246,12 @@ class Router:
                 st = streams.get(f.stream_id)
                 if st is not None:
                     if st.broker is not None:
-                        self._broker_data(f, st.broker[1], self.rewrite_from_child, out, self._to_child,
-                                          self.owed_to_child)
+                        yield from self._broker_data(f, False, st.broker[1], out, self._to_child, self.owed_to_child)
                         if f.flags & END_STREAM:
                             self._forget(f.stream_id)
                         continue
-                    if st.tapped:
-                        self.tap.data(f.stream_id, False, unpadded_payload(DATA, f.flags, f.payload)[0])
+                    if st.watched:
+                        self._events.append(Data(f.stream_id, False, unpadded_payload(DATA, f.flags, f.payload)[0]))
                     if f.flags & END_STREAM:
                         self._forget(f.stream_id)
             elif t == HEADERS:
@@ -456,7 +274,7 @@ class Router:
                     continue
             elif t == WINDOW_UPDATE:
                 if self.owed_to_vault.owed:
-                    inc = self.owed_to_vault.filter(f.stream_id, int.from_bytes(f.raw[9:13], "big") & 0x7FFFFFFF)
+                    inc = self.owed_to_vault.filter(f.stream_id, window_increment(f))
                     if inc:
                         out.append(frame(WINDOW_UPDATE, 0, f.stream_id, inc.to_bytes(4, "big")))
                     continue
@@ -478,11 +296,65 @@ class Router:
             self.owed_to_child.forget(sid)
             if not st.long_lived:
                 self.calls_done += 1
-            if st.tapped:
-                if reset:
-                    self.tap.reset(sid)
-                else:
-                    self.tap.ended(sid)
+            if st.watched:
+                self._events.append(CallEnded(sid, complete=not reset))
+
+    # the broker stream
+
+    def _message(self, sid: int, from_vault: bool, message: bytes, relayed: bool = True):
+        """What to pass on in place of one broker-stream message (a generator: a ConnInfo
+        waits for its answer)."""
+        from google.protobuf.message import DecodeError
+
+        if message[0] != 0:
+            self._events.append(UnreadBrokerMessage(sid, from_vault, "compressed", dropped=False))
+            return message
+        try:
+            info = read_conninfo(message)
+        except (DecodeError, GoPluginError) as exc:
+            self._events.append(UnreadBrokerMessage(sid, from_vault, str(exc), dropped=True))
+            return b""
+        seen = ConnInfoSeen(sid, from_vault, info, relayed)
+        if not relayed:
+            self._events.append(seen)
+            return b""
+        new = yield seen
+        return b"" if new is None else conninfo_message(new)
+
+    def _broker_data(self, f: Frame, from_vault: bool, splitter: MessageSplitter, out: list[bytes],
+                     back: list[bytes], owed: Withheld) -> _Steps:
+        """Re-frame one broker-stream DATA frame; compensate the sender's flow control.
+
+        ``out`` goes to the receiver, ``back`` to the sender; ``owed`` filters the
+        WINDOW_UPDATEs that the receiver sends to the sender.
+        """
+        sid, end = f.stream_id, f.flags & END_STREAM
+        if splitter.passthrough:
+            out.append(f.raw)
+            return
+        data, _ = unpadded_payload(DATA, f.flags, f.payload)
+        held_before = len(splitter.buf)
+        forwarded = bytearray()
+        for message in splitter.feed(data):
+            forwarded += (yield from self._message(sid, from_vault, message))
+        if splitter.passthrough or end:
+            forwarded += splitter.take_rest()
+        # bytes the splitter still holds are counted when they are forwarded
+        delta = (len(f.raw) - 9) - len(forwarded) - (len(splitter.buf) - held_before)
+        if forwarded or end:
+            for pos in range(0, max(len(forwarded), 1), MAX_FRAME_OUT):
+                chunk = bytes(forwarded[pos:pos + MAX_FRAME_OUT])
+                last = pos + MAX_FRAME_OUT >= len(forwarded)
+                out.append(frame(DATA, END_STREAM if (end and last) else 0, sid, chunk))
+        if delta > 0:
+            increment = delta.to_bytes(4, "big")
+            back.append(frame(WINDOW_UPDATE, 0, 0, increment))
+            if not end:
+                back.append(frame(WINDOW_UPDATE, 0, sid, increment))
+        elif delta < 0:
+            owed.add(0, -delta)
+            if not end:
+                owed.add(sid, -delta)
 
     # hot swap
 
@@ -508,30 +380,25 @@ class Router:
         self._goaway_held = False
         self._to_vault.append(frame(GOAWAY, 0, 0, LAST_STREAM_ID.to_bytes(4, "big") + NO_ERROR.to_bytes(4, "big")))
 
-    def hold_broker(self, on_conninfo: Callable) -> bool:
+    def hold_broker(self) -> bool:
         """A hot swap retires this connection's child, but Vault's broker stream runs here:
         Vault opens it once per plugin client, so a mount set up later (a multiplexed
         plugin's) announces its Storage broker id on it. From now on the router is Vault's
         only peer on this connection: it answers SETTINGS and PING, grants flow-control credit
         for what Vault sends, refuses new streams (REFUSED_STREAM: gRPC retries them on
-        another connection), and passes each ConnInfo from Vault through ``from_vault`` to
-        ``on_conninfo``. Only after a drain (:meth:`open_calls` is 0) and a GOAWAY. False,
-        and nothing changed, when no broker stream from Vault is open here."""
-        if self.finished or self._child_in_block or self._block is not None or self.open_calls():
+        another connection), and shows each ConnInfo from Vault as a :class:`ConnInfoSeen`
+        that is not ``relayed``. Only after a drain (:meth:`open_calls` is 0) and a GOAWAY.
+        False, and nothing changed, when no broker stream from Vault is open here."""
+        if (self.finished or self._waiting is not None or self._child_in_block or self._block is not None
+                or self.open_calls()):
             return False
         if not any(st.broker is not None for st in self.streams.values()):
             return False
-        self.held = on_conninfo
+        self.held = True
         self._to_child.clear()
         return True
 
-    def _held_conninfo(self, info):
-        new = self.rewrite_from_vault(info)
-        if new is not None:
-            self.held(new)
-        return None   # nothing is forwarded: there is no child here
-
-    def _receive_held(self, data: bytes) -> None:
+    def _held_from_vault(self, data: bytes) -> _Steps:
         out = self._to_vault
         for f in self._vault_in.feed(data):
             t = f.type
@@ -539,7 +406,7 @@ class Router:
                 st = self.streams.get(f.stream_id)
                 if st is not None and st.broker is not None and not st.broker[0].passthrough:
                     for message in st.broker[0].feed(unpadded_payload(DATA, f.flags, f.payload)[0]):
-                        rewrite_conninfo(message, self._held_conninfo)
+                        yield from self._message(f.stream_id, True, message, relayed=False)
                 size = len(f.raw) - 9
                 if size:   # consumed at once: give the credit back
                     out.append(frame(WINDOW_UPDATE, 0, 0, size.to_bytes(4, "big")))
@@ -561,55 +428,20 @@ class Router:
             elif t == SETTINGS and not f.flags & ACK:
                 out.append(frame(SETTINGS, ACK, 0))
 
-    @staticmethod
-    def _broker_data(f: Frame, splitter: MessageSplitter, rewrite: Callable, out: list[bytes],
-                     back: list[bytes], owed: Withheld) -> None:
-        """Re-frame one broker-stream DATA frame; compensate the sender's flow control.
-
-        ``out`` goes to the receiver, ``back`` to the sender; ``owed`` filters the
-        WINDOW_UPDATEs that the receiver sends to the sender.
-        """
-        sid, end = f.stream_id, f.flags & END_STREAM
-        if splitter.passthrough:
-            out.append(f.raw)
-            return
-        data, _ = unpadded_payload(DATA, f.flags, f.payload)
-        held_before = len(splitter.buf)
-        forwarded = bytearray()
-        for message in splitter.feed(data):
-            forwarded += rewrite_conninfo(message, rewrite)
-        if splitter.passthrough or end:
-            forwarded += splitter.take_rest()
-        # bytes the splitter still holds are counted when they are forwarded
-        delta = (len(f.raw) - 9) - len(forwarded) - (len(splitter.buf) - held_before)
-        if forwarded or end:
-            for pos in range(0, max(len(forwarded), 1), MAX_FRAME_OUT):
-                chunk = bytes(forwarded[pos:pos + MAX_FRAME_OUT])
-                last = pos + MAX_FRAME_OUT >= len(forwarded)
-                out.append(frame(DATA, END_STREAM if (end and last) else 0, sid, chunk))
-        if delta > 0:
-            increment = delta.to_bytes(4, "big")
-            back.append(frame(WINDOW_UPDATE, 0, 0, increment))
-            if not end:
-                back.append(frame(WINDOW_UPDATE, 0, sid, increment))
-        elif delta < 0:
-            owed.add(0, -delta)
-            if not end:
-                owed.add(sid, -delta)
-
     # child death
 
-    def fail_streams(self, message: str) -> None:
+    def fail_streams(self, message: str) -> list[Event]:
         """End every stream still open toward Vault with UNAVAILABLE and ``message``,
-        then GOAWAY. Once only; nothing is routed afterwards."""
+        then GOAWAY. Once only; nothing is routed afterwards. Returns a :class:`CallEnded`
+        (not complete) for each watched call that was still open."""
         if self.finished:
-            return
+            return []
         self.finished = True
-        if self.tap is not None:
-            self.tap.close()
+        self._waiting = None
+        ended: list[Event] = [CallEnded(sid, False) for sid, st in sorted(self.streams.items()) if st.watched]
         if self._child_in_block:  # a frame now would break Vault's header block: just close
             self.streams.clear()
-            return
+            return ended
         status = (b"grpc-status", str(GRPC_UNAVAILABLE).encode())
         text = (b"grpc-message", grpc_message(message))
         for sid in sorted(self.streams):
@@ -619,3 +451,4 @@ class Router:
             self._to_vault.append(frame(HEADERS, END_STREAM | END_HEADERS, sid, encode_literal(headers)))
         self.streams.clear()
         self._to_vault.append(frame(GOAWAY, 0, 0, self.last_stream.to_bytes(4, "big") + NO_ERROR.to_bytes(4, "big")))
+        return ended

@@ -67,6 +67,7 @@ EXEC_MODULES = (
     "shim/launch/entry.py",
     "shim/launch/errors.py",
     "shim/launch/memexec.py",
+    "shim/launch/sealed.py",
     "shim/launch/stubs/__init__.py",
     "shim/trust/__init__.py",
     "shim/trust/errors.py",
@@ -85,6 +86,8 @@ PROXY_MODULES = EXEC_MODULES + (
     "shim/goplugin/broker.py",
     "shim/goplugin/client.py",
     "shim/goplugin/grpcutil.py",
+    "shim/goplugin/h2events.py",
+    "shim/goplugin/h2frame.py",
     "shim/goplugin/h2route.py",
     "shim/goplugin/handshake.py",
     "shim/goplugin/janitor.py",
@@ -99,6 +102,7 @@ PROXY_MODULES = EXEC_MODULES + (
     "shim/launch/generations.py",
     "shim/launch/proxy.py",
     "shim/launch/relay.py",
+    "shim/launch/verdict.py",
 )
 # Proxy mode with hot swap (README "Hot swap") also runs these; watchdog, from site-packages,
 # is imported on the watcher's thread only.
@@ -107,6 +111,7 @@ HOT_SWAP_MODULES = (
     "shim/launch/capture.py",
     "shim/launch/swap.py",
     "shim/launch/swaphost.py",
+    "shim/launch/swapstatus.py",
     "shim/launch/watch.py",
 )
 MODULES = {"exec": EXEC_MODULES, "proxy": PROXY_MODULES}

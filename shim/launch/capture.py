@@ -13,9 +13,10 @@ router passes anyway (``sdk/plugin/pb/backend.proto``,
 
 :class:`SetupCapture` keeps the latest completed call of each kind per ``multiplex_id``
 (OpenBao sends one on every call, multiplexed or not): the request body and metadata to
-replay byte for byte, the reply to check or compare. The router hands it header blocks it
-decoded already and copies of DATA payloads through a per-connection :class:`Tap`; nothing
-here touches a socket or changes a frame. The messages are read with a small protobuf
+replay byte for byte, the reply to check or compare. The router shows the calls it is told to
+watch (:data:`WATCHED`) as events, with the header blocks it decoded already and copies of
+DATA payloads; the relay hands them to a per-connection :class:`Tap`. Nothing here touches a
+socket or changes a frame. The messages are read with a small protobuf
 wire-format reader: the launcher carries no generated code for OpenBao's protos.
 """
 
@@ -24,6 +25,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
+
+from shim.goplugin.h2events import CallEnded, CallOpened, Data
 
 SETUP = "/pb.Backend/Setup"
 INITIALIZE = "/pb.Backend/Initialize"
@@ -271,9 +274,20 @@ def call_metadata(headers) -> tuple[str, str, tuple]:
 class Tap:
     """The capture's view of one routed connection (the router's loop thread only)."""
 
+    watched = WATCHED   # the call paths to show it (the router's ``watch``)
+
     def __init__(self, store: "SetupCapture"):
         self.store = store
         self.streams: dict[int, _Open] = {}
+
+    def see(self, event) -> None:
+        """One of the router's events for a watched call (CallOpened, Data, CallEnded)."""
+        if isinstance(event, Data):
+            self.data(event.stream_id, event.from_vault, event.payload)
+        elif isinstance(event, CallOpened):
+            self.opened(event.stream_id, event.headers)
+        elif isinstance(event, CallEnded):
+            (self.ended if event.complete else self.reset)(event.stream_id)
 
     def opened(self, sid: int, headers) -> bool:
         """A request header block from Vault; True when this stream is watched."""

@@ -38,6 +38,7 @@ from shim.goplugin.client import PluginClient
 from shim.goplugin.errors import StartError
 from shim.goplugin.logrelay import LineSplitter
 from shim.launch.environment import VaultEnvironment
+from shim.launch.errors import ExecRefusedError
 
 PR_SET_PDEATHSIG = 1
 # A dying process's sockets close a moment before its exit shows (the kernel closes its
@@ -88,12 +89,6 @@ class _Forward:
             if self.tail is not None:
                 self.tail.append(raw.decode("utf-8", "replace")[:500])
             write_stderr(raw + b"\n")
-
-
-class ExecRefusedError(StartError):
-    """The kernel or an LSM refused to execute the sealed copy (e.g. vm.memfd_noexec=2)."""
-
-    default_fix = "the launcher retries with a private copy of the file; check TMPDIR is not noexec"
 
 
 class Child(PluginClient):

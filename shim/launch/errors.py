@@ -12,6 +12,19 @@ class LaunchError(ShimError):
     """The verified bytes could not be executed."""
 
 
+class ExecRefusedError(LaunchError):
+    """The kernel or an LSM refused to execute the sealed copy (e.g. vm.memfd_noexec=2)."""
+
+    default_fix = "the launcher retries with a private copy of the file; check TMPDIR is not noexec"
+
+
+class VaultGoneError(LaunchError):
+    """The process that started us (Vault) has exited."""
+
+    default_fix = ("nothing to do here: Vault starts the plugin again when it comes back; this "
+                   "launcher stopped its plugin and removed its sockets")
+
+
 class SwapError(LaunchError):
     """The new version cannot take over; the running one keeps serving."""
 

@@ -25,7 +25,7 @@ In order:
    :class:`~shim.goplugin.h2route.Router`): the child answers every call itself,
    go-plugin's own services included (health, GRPCStdio, GRPCController), so metadata,
    deadlines, cancellation, status and trailers pass untouched;
-4. on the broker stream the router rewrites ConnInfo both ways
+4. each ConnInfo the router sees on the broker stream, either way, the relay has rewritten
    (:class:`~shim.launch.bridge.BrokerBridge`): the child's listeners get an mTLS front
    for Vault, Vault's get a plaintext front;
 5. Vault's GRPCController/Shutdown reaches the child and marks our stop as requested;
@@ -64,14 +64,15 @@ os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
 from shim.goplugin import grpcutil, handshake as hs, hclog, mtls  # noqa: E402
 from shim.goplugin.broker import ConnInfo
-from shim.goplugin.errors import GoPluginError, TLSSetupError
+from shim.goplugin.errors import Diagnostic, GoPluginError, TLSSetupError
 from shim.goplugin.janitor import Janitor
 from shim.goplugin.procgroup import signal_group
 from shim.goplugin.server import HclogHandler, apply_socket_group
 from shim.goplugin.tlsfront import ServerFront, private_dir, run_in_loop
 from shim.launch.bridge import BrokerBridge
-from shim.launch.child import EXIT_WAIT, Child, ExecRefusedError
+from shim.launch.child import EXIT_WAIT, Child
 from shim.launch.environment import VaultEnvironment
+from shim.launch.errors import ExecRefusedError, VaultGoneError
 from shim.launch.generations import Generation
 from shim.launch.relay import RoutedConnection, finish_all
 
@@ -80,13 +81,6 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 50.0     # below Vault's 1 minute, so our error is the one Vault logs
 CHILD_GRACE = 1.0        # Vault SIGKILLs us 2 s after Shutdown; leave room for our own cleanup
 MAX_SOCKET_PATH = 107    # sun_path is 108 bytes with the terminating NUL
-
-
-class VaultGoneError(GoPluginError):
-    """The process that started us (Vault) has exited."""
-
-    default_fix = ("nothing to do here: Vault starts the plugin again when it comes back; this "
-                   "launcher stopped its plugin and removed its sockets")
 
 
 class Proxy:
@@ -448,10 +442,12 @@ class Proxy:
         await finish_all(list(self.routed))
 
 
-def run(fd: int, argv: list[str], vault_env: Mapping[str, str], *, start_timeout: float = START_TIMEOUT,
-        plugin: str = "plugin", signals: bool = True, name: str | None = None, hot_swap=None) -> int:
+def run(fd: int, argv: list[str], vault_env: VaultEnvironment | Mapping[str, str], *,
+        start_timeout: float = START_TIMEOUT, plugin: str = "plugin", signals: bool = True, name: str | None = None,
+        hot_swap=None) -> int:
     """Proxy mode's main: returns the launcher's exit code. ``vault_env`` is the environment
-    Vault gave the launcher, read once here (:class:`~shim.launch.environment.VaultEnvironment`).
+    Vault gave the launcher, as the launch read it (:class:`~shim.launch.environment.VaultEnvironment`),
+    or as a mapping, read here.
     ``plugin`` names the plugin in messages; ``name`` is what its process is called (``comm``),
     by default the file name of ``argv[0]``. ``hot_swap`` (:class:`shim.launch.swap.Options`)
     turns hot swap on: once Vault has our handshake line, the plugins directory is watched
@@ -461,7 +457,8 @@ def run(fd: int, argv: list[str], vault_env: Mapping[str, str], *, start_timeout
         handler = HclogHandler()
         handler.setLevel(logging.WARNING)
         root.addHandler(handler)
-    proxy = Proxy(fd, argv, VaultEnvironment.parse(vault_env), start_timeout=start_timeout, name=name,
+    vault = vault_env if isinstance(vault_env, VaultEnvironment) else VaultEnvironment.parse(vault_env)
+    proxy = Proxy(fd, argv, vault, start_timeout=start_timeout, name=name,
                   capture=None if hot_swap is None else hot_swap.capture())
     main_thread = signals and threading.current_thread() is threading.main_thread()
     if main_thread:
@@ -474,11 +471,11 @@ def run(fd: int, argv: list[str], vault_env: Mapping[str, str], *, start_timeout
             proxy.start()
         except ExecRefusedError:
             raise  # the memfd cannot be executed here: the caller retries with a private copy
-        except (GoPluginError, OSError) as exc:
+        except (GoPluginError, VaultGoneError, OSError) as exc:
             if proxy.vault_gone:  # whatever broke, it broke because Vault went away
                 hclog.warn(f"vault-plugin-shim: {plugin} not started: Vault has exited")
                 return 1
-            fields = exc.fields() if isinstance(exc, GoPluginError) else {"reason": str(exc)}
+            fields = exc.fields() if isinstance(exc, Diagnostic) else {"reason": str(exc)}
             hclog.error(f"vault-plugin-shim: cannot start {plugin} in proxy mode: "
                         f"{getattr(exc, 'reason', None) or exc}", **fields)
             return 1

@@ -1,11 +1,13 @@
 """Proxy mode's relay: one Vault connection spliced onto one connection to the plugin child,
 the I/O shell around the sans-I/O frame router (:class:`~shim.goplugin.h2route.Router`).
 
-The router decides what each frame becomes; this module reads the sockets, feeds it, writes
-what it returns (once per batch of frames read), passes back-pressure from one side to the
-other, and ends the connection: Vault's open calls get UNAVAILABLE with a reason when the
-plugin's side ends, a swap retires the child, or the launcher stops. A fault in either
-side's HTTP/2 closes both connections, and the warning says whose it was.
+The router decides what each frame becomes; this module reads the sockets, feeds it, acts on
+the events it returns (each ConnInfo bridged and answered, Vault's Shutdown, the set-up calls
+handed to the capture, the broker messages it could not read logged), writes what it returns
+(once per batch of frames read), passes back-pressure from one side to the other, and ends
+the connection: Vault's open calls get UNAVAILABLE with a reason when the plugin's side ends,
+a swap retires the child, or the launcher stops. A fault in either side's HTTP/2 closes both
+connections, and the warning says whose it was (the router's error type tells).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import asyncio
 import logging
 
 from shim.goplugin.broker import ConnInfo
-from shim.goplugin.h2route import H2RouteError, Router
+from shim.goplugin.errors import GoPluginError, HostProtocolError, PluginProtocolError
+from shim.goplugin.h2events import ConnInfoSeen, Event, Shutdown, UnreadBrokerMessage
+from shim.goplugin.h2route import Router
 from shim.goplugin.tlsfront import spawn
 
 log = logging.getLogger(__name__)
@@ -58,9 +62,8 @@ class RoutedConnection:
         generation current now, for its whole life."""
         self.proxy = proxy
         self.gen = proxy.current
-        self.router = Router(from_vault=self._from_vault, from_child=proxy.bridge.from_child,
-                             on_shutdown=proxy.vault_shutdown,
-                             tap=None if proxy.capture is None else proxy.capture.tap())
+        self.tap = None if proxy.capture is None else proxy.capture.tap()
+        self.router = Router(watch=() if self.tap is None else self.tap.watched)
         self.vault: asyncio.Transport | None = vault
         self.child: asyncio.Transport | None = None
         self.conns = conns
@@ -95,32 +98,57 @@ class RoutedConnection:
         if self.vault is not None:
             self.vault.resume_reading()
 
-    def _from_vault(self, info: ConnInfo) -> ConnInfo | None:
-        """Vault's ConnInfo, bridged. Between a swap's switch and the end of its drain, the
-        broker stream still runs to the old child: the current one must hear it too (a mount
-        enabled in that window sets up there)."""
-        new = self.proxy.bridge.from_vault(info)
-        if new is not None and self.router.held is None and self.gen is not self.proxy.current:
-            self.proxy.vault_conninfo(new)
+    def _bridged(self, seen: ConnInfoSeen) -> ConnInfo | None:
+        """The ConnInfo to pass on for one on the broker stream, bridged (None: drop it).
+        Between a swap's switch and the end of its drain, the broker stream still runs to the
+        old child: the current one must hear Vault's too (a mount enabled in that window sets
+        up there); on a held connection only the current one hears it."""
+        bridge = self.proxy.bridge
+        try:
+            new = (bridge.from_vault if seen.from_vault else bridge.from_child)(seen.info)
+            if new is not None and seen.from_vault and (not seen.relayed or self.gen is not self.proxy.current):
+                self.proxy.vault_conninfo(new)
+        except (GoPluginError, OSError) as exc:
+            log.warning("dropping a broker message that cannot be relayed: %s", exc)
+            return None
         return new
+
+    def _act(self, events: list[Event]) -> list[Event]:
+        """Act on the router's events; returns those its answer to a ConnInfo brings (a
+        relayed ConnInfoSeen, always the last of its list, waits for that answer)."""
+        for event in events:
+            if isinstance(event, ConnInfoSeen):
+                new = self._bridged(event)
+                if event.relayed:
+                    return self.router.answer(new)
+            elif isinstance(event, Shutdown):
+                self.proxy.vault_shutdown()
+            elif isinstance(event, UnreadBrokerMessage):
+                if event.dropped:
+                    log.warning("dropping a broker message that cannot be relayed: %s", event.reason)
+                else:
+                    log.warning("broker message is %s; passed on without rewriting", event.reason)
+            elif self.tap is not None:
+                self.tap.see(event)
+        return []
 
     def received(self, from_vault: bool, data: bytes) -> None:
         if self._ending:  # Vault's open calls have their answer already
             return
-        if not from_vault and self.router.held is not None:  # the retired child's last bytes
+        if not from_vault and self.router.held:  # the retired child's last bytes
             return
         router = self.router
         try:
-            if from_vault:
-                router.receive_vault(data)
-            else:
-                router.receive_child(data)
-        except H2RouteError as exc:
-            if from_vault:
-                log.warning("closing a connection from Vault: Vault sent malformed HTTP/2: %s", exc)
-            else:
-                log.warning("closing a connection to the plugin and the Vault connection routed to it: "
-                            "the plugin sent malformed HTTP/2: %s", exc)
+            events = router.receive_vault(data) if from_vault else router.receive_child(data)
+            while events:
+                events = self._act(events)
+        except HostProtocolError as exc:
+            log.warning("closing a connection from Vault: Vault sent malformed HTTP/2: %s", exc)
+            self.abort()
+            return
+        except PluginProtocolError as exc:
+            log.warning("closing a connection to the plugin and the Vault connection routed to it: "
+                        "the plugin sent malformed HTTP/2: %s", exc)
             self.abort()
             return
         self.flush()
@@ -145,7 +173,7 @@ class RoutedConnection:
         opens it once per plugin client; a multiplexed plugin's later mounts announce their
         Storage on it): keep the connection to Vault, answered by the router alone, and close
         the one to the child. False when Vault's broker stream is not here."""
-        if self._ending or not self.router.hold_broker(self.proxy.vault_conninfo):
+        if self._ending or not self.router.hold_broker():
             return False
         child, self.child = self.child, None
         if child is not None:
@@ -159,7 +187,7 @@ class RoutedConnection:
     def lost(self, vault: bool) -> None:
         if vault:
             self.abort()
-        elif not self._ending and self.router.held is None:
+        elif not self._ending and not self.router.held:
             spawn(self.finish(), "ending Vault's open calls")
 
     async def finish(self, reason: str | None = None) -> None:
@@ -171,8 +199,8 @@ class RoutedConnection:
         if self.child is not None:
             self.child.close()
         # a held broker stream outlived its child: it ends with the current one
-        message = reason or await self.proxy.explain(None if self.router.held is not None else self.gen)
-        self.router.fail_streams(message)
+        message = reason or await self.proxy.explain(None if self.router.held else self.gen)
+        self._act(self.router.fail_streams(message))
         out = self.router.data_to_vault()
         if self.vault is not None and not self.vault.is_closing():
             if out:
@@ -194,8 +222,8 @@ class RoutedConnection:
         if self in self.gen.routed:
             self.gen.routed.discard(self)
             self.gen.calls_done += self.router.calls_done
-        if self.router.tap is not None:
-            self.router.tap.close()
+        if self.tap is not None:
+            self.tap.close()
         if not self.closed.done():
             self.closed.set_result(None)
 

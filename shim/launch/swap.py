@@ -2,12 +2,14 @@
 
 A launcher built with ``hot_swap`` watches its plugins directory (:mod:`shim.launch.watch`)
 and, on each rescan, runs the launch path's own selection
-(:func:`shim.launch.entry.select_sealed`: the same checks, the same floor, the bytes sealed
-and hashed; in a native launcher, the native decision itself: :class:`NativeSelector` runs the
-launcher's select-only mode, which hands a sealed, verified copy back). When that picks another
-release than the one running, :class:`Swapper`:
+(:func:`shim.launch.sealed.select_sealed`: the same checks, the same floor, the bytes sealed
+and hashed; in a native launcher, the native decision itself:
+:class:`~shim.launch.verdict.NativeSelector` runs the launcher's select-only mode, which hands a
+sealed, verified copy back). When that picks another release than the one running,
+:class:`Swapper`:
 
-1. starts it as a second child from its sealed copy (:meth:`Host.start_generation`);
+1. starts it as a second child from its sealed copy (:meth:`Host.start_generation`, through
+   :func:`shim.launch.sealed.start_verified`, as a launch starts it);
 2. replays the set-up calls Vault made (:mod:`shim.launch.capture`): ``Setup`` with the
    same broker id (bridged to Vault's Storage listener), config and backend UUID, then
    ``Initialize``; or the database plugin's ``Initialize``;
@@ -22,14 +24,14 @@ Anything failing before the switch rolls back: the new child is killed, the old 
 serving, an ERROR names the file and the reason, and :class:`Memory` keeps that release from
 being tried again until its files change. No valid version left: the running one stays
 (ERROR on each rescan). Each swap ends with one INFO line. The state is published for
-``doctor`` in the launcher's private directory (:class:`StatusBoard`, :func:`find_status`).
+``doctor`` in the launcher's private directory (:mod:`shim.launch.swapstatus`, which ``doctor``
+reads without importing this module).
 
-grpc is imported only where a swap runs, so ``doctor`` can read the status cheaply.
+grpc is imported only where a swap runs.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -39,17 +41,19 @@ from typing import TYPE_CHECKING, Callable, Protocol
 from shim.goplugin import hclog
 from shim.goplugin.errors import Diagnostic
 from shim.launch import capture as cap
-from shim.launch.errors import NativeRefusal, NeedsReload, SwapError
+from shim.launch.errors import NeedsReload, SwapError
+from shim.launch.sealed import select_sealed, start_verified
+from shim.launch.swapstatus import NEXT_LAUNCH_FIX, StatusBoard
 from shim.trust.manifest import format_time
 
 if TYPE_CHECKING:  # pragma: no cover
+    from shim.launch.verdict import NativeSelector
     from shim.trust.policy import Policy
     from shim.trust.verify import Candidate
 
 DRAIN_TIMEOUT = 30.0    # calls still open on the old child this long after the switch are ended
 SETUP_TIMEOUT = 10.0    # each replayed call must answer within this ("a plugin that hangs in Setup")
 START_TIMEOUT = 20.0    # the new child's handshake line
-STATUS_FILE = "swap-status.json"
 
 
 # --- releases and what was learned about them -------------------------------------------
@@ -110,111 +114,6 @@ def decide(running: Release, chosen: Release, memory: Memory) -> str:
     if memory.recall(chosen) is not None:
         return REMEMBERED
     return SWAP
-
-
-# --- the status doctor reads --------------------------------------------------------------
-
-class StatusBoard:
-    """A JSON status for ``doctor`` in the launcher's private directory (0700, the Vault
-    user's, under Vault's TMPDIR, removed with everything else by the janitor), replaced whole
-    (written to a temporary name, then renamed) on each change."""
-
-    def __init__(self, plugin: str, directory: str | None):
-        self.path = None if directory is None else os.path.join(directory, STATUS_FILE)
-        self.state: dict = {"pid": os.getpid(), "plugin": plugin}
-        self._lock = threading.Lock()
-
-    def update(self, **changes) -> None:
-        with self._lock:
-            self.state.update(changes)
-            self.state["updated_at"] = round(time.time(), 3)
-            if self.path is None:
-                return
-            tmp = self.path + ".tmp"
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    json.dump(self.state, f, sort_keys=True)
-                os.replace(tmp, self.path)
-            except OSError as exc:  # doctor cannot show the status; nothing else changes
-                hclog.debug("vault-plugin-shim: cannot write the swap status", file=self.path, reason=str(exc))
-
-    def close(self) -> None:
-        with self._lock:
-            if self.path is not None:
-                for path in (self.path, self.path + ".tmp"):
-                    try:
-                        os.unlink(path)
-                    except FileNotFoundError:
-                        pass
-            self.path = None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def find_status(plugin: str, tmpdir: str | None = None) -> list[dict]:
-    """The status of every running hot-swapping launcher of ``plugin`` whose private
-    directory is under ``tmpdir`` (Vault's TMPDIR for the plugin; default this process's)."""
-    import glob
-    import tempfile
-
-    base = tmpdir or tempfile.gettempdir()
-    found = []
-    for path in sorted(glob.glob(os.path.join(glob.escape(base), "vps.*", STATUS_FILE))):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            with os.fdopen(fd, "rb") as f:
-                state = json.loads(f.read(1 << 20))
-        except (OSError, ValueError):
-            continue
-        if isinstance(state, dict) and state.get("plugin") == plugin and _alive(int(state.get("pid", 0))):
-            found.append(state)
-    return found
-
-
-# A refusal lives in the refusing launcher only: the next launch selects afresh, and the
-# highest valid version is the one hot swap refused.
-NEXT_LAUNCH_FIX = "remove that release from the plugins directory, or ship a fixed one"
-
-
-def refused_files(states: list[dict]) -> dict[str, str]:
-    """file -> reason of every release a running launcher refused to swap to (not the 'needs a
-    reload' kind, which a launch runs fine)."""
-    return {e["file"]: e.get("reason", "") for st in states for e in st.get("refused", [])
-            if e.get("level") != "warn" and e.get("file")}
-
-
-def describe_status(state: dict) -> list[tuple[str, str]]:
-    """(level, text) lines for doctor: ok, info, warn or fail."""
-    out = []
-    running = state.get("running") or {}
-    out.append(("ok", f"launcher pid {state.get('pid')} runs version {running.get('version')} "
-                      f"({running.get('file')}), hot swap on, watching by {state.get('watching', '?')}"))
-    pending = state.get("pending")
-    if pending:
-        out.append(("info", f"swap pending to {pending.get('version')} ({pending.get('file')}): "
-                            f"{pending.get('state')}"))
-    for entry in state.get("refused", []):
-        level = "warn" if entry.get("level") == "warn" else "fail"
-        out.append((level, f"swap to {entry.get('version')} ({entry.get('file')}) refused: {entry.get('reason')}; "
-                           "not tried again until its files change"
-                           + ("" if level == "warn" else f"; the plugin's next launch starts it ({NEXT_LAUNCH_FIX})")))
-    if state.get("no_valid_version"):
-        out.append(("fail", f"no valid version is left in the plugins directory: {state['no_valid_version']}; "
-                            "the running version keeps serving"))
-    last = state.get("last_swap")
-    if last:
-        out.append(("info", f"last swap: {last.get('from')} -> {last.get('to')} in {last.get('took_ms')} ms, "
-                            f"{last.get('calls_drained')} calls drained, {last.get('calls_cut')} cut"))
-    return out
 
 
 # --- replaying into the new child ------------------------------------------------------
@@ -285,7 +184,8 @@ class Generation(Protocol):
 class Host(Protocol):
     """What the swap needs from the proxy (shim.launch.swaphost.SwapHost implements it)."""
 
-    capture: cap.SetupCapture
+    capture: cap.SetupCapture   # Vault's set-up calls, to replay into the new version
+    base: str | None            # the launcher's private directory: the status for doctor goes there
 
     @property
     def current(self) -> Generation: ...
@@ -308,7 +208,8 @@ class Host(Protocol):
 @dataclass
 class Options:
     """What the launch hands proxy mode to turn hot swap on (shim.launch.entry). ``native``:
-    the launcher is native, and each rescan runs its select-only mode (:class:`NativeSelector`)
+    the launcher is native, and each rescan runs its select-only mode
+    (:class:`~shim.launch.verdict.NativeSelector`)
     instead of the Python selection."""
 
     policy: "Policy"
@@ -324,142 +225,20 @@ class Options:
         return Swapper(host, self.policy, self.plugin_args, self.tmpdir, self.running, native=self.native)
 
 
-# --- the native launcher's decision, for a rescan ------------------------------------------
-
-SELECT_TIMEOUT = 120.0   # select-only mode hashes at most one binary of max_size (2 GiB: about 20 s)
-SELECT_ONLY = "--vault-plugin-shim-select-only="
-SKIP = "--vault-plugin-shim-skip="
-REFUSING = "vault-plugin-shim: refusing to start "
-REJECTED = "vault-plugin-shim: rejected candidate "
-
-
-class NativeSelector:
-    """A hot swap rescan on the native launcher's own decision (issue 20: one decision at launch,
-    in every mode). The launcher kept a sealed copy of its own file (``self_fd``, the bytes Vault
-    verified at launch); each rescan executes that copy in select-only mode
-    (shim/launch/stubs/native/nv_proxy.c) with Vault's environment, a unix SOCK_SEQPACKET socket
-    pair (the child's end named in argv), and the releases hot swap passes over. It makes the
-    launch's selection, writes the launch's rejection lines to stderr (read here, and relayed with
-    the rescan's one difference: a binary shorter than signed whose files changed within
-    ``STILL_WRITTEN`` s is a WARN, as :func:`shim.launch.entry._log_rejections` does), and hands
-    the sealed, verified copy back (SCM_RIGHTS) with its verdict."""
-
-    def __init__(self, policy: "Policy", self_fd: int, launcher: str, env: dict, timeout: float = SELECT_TIMEOUT):
-        self.policy, self.self_fd, self.launcher, self.env, self.timeout = policy, self_fd, launcher, dict(env), timeout
-
-    def select(self, skips: list[tuple[tuple, str]]) -> tuple["Candidate", int, str]:
-        """``skips``: (identity (sha256, version, issued_at), reason) of each release to pass
-        over. Returns (candidate, fd of the sealed verified copy, how); raises a Diagnostic."""
-        import socket
-        import subprocess
-
-        from shim.launch import entry, stubs
-
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            args = [self.launcher, f"{SELECT_ONLY}{child.fileno()}"]
-            args += [f"{SKIP}{sha}:{int(issued)}:{version}:{reason}" for (sha, version, issued), reason in skips]
-            try:
-                proc = subprocess.Popen(args, executable=f"/proc/self/fd/{self.self_fd}", env=self.env,
-                                        pass_fds=(self.self_fd, child.fileno()), stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            except OSError as exc:
-                raise SwapError(f"cannot run the launcher's select-only mode ({exc.strerror})", path=self.launcher,
-                                fix="allow executing the launcher's sealed copy (memfd) for the Vault "
-                                    "process") from None
-            finally:
-                child.close()
-            try:
-                _, err = proc.communicate(timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-                raise SwapError(f"the launcher's select-only mode did not decide within {self.timeout:g} s",
-                                path=self.launcher) from None
-            refusal = self._relay(err)
-            try:
-                data, ancdata, flags, _ = parent.recvmsg(stubs.VERDICT_MAX, socket.CMSG_SPACE(4 * 4),
-                                                         socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                data, ancdata, flags = b"", [], 0
-        finally:
-            parent.close()
-        fds = []
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.extend(int.from_bytes(payload[i:i + 4], "little") for i in range(0, len(payload) - 3, 4))
-        try:
-            if proc.returncode != 0 or not data:
-                raise refusal or SwapError(f"the launcher's select-only mode ended with status {proc.returncode} and "
-                                           "handed nothing back", path=self.launcher)
-            if len(fds) != 1 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-                raise SwapError("the launcher's select-only mode handed back a malformed message", path=self.launcher)
-            cand, how = entry.candidate_from_verdict(stubs.parse_handback(data))
-            if os.fstat(fds[0]).st_size != cand.manifest.size:
-                raise SwapError("the launcher's select-only copy has another size than its verdict", path=cand.path)
-        except BaseException:
-            for fd in fds:
-                os.close(fd)
-            raise
-        os.set_inheritable(fds[0], False)
-        return cand, fds[0], how
-
-    def _relay(self, err: bytes) -> "NativeRefusal | None":
-        """Log select-only mode's lines as the launch path logs them (they are the launch's own
-        lines); return its refusal, if it refused."""
-        import re
-
-        from shim.launch.entry import STILL_WRITTEN, still_written
-
-        refusal, last_error, other = None, None, []
-        now = time.time()
-        for raw in err.splitlines():
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                line = None
-            if not isinstance(line, dict) or not isinstance(line.get("@message"), str):
-                if raw.strip():
-                    other.append(raw.decode("utf-8", "replace")[:200])
-                continue
-            message, level = line["@message"], line.get("@level")
-            if level == "error" and message.startswith(REFUSING):
-                refusal = NativeRefusal(line)
-                continue
-            if level == "error" and message.startswith(REJECTED) and line.get("error") == "DigestMismatchError":
-                m = re.fullmatch(r"is (\d+) bytes, the signed manifest says (\d+)", str(line.get("reason", "")))
-                age = None if m is None else still_written(str(line.get("file", "")), int(m.group(2)), now)
-                if age is not None and age < STILL_WRITTEN:
-                    line = {**line, "@level": "warn",
-                            "@message": message + f" (its files changed {age:.1f} s ago: still being copied in? the "
-                                                  "next rescan, once the directory is quiet, looks again)"}
-                    raw = json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
-            elif level == "error":
-                last_error = line
-            hclog.write_stderr(raw.rstrip(b"\n") + b"\n")
-        if refusal is None and last_error is not None:
-            refusal = NativeRefusal(last_error)
-        if refusal is None and other:
-            refusal = NativeRefusal({"error": "LaunchError", "reason": "the launcher's select-only mode wrote: "
-                                     + " | ".join(other[:3])})
-        return refusal
-
-
-
 class Swapper:
     """Rescans (called serially by the watcher) and swaps."""
 
     def __init__(self, host: Host, policy: "Policy", plugin_args: list[str], tmpdir: str | None,
                  running: "Candidate", *, drain_timeout: float = DRAIN_TIMEOUT, setup_timeout: float = SETUP_TIMEOUT,
                  start_timeout: float = START_TIMEOUT, clock: Callable[[], float] = time.time,
-                 native: NativeSelector | None = None):
+                 native: "NativeSelector | None" = None):
         self.host, self.policy, self.plugin_args, self.tmpdir = host, policy, list(plugin_args), tmpdir
         self.native = native
         self.running = Release.of(running)
         self.drain_timeout, self.setup_timeout, self.start_timeout = drain_timeout, setup_timeout, start_timeout
         self.clock = clock
         self.memory = Memory()
-        self.status = StatusBoard(policy.name, getattr(host, "base", None))
+        self.status = StatusBoard(policy.name, host.base)
         self.watcher = None
         self.swaps = 0
         self._stopping = threading.Event()
@@ -497,8 +276,6 @@ class Swapper:
     # one rescan
 
     def rescan(self, reason: str) -> None:
-        from shim.launch.entry import select_sealed
-
         if self._stopping.is_set():
             return
         self._waiting = False
@@ -641,21 +418,14 @@ class Swapper:
         return None
 
     def _start(self, cand: "Candidate", fd: int, how: str):
-        from shim.launch import entry
-        from shim.launch.child import ExecRefusedError
-
+        """Start the new version as a launch starts it (a private copy where memfd exec is
+        refused); ``fd`` stays the rescan's. A refusal stays an ExecRefusedError: the swap
+        refuses the version with its reason."""
         argv = [cand.path, *self.plugin_args]
         label = str(cand.manifest.version)
-        try:
-            gen = self.host.start_generation(fd, argv, label, self.start_timeout)
-        except ExecRefusedError as exc:
-            if not how.startswith("memfd"):
-                raise
-            copy = entry._private_copy(cand, os.dup(fd), self.tmpdir, exc.reason)
-            try:
-                gen = self.host.start_generation(copy, argv, label, self.start_timeout)
-            finally:
-                os.close(copy)
+        gen = start_verified(cand, os.dup(fd), how, self.tmpdir,
+                             lambda copy, _how: self.host.start_generation(copy, argv, label, self.start_timeout),
+                             explain=False)
         current = self.host.current
         if gen.app_version != current.app_version:
             self.host.discard(gen)

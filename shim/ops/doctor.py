@@ -145,16 +145,16 @@ def _check_interpreter(python: str, flags: list[str], mode: str, out: list[Findi
 def _hot_swap_findings(name: str, tmpdir: str | None, out: list[Finding]) -> dict[str, str]:
     """What each running hot-swapping launcher of this plugin reports: the version it runs,
     a swap pending, and every swap it refused, with why. Returns the refused files (and why)."""
-    from shim.launch import swap
+    from shim.launch import swapstatus
 
-    states = swap.find_status(name, tmpdir)
+    states = swapstatus.find_status(name, tmpdir)
     if not states:
         out.append(Finding("hot-swap", "info", "hot swap is on; no running launcher of this plugin found under "
                                                f"{tmpdir or '/tmp'} (pass --tmpdir with Vault's TMPDIR for it)"))
     for state in states:
-        for level, text in swap.describe_status(state):
+        for level, text in swapstatus.describe_status(state):
             out.append(Finding("hot-swap", level, text))
-    return swap.refused_files(states)
+    return swapstatus.refused_files(states)
 
 
 def vault_uid(explicit: int | None) -> tuple[int, str]:
@@ -554,7 +554,7 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
                           "(Vault logs each rejection, then `plugin exited before we could connect`)",
                           fix="ship a signed version that passes the checks above")
     elif chosen.path in refused_by_swap:
-        from shim.launch.swap import NEXT_LAUNCH_FIX
+        from shim.launch.swapstatus import NEXT_LAUNCH_FIX
 
         verdict = Finding("next-launch", "fail",
                           f"the next launch runs {chosen.path} version {chosen.manifest.version}, which a running "

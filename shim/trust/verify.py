@@ -4,7 +4,8 @@
 Two layers:
 
 * :func:`check_signed_manifest` is pure: (policy, manifest bytes, signature bytes, clock)
-  to a manifest and the key that signed it, or one of our errors.
+  to a manifest and the key that signed it, or one of our errors; so is :func:`rank`, the
+  launch order of what passed (two builds tied on precedence and issue time refused).
 * :class:`PluginDir` does the file system part carefully: the directory is opened once and
   every file is opened relative to it with ``O_NOFOLLOW``, then checked with ``fstat`` on
   the open descriptor (never by path, so a swap between check and use changes nothing),
@@ -226,29 +227,36 @@ class PluginDir:
         return cand
 
     def ranked(self, now: float) -> tuple[list[Candidate], list[Candidate]]:
-        """(candidates whose signed manifest passed, in launch order; rejected ones).
-
-        Launch order is by version precedence, highest first. Versions of equal precedence
-        (``2.0.0+build1`` and ``2.0.0+build2``: semver ignores build metadata) are ordered by
-        the signed ``issued_at``, newest first; when that is equal too, nothing tells which
-        is newer, so both are refused rather than decided by file name.
-        """
-        checked = [self.check_manifest(c, now) for c in self.candidates()]
-        good = sorted((c for c in checked if c.error is None), key=launch_order, reverse=True)
-        for a, b in zip(good, good[1:]):
-            if launch_order(a) == launch_order(b):
-                for c, other in ((a, b), (b, a)):
-                    c.error = AmbiguousVersionError(
-                        f"version {c.manifest.version} has the same precedence and issue time as "
-                        f"{other.binary} ({other.manifest.version}); the launcher cannot tell which is newer",
-                        path=c.path)
-        return [c for c in good if c.error is None], [c for c in checked if c.error is not None]
+        """(candidates whose signed manifest passed, in launch order; rejected ones): every
+        candidate's manifest checked at ``now``, then :func:`rank`."""
+        return rank([self.check_manifest(c, now) for c in self.candidates()])
 
 
 def launch_order(cand: Candidate) -> tuple:
     """Sort key of the launch order (highest first): version precedence, then the signed
     ``issued_at``."""
     return cand.manifest.version.precedence, cand.manifest.issued_at
+
+
+def rank(checked: list[Candidate]) -> tuple[list[Candidate], list[Candidate]]:
+    """Pure: candidates whose manifests were checked (an ``error`` each, or none) to (the ones
+    that may launch, in launch order; the rejected ones, in the order given).
+
+    Launch order is by version precedence, highest first. Versions of equal precedence
+    (``2.0.0+build1`` and ``2.0.0+build2``: semver ignores build metadata) are ordered by
+    the signed ``issued_at``, newest first; when that is equal too, nothing tells which
+    is newer, so both are refused (:class:`AmbiguousVersionError`, set on each) rather than
+    decided by file name.
+    """
+    good = sorted((c for c in checked if c.error is None), key=launch_order, reverse=True)
+    for a, b in zip(good, good[1:]):
+        if launch_order(a) == launch_order(b):
+            for c, other in ((a, b), (b, a)):
+                c.error = AmbiguousVersionError(
+                    f"version {c.manifest.version} has the same precedence and issue time as "
+                    f"{other.binary} ({other.manifest.version}); the launcher cannot tell which is newer",
+                    path=c.path)
+    return [c for c in good if c.error is None], [c for c in checked if c.error is not None]
 
 
 def expires_soon(manifest: Manifest, now: float, window: float = EXPIRY_WARNING) -> float | None:
