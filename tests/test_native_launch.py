@@ -321,6 +321,45 @@ def test_a_tiny_rlimit_gets_one_line_naming_it(setup, limit, value, fix_part):
     assert lines[-1]["error"] == "NoValidVersionError"
 
 
+def test_where_no_second_thread_can_start_it_copies_then_hashes_and_says_so(tmp_path):
+    """The copy of a plugin over one piece (1 MiB) is hashed while it is made, on a second thread.
+    Where none can start (the Vault user at its pids limit: here an unused uid with
+    RLIMIT_NPROC 1), the launch still runs the verified plugin, and one WARN line says it went
+    slower and what to raise."""
+    import tempfile
+
+    uid = 54321
+    top = Path(tempfile.mkdtemp(prefix="shim-nproc-"))
+    try:
+        top.chmod(0o755)
+        versions = top / "versions"
+        versions.mkdir(mode=0o755)
+        reports = top / "reports"
+        reports.mkdir()
+        os.chown(reports, uid, uid)
+        keys = releases.new_keys()
+        path = versions / "myplugin-1.0.0"     # forks nothing: the pids limit holds for the plugin too
+        path.write_text('#!/bin/sh\necho "ran one $*"\n' + ("#" * 1023 + "\n") * 3072)      # 3 MiB: three pieces
+        path.chmod(0o755)
+        releases.release(keys, path, version="1.0.0")
+        exe = native_launcher(top, releases.policy(versions, keys))
+        exe.chmod(0o755)
+        proc = subprocess.run([str(exe), "a"], env=env(reports), capture_output=True, timeout=30, user=uid, group=uid,
+                              extra_groups=[], preexec_fn=limited("RLIMIT_NPROC", 1))
+        assert proc.returncode == 0 and proc.stdout == b"ran one a\n", proc
+        warns = [line for line in releases.hclog_lines(proc.stderr) if line["@level"] == "warn"]
+        assert [w["@message"] for w in warns] == [
+            "vault-plugin-shim: cannot start a second thread to hash while copying; copying, then hashing "
+            "(the launch is slower)"], proc.stderr
+        assert warns[0]["file"] == str(path) and "pids" in warns[0]["fix"]
+        proc = subprocess.run([str(exe), "a"], env=env(reports), capture_output=True, timeout=30, user=uid, group=uid,
+                              extra_groups=[])
+        assert proc.returncode == 0 and proc.stdout == b"ran one a\n", proc
+        assert b'"@level":"warn"' not in proc.stderr, proc.stderr
+    finally:
+        shutil.rmtree(top)
+
+
 def test_where_execveat_is_refused_it_executes_through_proc_self_fd(setup):
     """Case 15: a seccomp profile recorded from a running Vault allows execve only."""
     tmp, versions, keys, pol, reports = setup
@@ -357,7 +396,9 @@ def test_the_launch_path_runs_clean_under_asan_and_ubsan(setup):
     launcher = tmp / "asan-launcher"
     launcher.write_bytes(stubs.pack_native(exe.read_bytes(), build.native_policy(pol)))
     launcher.chmod(0o755)
-    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0")
+    one = plugin(versions, "myplugin-1.0.0", "one")
+    one.write_text(one.read_text() + ("#" * 1023 + "\n") * 2500)      # over 2 MiB: copied and hashed on two threads
+    releases.release(keys, one, version="1.0.0")
     releases.release(keys, plugin(versions, "myplugin-2.0.0", "two"), version="2.0.0")
     bad = versions / "myplugin-2.0.0"
     bad.write_text(bad.read_text().replace("two", "TWO"))
