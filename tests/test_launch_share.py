@@ -160,31 +160,30 @@ def test_doctor_tells_the_memory_cost_and_how_many_copies_run(plant):
     assert "now 3 process(es)" in memory() and "from 2 copies" in memory()
 
 
-def test_the_source_file_leaves_the_page_cache_after_the_copy(tmp_path):
+def resident(path: Path) -> int:
+    """Pages of ``path`` in the page cache (mincore on a mapping of it)."""
     import ctypes
     import mmap
 
     libc = ctypes.CDLL(None, use_errno=True)
-
     libc.mmap.restype = ctypes.c_void_p
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    size = path.stat().st_size
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vec = (ctypes.c_ubyte * pages)()
+    with open(path, "rb") as f:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            libc.munmap(addr, size)
+    return sum(b & 1 for b in vec)
 
-    def resident(path: Path) -> int:
-        """Pages of ``path`` in the page cache (mincore on a mapping of it)."""
-        size = path.stat().st_size
-        pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-        vec = (ctypes.c_ubyte * pages)()
-        with open(path, "rb") as f:
-            addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
-            assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
-            try:
-                assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
-            finally:
-                libc.munmap(addr, size)
-        return sum(b & 1 for b in vec)
 
+def test_the_source_file_leaves_the_page_cache_after_the_copy(tmp_path):
     src = tmp_path / "plugin"
     src.write_bytes(os.urandom(4 << 20))
     os.sync()
@@ -199,6 +198,29 @@ def test_the_source_file_leaves_the_page_cache_after_the_copy(tmp_path):
     finally:
         os.close(fd)
     assert resident(src) < before // 4, f"{resident(src)} of {before} pages still cached"
+
+
+def test_the_native_launch_drops_the_plugins_pages_from_the_page_cache(tmp_path):
+    """The native launcher drops each piece of the source once it is copied (three pieces here,
+    copied on a second thread): the pod's memory counts the plugin once, as its sealed copy."""
+    from shim.launch.build import write_launcher
+
+    d = tmp_path / "plugins"
+    d.mkdir(mode=0o755)
+    keys = R.new_keys()
+    binary = d / "cached-1.0.0"
+    binary.write_bytes(Path(SLEEP).read_bytes() + os.urandom(3 << 20))    # an ELF ignores what follows
+    binary.chmod(0o755)
+    R.release(keys, binary, name="cached", version="1.0.0")
+    launcher = tmp_path / "launcher"
+    write_launcher(R.policy(d, keys, name="cached"), None, str(launcher), native=True)
+    os.sync()
+    binary.read_bytes()
+    before = resident(binary)
+    assert before > 0, "the file should be cached after a read"
+    proc = subprocess.run([str(launcher), "0"], env=R.cookie_env(), capture_output=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert resident(binary) < before // 4, f"{resident(binary)} of {before} pages still cached"
 
 
 # --- issue 17, cases 4 and 5: what a decoy can still cost (native launcher) ------------------

@@ -321,6 +321,101 @@ def test_a_tiny_rlimit_gets_one_line_naming_it(setup, limit, value, fix_part):
     assert lines[-1]["error"] == "NoValidVersionError"
 
 
+def test_where_no_second_thread_can_start_it_copies_then_hashes_and_says_so(tmp_path):
+    """The copy of a plugin over one piece (1 MiB) is hashed while it is made, on a second thread.
+    Where none can start (the Vault user at its pids limit: here an unused uid with
+    RLIMIT_NPROC 1), the launch still runs the verified plugin, and one WARN line says it went
+    slower and what to raise."""
+    import tempfile
+
+    uid = 54321
+    top = Path(tempfile.mkdtemp(prefix="shim-nproc-"))
+    try:
+        top.chmod(0o755)
+        versions = top / "versions"
+        versions.mkdir(mode=0o755)
+        reports = top / "reports"
+        reports.mkdir()
+        os.chown(reports, uid, uid)
+        keys = releases.new_keys()
+        path = versions / "myplugin-1.0.0"     # forks nothing: the pids limit holds for the plugin too
+        path.write_text('#!/bin/sh\necho "ran one $*"\n' + ("#" * 1023 + "\n") * 3072)      # 3 MiB: three pieces
+        path.chmod(0o755)
+        releases.release(keys, path, version="1.0.0")
+        exe = native_launcher(top, releases.policy(versions, keys))
+        exe.chmod(0o755)
+        proc = subprocess.run([str(exe), "a"], env=env(reports), capture_output=True, timeout=30, user=uid, group=uid,
+                              extra_groups=[], preexec_fn=limited("RLIMIT_NPROC", 1))
+        assert proc.returncode == 0 and proc.stdout == b"ran one a\n", proc
+        warns = [line for line in releases.hclog_lines(proc.stderr) if line["@level"] == "warn"]
+        assert [w["@message"] for w in warns] == [
+            "vault-plugin-shim: cannot start a second thread to hash while copying; copying, then hashing "
+            "(the launch is slower)"], proc.stderr
+        assert warns[0]["file"] == str(path) and "pids" in warns[0]["fix"]
+        proc = subprocess.run([str(exe), "a"], env=env(reports), capture_output=True, timeout=30, user=uid, group=uid,
+                              extra_groups=[])
+        assert proc.returncode == 0 and proc.stdout == b"ran one a\n", proc
+        assert b'"@level":"warn"' not in proc.stderr, proc.stderr
+    finally:
+        shutil.rmtree(top)
+
+
+def test_no_other_process_of_the_vault_user_can_reach_the_copy_before_the_seal(tmp_path):
+    """The copy is hashed piece by piece before it is sealed, so nothing else may write it
+    meanwhile: the launcher is not dumpable, and another process of its uid cannot open its
+    memfd through /proc/PID/fd. strace (root) holds the first sendfile for a while; in that
+    window, a process of the same uid tries to open the memfd for writing."""
+    import tempfile
+
+    from tests.support.wait import wait_until
+
+    uid = 54321
+    top = Path(tempfile.mkdtemp(prefix="shim-dumpable-"))
+    proc = None
+    try:
+        top.chmod(0o755)
+        versions = top / "versions"
+        versions.mkdir(mode=0o755)
+        keys = releases.new_keys()
+        path = versions / "myplugin-1.0.0"
+        path.write_text('#!/bin/sh\necho "ran one $*"\n' + ("#" * 1023 + "\n") * 2048)
+        path.chmod(0o755)
+        releases.release(keys, path, version="1.0.0")
+        exe = native_launcher(top, releases.policy(versions, keys))
+        exe.chmod(0o755)
+        strace = shutil.which("strace")
+        assert strace, "strace is missing: apt-get install strace (bash build/install.sh)"
+        proc = subprocess.Popen([strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=sendfile",
+                                 "-e", "inject=sendfile:delay_enter=4000000:when=1",
+                                 "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", str(exe), "a"],
+                                env=releases.cookie_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+        def memfd_of_launcher():
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    if os.readlink(f"/proc/{pid}/exe") != str(exe):
+                        continue
+                    for fd in os.listdir(f"/proc/{pid}/fd"):
+                        if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:myplugin-1.0.0"):
+                            return pid, fd
+                except OSError:
+                    continue
+            return None
+
+        pid, fd = wait_until(memfd_of_launcher, "the launcher to make its memfd", deadline=20)
+        assert os.stat(f"/proc/{pid}/fd").st_uid == 0, "the launcher should not be dumpable while it copies"
+        probe = subprocess.run(["/bin/sh", "-c", 'exec 3>"$1"', "probe", f"/proc/{pid}/fd/{fd}"], user=uid,
+                               group=uid, extra_groups=[], capture_output=True, text=True, timeout=30)
+        assert probe.returncode != 0 and "Permission denied" in probe.stderr, probe
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and out == b"ran one a\n", err
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(top)
+
+
 def test_where_execveat_is_refused_it_executes_through_proc_self_fd(setup):
     """Case 15: a seccomp profile recorded from a running Vault allows execve only."""
     tmp, versions, keys, pol, reports = setup
@@ -357,7 +452,9 @@ def test_the_launch_path_runs_clean_under_asan_and_ubsan(setup):
     launcher = tmp / "asan-launcher"
     launcher.write_bytes(stubs.pack_native(exe.read_bytes(), build.native_policy(pol)))
     launcher.chmod(0o755)
-    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0")
+    one = plugin(versions, "myplugin-1.0.0", "one")
+    one.write_text(one.read_text() + ("#" * 1023 + "\n") * 2500)      # over 2 MiB: copied and hashed on two threads
+    releases.release(keys, one, version="1.0.0")
     releases.release(keys, plugin(versions, "myplugin-2.0.0", "two"), version="2.0.0")
     bad = versions / "myplugin-2.0.0"
     bad.write_text(bad.read_text().replace("two", "TWO"))

@@ -14,6 +14,11 @@ the same libnettle.a) for amd64 and arm64, and hashes files by descriptor:
   arm64 model without SHA2, so that one is chosen with NETTLE_FAT_OVERRIDE=none;
 - under ASan and UBSan (clang, glibc, Debian's nettle-dev: the same source, built fat too).
 
+And nv_copy_sha256, the launcher's copy of a plugin hashed while it is made (the copy on a
+second thread): every input copied into a memfd must hash as hashlib says and as the finished
+copy does, on two threads, on one (no second thread can start: RLIMIT_NPROC), with mmap
+refused, under qemu on arm64, and under ThreadSanitizer.
+
 A missing tool fails the test (never skips).
 """
 
@@ -145,6 +150,24 @@ def test_amd64_pread_path_when_mmap_is_refused(nettle, inputs, tmp_path):
     run([str(exe)], inputs, {"NETTLE_FAT_OVERRIDE": "none"})
 
 
+def test_amd64_copy_hashed_while_it_is_made_agrees_with_hashlib(nettle, inputs, tmp_path):
+    exe = build(tmp_path / "test_sha256", "amd64", nettle["amd64"])
+    run([str(exe), "--copy"], inputs, {})
+    exe = build(tmp_path / "test_sha256_pread", "amd64", nettle["amd64"], "-DNV_TEST_NO_MMAP")
+    run([str(exe), "--copy"], inputs, {})
+
+
+def test_where_no_second_thread_can_start_the_copy_is_made_then_hashed(nettle, inputs, tmp_path):
+    """A pids limit reached: pthread_create fails, and nv_copy_sha256 says it worked on one thread."""
+    exe = build(tmp_path / "test_sha256", "amd64", nettle["amd64"])
+    run([str(exe), "--copy-one-thread"], inputs, {})
+
+
+def test_the_threaded_copy_under_thread_sanitizer(inputs, tmp_path):
+    exe = native.build(tmp_path / "test_sha256_tsan", PROGRAM, sanitize=native.TSAN)
+    run([str(exe), "--copy"], inputs, {"TSAN_OPTIONS": "halt_on_error=1:exitcode=99"})
+
+
 def test_amd64_on_a_cpu_without_sha_ni_nettle_detects_it(nettle, inputs, tmp_path):
     qemu = require("qemu-x86_64-static", "apt-get install qemu-user-static")
     exe = build(tmp_path / "test_sha256", "amd64", nettle["amd64"])
@@ -158,6 +181,7 @@ def test_arm64_sha2_instructions_under_qemu_agree_with_hashlib(cpu, nettle, inpu
     exe = build(tmp_path / "test_sha256", "arm64", nettle["arm64"])
     err = run([qemu, "-cpu", cpu, str(exe)], inputs, {"NETTLE_FAT_VERBOSE": "1"})
     assert ARM_SHA2 in err.splitlines(), err     # found by getauxval(AT_HWCAP), under musl
+    run([qemu, "-cpu", cpu, str(exe), "--copy"], inputs, {})
 
 
 def test_arm64_portable_code_under_qemu_agrees_with_hashlib(nettle, inputs, tmp_path):
@@ -175,3 +199,4 @@ def test_under_asan_and_ubsan_with_debians_nettle(inputs, tmp_path):
             "UBSAN_OPTIONS": "halt_on_error=1:exitcode=99"}
     run([str(exe)], inputs, asan)
     run([str(exe)], inputs, {**asan, "NETTLE_FAT_OVERRIDE": "none"})
+    run([str(exe), "--copy"], inputs, asan)

@@ -27,6 +27,7 @@ SOURCES = ("nv_text.c", "nv_minisign.c", "nv_manifest.c", "nv_policy.c", "nv_sel
 LIBS = ("-lsodium", "-lnettle")
 WARNINGS = ("-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wformat=2", "-Wvla")
 SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer")
+TSAN = ("-fsanitize=thread", "-fno-omit-frame-pointer")
 TIMEOUT = 300
 
 
@@ -45,11 +46,14 @@ def require_toolchain() -> str:
     return clang
 
 
-def build(out: Path, main: str | Path, *, extra: tuple[str, ...] = (), fuzzer: bool = False) -> Path:
-    """Compile the verifier with ``main`` (a file in NATIVE, or a path) into ``out``."""
+def build(out: Path, main: str | Path, *, extra: tuple[str, ...] = (), fuzzer: bool = False,
+          sanitize: tuple[str, ...] = SANITIZE) -> Path:
+    """Compile the verifier with ``main`` (a file in NATIVE, or a path) into ``out``; under ASan and
+    UBSan unless ``sanitize`` says otherwise (TSAN for the threaded copy)."""
     clang = require_toolchain()
     main_path = Path(main) if Path(main).is_absolute() else NATIVE / main
-    sanitize = ("-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all") if fuzzer else SANITIZE
+    if fuzzer:
+        sanitize = ("-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all")
     cmd = [clang, *WARNINGS, "-g", "-O1", *sanitize, f"-I{NATIVE}", *extra, "-o", str(out),
            *(str(NATIVE / s) for s in SOURCES), str(main_path), *LIBS]
     proc = subprocess.run(["nice", "-n", "10", *cmd], capture_output=True, text=True, timeout=TIMEOUT)

@@ -248,6 +248,13 @@ int nv_check_digest(int fd, nv_candidate *c, nv_error *err);
 /* SHA-256 of the first size bytes of fd (nv_sha256.c: Nettle, the CPU's SHA instructions where it
  * has them). 0, or -1 with errno. */
 int nv_sha256_fd(int fd, uint64_t size, unsigned char out[32]);
+/* Copies the first size bytes of src onto dst (empty, readable, at offset 0) and hashes what
+ * landed in dst, on two threads where it can (*one_thread = 1 where a second thread could not
+ * start). 0; -1 with errno; -2 where src holds fewer bytes. Only for a dst nobody else can
+ * write: nv_sha256.c says why that holds in the launcher. */
+int nv_copy_sha256(int src, int dst, uint64_t size, unsigned char out[32], int *one_thread);
+/* The digest compared with the manifest's sha256 (check_digest's comparison). */
+int nv_digest_matches(nv_candidate *c, const unsigned char digest[32], nv_error *err);
 /* The refusal when nothing passed (Selection.refusal). */
 void nv_refusal(const nv_selection *s, nv_error *err);
 /* Selection.passed_over: the refused candidates that would have run before the chosen one (a

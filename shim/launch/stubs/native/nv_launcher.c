@@ -41,8 +41,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
-#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -150,31 +150,22 @@ typedef struct {
     int no_share;           /* make our own copy even if a running process has one */
 } launch_ctx;
 
-static int copy_fd(int src, int dst, uint64_t size)
+/* nv_copy_sha256, and a line where it had to copy and hash on one thread (slower, not less safe). */
+static int copy_and_hash(int src, int dst, const nv_candidate *c, unsigned char digest[32])
 {
-    static unsigned char buf[1 << 16];
-    uint64_t done = 0;
-    while (done < size) {
-        size_t want = size - done > (1u << 30) ? (1u << 30) : (size_t)(size - done);
-        off_t off = (off_t)done;
-        ssize_t r = sendfile(dst, src, &off, want);
-        if (r < 0 && (errno == EINVAL || errno == ENOSYS)) {      /* no sendfile here: read and write */
-            r = pread(src, buf, want < sizeof buf ? want : sizeof buf, (off_t)done);
-            if (r > 0) {
-                for (ssize_t w = 0; w < r;) {
-                    ssize_t k = write(dst, buf + w, (size_t)(r - w));
-                    if (k < 0 && errno == EINTR) continue;
-                    if (k <= 0) return -1;
-                    w += k;
-                }
-            }
-        }
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) return -1;
-        if (r == 0) { errno = EIO; return -2; }     /* the file shrank while being copied */
-        done += (uint64_t)r;
+    int one_thread = 0;
+    int r = nv_copy_sha256(src, dst, (uint64_t)c->manifest.size, digest, &one_thread);
+    if (one_thread) {
+        static const char slow[] = "vault-plugin-shim: cannot start a second thread to hash while copying; "
+                                   "copying, then hashing (the launch is slower)";
+        nv_log l;
+        nv_log_begin(&l, "warn", slow, sizeof slow - 1);
+        nv_log_fieldz(&l, "file", c->path);
+        nv_log_fieldz(&l, "fix", "raise the pod's pids limit (the Vault container's process and thread count is "
+                                 "near its cgroup's pids.max)");
+        nv_log_end(&l, 2);
     }
-    return 0;
+    return r;
 }
 
 static int make_memfd(const char *name)
@@ -241,9 +232,11 @@ static int check_temp_parent(const char *parent, nv_error *err)
 }
 
 /* memexec.to_private_file: a fresh 0700 directory, a 0500 file, reopened read-only, both
- * unlinked; returns the read-only descriptor. */
-static int private_copy(int src, uint64_t size, const char *name, const char *parent, nv_error *err)
+ * unlinked; returns the read-only descriptor, and the copy's sha256 in digest. */
+static int private_copy(int src, const nv_candidate *c, const char *parent, unsigned char digest[32],
+                        nv_error *err)
 {
+    const char *name = c->binary;
     if (check_temp_parent(parent, err) < 0) return -1;
     unsigned char rnd[8];
     if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
@@ -265,10 +258,11 @@ static int private_copy(int src, uint64_t size, const char *name, const char *pa
         return -1;
     }
     nv_buf_printf(&file, "%s/", dir.p);
-    for (const char *c = name; *c; c++) nv_buf_putc(&file, *c == '/' ? '_' : *c);
-    int ro = -1, out = open(file.p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0500);
+    for (const char *k = name; *k; k++) nv_buf_putc(&file, *k == '/' ? '_' : *k);
+    int ro = -1, out = open(file.p, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0500);
     if (out >= 0) {
-        int r = copy_fd(src, out, size);
+        int r = copy_and_hash(src, out, c, digest);
+        if (r == -2) errno = EIO;       /* the source shrank: not a file system's fault, but no copy */
         close(out);
         if (r == 0) ro = open(file.p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     }
@@ -372,9 +366,10 @@ static int seal_and_check(nv_selection *s, nv_candidate *c, void *ctxp, nv_error
         }
     }
     const char *how = "memfd";
+    unsigned char digest[32];
     int fd = above_stdio(make_memfd(name));
     if (fd >= 0) {
-        int r = copy_fd(src, fd, (uint64_t)c->manifest.size);
+        int r = copy_and_hash(src, fd, c, digest);
         if (r < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0) {
             int saved = errno;
             close(fd);
@@ -384,10 +379,9 @@ static int seal_and_check(nv_selection *s, nv_candidate *c, void *ctxp, nv_error
                          strerror(saved));
             return -1;
         }
-        posix_fadvise(src, 0, (off_t)c->manifest.size, POSIX_FADV_DONTNEED);   /* advice only */
     } else if (errno == EACCES || errno == EPERM || errno == ENOSYS) {
         how = "private-file";
-        fd = private_copy(src, (uint64_t)c->manifest.size, c->binary, tmp_parent(lc), err);
+        fd = private_copy(src, c, tmp_parent(lc), digest, err);
         if (fd < 0) { close(src); return -1; }
     } else {
         int saved = errno;
@@ -397,7 +391,7 @@ static int seal_and_check(nv_selection *s, nv_candidate *c, void *ctxp, nv_error
         return -1;
     }
     close(src);
-    if (nv_check_digest(fd, c, err) < 0) {
+    if (nv_digest_matches(c, digest, err) < 0) {
         close(fd);
         return -1;
     }
@@ -832,6 +826,11 @@ int main(int argc, char **argv, char **envp)
         if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     /* Past RLIMIT_FSIZE a write raises SIGXFSZ, which kills without a line; ignored, the write
      * fails with EFBIG and the error line names the limit. */
+    /* Not dumpable: no other process of the Vault user may open our descriptors through
+     * /proc/PID/fd, or read or write our memory (/proc/PID/mem, ptrace), while the plugin is
+     * copied and hashed (nv_sha256.c). execve makes the plugin dumpable again, as Vault would
+     * have started it. */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     struct sigaction ignore;
     memset(&ignore, 0, sizeof ignore);
     ignore.sa_handler = SIG_IGN;
@@ -933,9 +932,11 @@ int main(int argc, char **argv, char **envp)
         nv_log_fieldz(&l, "reason", strerror(e));
         nv_log_fieldz(&l, "file", c->path);
         nv_log_end(&l, 2);
-        int copy = private_copy(lc.fd, (uint64_t)c->manifest.size, c->binary, tmp_parent(&lc), &err);
+        unsigned char digest[32];
+        int copy = private_copy(lc.fd, c, tmp_parent(&lc), digest, &err);
         if (copy < 0) nv_fail_error("vault-plugin-shim: cannot make the private copy", &err);
-        if (nv_check_digest(copy, c, &err) < 0) nv_fail_error("vault-plugin-shim: the private copy does not match", &err);
+        if (nv_digest_matches(c, digest, &err) < 0)
+            nv_fail_error("vault-plugin-shim: the private copy does not match", &err);
         close(lc.fd);
         lc.fd = copy;
         lc.how = "private-file";

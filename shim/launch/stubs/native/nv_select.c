@@ -422,8 +422,13 @@ int nv_check_digest(int fd, nv_candidate *c, nv_error *err)
         nv_fail(err, NV_REJECTED, c->path, NULL, "cannot be hashed (%s)", strerror(errno));
         return -1;
     }
-    char hex[2 * sizeof digest + 1];
-    sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
+    return nv_digest_matches(c, digest, err);
+}
+
+int nv_digest_matches(nv_candidate *c, const unsigned char digest[32], nv_error *err)
+{
+    char hex[2 * 32 + 1];
+    sodium_bin2hex(hex, sizeof hex, digest, 32);
     if (sodium_memcmp(hex, c->manifest.sha256, 64) != 0) {
         nv_fail(err, NV_DIGEST_MISMATCH, c->path, NULL, "sha256 is %s, the signed manifest says %s", hex,
                 c->manifest.sha256);
