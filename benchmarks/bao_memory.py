@@ -185,17 +185,6 @@ class Cgroup:
                 time.sleep(0.1)
 
 
-def drop_cache(paths) -> None:
-    """Evict these files' pages (written back first: DONTNEED skips dirty pages)."""
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
 def _status(pid: int) -> dict[str, int]:
     out = {}
     try:
@@ -314,7 +303,7 @@ def measure(rounds: int = 2, mounts: int = 10, quick: bool = False) -> dict:
                 for r in range(rounds):
                     for t in keys:
                         S.wait_plugins_gone(server)
-                        drop_cache(files)
+                        S.drop_cache(files)
                         read = cg.usage if cg.path is not None else (lambda: {"charged": 0})
                         base = settle(read)
                         paths = [f"mm-{t.replace('_', '-')}-{r}-{i}" for i in range(mounts)]

@@ -209,6 +209,17 @@ def wait_plugins_gone(server: bao.Server, deadline: float = 30.0) -> None:
     wait_until(lambda: not plugin_pids(server), f"the plugins of {server.addr} to exit", deadline, poll=0.05)
 
 
+def drop_cache(paths) -> None:
+    """Evict these files' pages (written back first: DONTNEED skips dirty pages)."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of a non-empty list."""
     ordered = sorted(values)

@@ -185,7 +185,8 @@ def spawn(path: Path, how: str, env: dict) -> int:
 def memory_experiment(work: Path, size_mb: int, copies: int, limit_mb: int) -> None:
     print(f"5. {copies} processes of a {size_mb} MB binary in a memory cgroup limited to {limit_mb} MB")
     sys.path.insert(0, str(ROOT))
-    from benchmarks.bao_memory import Cgroup, drop_cache  # noqa: E402
+    from benchmarks.bao_memory import Cgroup  # noqa: E402
+    from benchmarks.baostage import drop_cache  # noqa: E402
 
     big = work / "src" / "big-plugin"
     shutil.copyfile(shutil.which("sleep"), big)
