@@ -24,7 +24,7 @@
 # fat-arm64.c asks the kernel for the CPU's features (getauxval(AT_HWCAP)) only under glibc;
 # under musl it would see none and never use the SHA2 instructions. The patch takes the same
 # getauxval path on any Linux libc (musl has it since 1.1.0); it changes which code is
-# chosen, no cryptographic code. tests/test_native_sha256.py runs the arm64 build under qemu
+# chosen, no cryptographic code. tests/native/test_native_sha256.py runs the arm64 build under qemu
 # (-cpu max, -cpu cortex-a53) and checks that Nettle chose the SHA2 code; without the patch it
 # says "cpu features:" and nothing more.
 #

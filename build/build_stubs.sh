@@ -8,7 +8,7 @@
 #   bash build/build_stubs.sh --check   rebuild into a temp dir; fail if any byte differs
 #                                       from the committed stubs (CI runs this)
 #   bash build/build_stubs.sh --symbols DIR   build copies that keep their symbol tables into
-#                                       DIR, to inspect what was linked in (tests/test_stub.py)
+#                                       DIR, to inspect what was linked in (tests/native/test_stub.py)
 # The flags are fixed and the output holds no path, time or build id: -ffile-prefix-map
 # hides the source directory, --build-id=none drops the build id, -s drops symbols, and the
 # .comment section (compiler version strings from gcc and from musl's libc.a) is removed,

@@ -2,10 +2,10 @@
 # `vault-plugin-shim register`). Grant it to a short-lived token, run the Job, revoke the token.
 #   vault policy write vault-plugin-shim-register build/k8s/register-policy.hcl
 #   vault token create -policy=vault-plugin-shim-register -ttl=15m -use-limit=10 -field=token
-# Checked with: tests/test_ops_recipes.py (it grants every path `register` calls), and loaded
+# Checked with: tests/ops/test_ops_recipes.py (it grants every path `register` calls), and loaded
 # into a real OpenBao 2.7.2 whose token then registers, pins and mounts, a versioned and an
 # unversioned plugin, and whose `token capabilities` on other mounts are `deny`
-# (tests/test_openbao_ops_register.py::test_the_recipes_policy_*).
+# (tests/openbao/test_openbao_ops_register.py::test_the_recipes_policy_*).
 # HashiCorp Vault itself cannot be installed here: on Vault, --pin uses sys/plugins/pins.
 
 # Register the launcher (the catalog requires sudo). read: compare with the entry already

@@ -52,7 +52,7 @@ MODE = {mode!r}
 NATIVE_MAIN = "NATIVE = True  # the native launcher decides; this code runs its verdict\n"
 
 
-# Exactly the modules a launch imports, per mode (tests/test_launcher_contents.py runs a
+# Exactly the modules a launch imports, per mode (tests/launch/test_launcher_contents.py runs a
 # real launch of each mode and compares). Nothing of the CLI, ops/, the demo or the test
 # protos: editing those must not change the sha256 that Vault pins.
 EXEC_MODULES = (

@@ -1,4 +1,4 @@
-"""Test-side helpers for hot swap (tests/test_swap_*.py, benchmarks/swap.py).
+"""Test-side helpers for hot swap (tests/swap/, tests/openbao/test_*swap*.py, benchmarks/swap.py).
 
 API:
     fault_plugin(cache_dir, dest_dir, fault, version) -> Path of tests/swapplugin built with a fault

@@ -1,5 +1,5 @@
 // Command vpsswaptest is a secrets engine that goes wrong on purpose, for the hot swap tests
-// (tests/test_swap_*.py). The fault is fixed at build time:
+// (tests/swap/, tests/openbao/test_swap_openbao.py). The fault is fixed at build time:
 //
 //	-ldflags "-X main.version=v3.0.0 -X main.fault=exit-in-setup"
 //

@@ -11,7 +11,7 @@
  * section, so no dynamic loader runs and LD_PRELOAD, LD_AUDIT, LD_LIBRARY_PATH and friends
  * mean nothing here. musl's static start-up (__init_libc) stores environ and reads the aux
  * vector; it reads no environment variable. This file calls nothing that does either
- * (no getenv, setlocale, localtime, stdio); tests/test_stub.py checks the link map.
+ * (no getenv, setlocale, localtime, stdio); tests/native/test_stub.py checks the link map.
  *
  * Trailer (the last 40 bytes, little-endian):
  *   "VPSHIM\0\1"  meta_offset u64  meta_length u64  code_offset u64  code_length u64

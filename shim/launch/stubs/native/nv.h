@@ -10,7 +10,7 @@
  * shim/trust/verify.py does.
  *
  * Verdicts carry the same error class names and reason strings as the Python code, so a
- * differential test (tests/test_native_differential.py) can compare the two on the same
+ * differential test (tests/native/test_native_differential.py) can compare the two on the same
  * directories. Where a reason quotes a value, it is quoted as Python's repr() would
  * (nv_repr_str); for characters outside ASCII the C side escapes the C1 controls and
  * keeps the rest, which matches repr() for printable characters only.
@@ -261,13 +261,13 @@ void nv_refusal(const nv_selection *s, nv_error *err);
  * newer version, or one whose version is unknown); all refused ones when nothing was chosen.
  * Indices into s->cands, in name order, into out (room for s->ncands; NULL: only count). */
 size_t nv_passed_over(const nv_selection *s, size_t *out);
-/* entry._no_quiet_fallback, its refusal: 1 with err set (NewerVersionRefusedError) when a
+/* sealed.no_quiet_fallback, its refusal: 1 with err set (NewerVersionRefusedError) when a
  * version was chosen, the policy says on_refused_newer=refuse and a version was passed over. */
 int nv_newer_refused(const nv_selection *s, nv_error *err);
 /* The time as Python's time.time() gives it (a double from CLOCK_REALTIME's nanoseconds);
  * *secs: its whole seconds (what the selection compares with). */
 double nv_clock(int64_t *secs);
-/* entry._no_quiet_fallback, its warning: 1 when the chosen version's manifest expires within
+/* sealed.no_quiet_fallback, its warning: 1 when the chosen version's manifest expires within
  * NV_EXPIRY_WARNING of now (Python's clock value), with the WARN line's message (the same
  * text, "in X.X days" included) in message and the days left in *days. */
 int nv_expiry_warning(const nv_selection *s, double now, nv_buf *message, double *days);
@@ -283,7 +283,7 @@ void nv_log_field(nv_log *l, const char *key, const char *value, size_t n);
 void nv_log_fieldz(nv_log *l, const char *key, const char *value);
 void nv_log_error_fields(nv_log *l, const nv_error *e);
 void nv_log_end(nv_log *l, int fd);         /* writes and frees */
-/* The rejection lines of one selection (entry._log_rejections). */
+/* The rejection lines of one selection (sealed.log_rejections). */
 void nv_log_rejections(const nv_selection *s, int fd);
 /* One hclog error line (message and the error's fields) on stderr, then exit 1. */
 _Noreturn void nv_fail_error(const char *message, const nv_error *e);

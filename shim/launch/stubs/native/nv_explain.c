@@ -1,6 +1,6 @@
 /*
  * nv-explain: the native decision as data, for tests and the differential test against
- * shim.trust (tests/test_native_differential.py). Not part of a launcher.
+ * shim.trust (tests/native/test_native_differential.py). Not part of a launcher.
  *
  *   nv-explain select NOW UID POLICY_FILE...  for each policy, every candidate's verdict,
  *                                           exhaustively (like shim.trust.verify.report): one
@@ -132,7 +132,7 @@ static void select_one(const char *policy_path, int64_t now, unsigned uid)
         nv_buf_putc(&b, '}');
     }
     free(over);
-    if (s.chosen >= 0) {    /* entry._no_quiet_fallback on this selection: its refusal, or its warning */
+    if (s.chosen >= 0) {    /* sealed.no_quiet_fallback on this selection: its refusal, or its warning */
         nv_error refused = {0};
         nv_buf warning = {0};
         double days;

@@ -98,7 +98,7 @@ void nv_log_end(nv_log *l, int fd)
     nv_buf_free(&l->line);
 }
 
-/* entry._log_rejections: one line per rejected candidate, at most NV_MAX_REJECTION_LINES
+/* sealed.log_rejections: one line per rejected candidate, at most NV_MAX_REJECTION_LINES
  * at warn or error. An older version rightly skipped (expired, below the floor) while a
  * newer one runs is routine (debug); an older one refused for another reason is a warning;
  * anything else is an error. */

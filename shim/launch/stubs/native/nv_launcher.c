@@ -486,7 +486,7 @@ static int hash_only(nv_selection *s, nv_candidate *c, void *ctx, nv_error *err)
 
 /* The decision the next launch would make, made the way a launch makes it but exhaustively
  * (every candidate hashed, nothing copied or run), as the current uid, followed by
- * entry._no_quiet_fallback's refusal and warning. */
+ * sealed.no_quiet_fallback's refusal and warning. */
 typedef struct {
     nv_selection s;
     char goos[65], goarch[65];
@@ -796,7 +796,7 @@ static int explain_json(const nv_policy *p, const char *dir)
     return rc;
 }
 
-/* entry._no_quiet_fallback, at launch: refuse to fall back past a refused newer version when
+/* sealed.no_quiet_fallback, at launch: refuse to fall back past a refused newer version when
  * the policy says so (the default runs the older one; its refusal was logged above), and warn
  * at each launch within 30 days of the chosen manifest's expiry. */
 static void no_quiet_fallback(const nv_selection *s, double now)

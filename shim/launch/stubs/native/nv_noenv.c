@@ -8,7 +8,7 @@
  * Today's reader is Nettle's fat setup (a constructor, run before main): NETTLE_FAT_OVERRIDE
  * would choose the SHA-256 code instead of the CPU's features (secure_getenv), and
  * NETTLE_FAT_VERBOSE would print "libnettle: ..." lines on stderr, which Vault logs
- * (getenv). tests/test_native_launch.py checks both: by the symbols, and by a launch with
+ * (getenv). tests/native/test_native_launch.py checks both: by the symbols, and by a launch with
  * those variables set.
  *
  * Linked into the launcher binary only (build/build_stubs.sh): not into the test builds,

@@ -1,5 +1,5 @@
 /*
- * Unit tests of the native verifier's pure parts. tests/test_native_unit.py builds this with
+ * Unit tests of the native verifier's pure parts. tests/native/test_native_unit.py builds this with
  * clang under ASan and UBSan (-Wall -Wextra -Werror) and runs it; it prints
  * "N passed, N failed" and exits non-zero on any failure.
  *

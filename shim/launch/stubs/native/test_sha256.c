@@ -1,5 +1,5 @@
 /*
- * A test program for nv_sha256.c (tests/test_native_sha256.py): for each file named, opens it,
+ * A test program for nv_sha256.c (tests/native/test_native_sha256.py): for each file named, opens it,
  * hashes its fstat size with nv_sha256_fd and prints "<hex digest> <name>" on stdout. Unlike
  * the launcher it does not link nv_noenv.c, so NETTLE_FAT_OVERRIDE and NETTLE_FAT_VERBOSE
  * work here: the test chooses Nettle's portable code with the first and reads which code
