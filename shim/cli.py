@@ -227,7 +227,7 @@ def cmd_verify(args) -> int:
     selection = report(policy, now)
     decided_by, differ, launch_refusal = "vault-plugin-shim", [], None
     if ask_launcher:
-        from shim.ops.doctor import NativeSelection, native_differences, native_explain
+        from shim.ops.native import NativeSelection, native_differences, native_explain
 
         theirs = NativeSelection(native_explain(os.path.abspath(args.launcher)))
         differ = native_differences(selection, theirs, None if directory else policy.plugins_dir)

@@ -79,6 +79,7 @@ def _missing(what: str) -> int:
 
 def _real(args, settings, rate: float) -> int:
     from shim.demo import bao, cluster, gobuild, gomod, render, replay, schedule
+    from shim.demo import report as demo_report
 
     try:
         bao.find_bao()
@@ -104,7 +105,7 @@ def _real(args, settings, rate: float) -> int:
     print("baseline: plugin registered by sha256; each new pod's init container re-registers its own file's sha256;")
     print("shim:     launcher registered once; each image holds it plus its own signed version.\n")
     print("\n".join(plan.describe(names)) + "\n")
-    progress = replay.Progress()
+    progress = demo_report.Progress()
     started = time.monotonic()
     previous = signal.signal(signal.SIGTERM, _interrupt)  # stop the clusters on SIGTERM too
     try:
@@ -129,15 +130,15 @@ def _real(args, settings, rate: float) -> int:
     progress.done()
     for run in runs:
         print()
-        print(render.terminal(replay.timeline(run), color=color))
+        print(render.terminal(demo_report.timeline(run), color=color))
     print("\n" + render.LEGEND + "\n")
-    print(render.text_table(replay.SUMMARY_HEAD, replay.summary_rows(runs)))
+    print(render.text_table(demo_report.SUMMARY_HEAD, demo_report.summary_rows(runs)))
     print(replay.FOOTNOTE + "\n")
-    print(render.text_table(replay.RUN_HEAD, replay.run_rows(runs)) + "\n")
-    print(replay.failure_text(runs))
+    print(render.text_table(demo_report.RUN_HEAD, demo_report.run_rows(runs)) + "\n")
+    print(demo_report.failure_text(runs))
     if args.events:
         for run in runs:
-            print(f"\n{run.name}: events\n" + replay.timeline_events(run))
+            print(f"\n{run.name}: events\n" + demo_report.timeline_events(run))
     print(f"\n{sum(len(r.requests) for r in runs)} requests in {time.monotonic() - started:.0f} s")
     if args.report:
         Path(args.report).write_text(report_html(runs, settings))
@@ -162,6 +163,7 @@ def _interrupt(signum, frame):
 
 def report_html(runs, settings) -> str:
     from shim.demo import render, replay
+    from shim.demo import report as demo_report
 
     names = runs[0].node_names
     by = {r.name: r for r in runs}
@@ -183,14 +185,14 @@ def report_html(runs, settings) -> str:
              "token), half to the active node, half round robin over every node that is up. " + replay.FOOTNOTE)
     report = render.Report(
         title="vault-plugin-shim demo: a rolling upgrade of a custom plugin on a real OpenBao cluster",
-        problem=replay.PROBLEM, fix=replay.FIX, headline=headline, setup=setup,
-        tables=[("Requests by client view", replay.SUMMARY_HEAD, replay.summary_rows(runs)),
-                ("Runs", replay.RUN_HEAD, replay.run_rows(runs))],
-        notes=[(replay.PS_TITLE, list(replay.PS))],
-        details=[("Plugin failures: exact answers and causes", replay.failure_text(runs))]
-        + [d for run in runs for d in ((f"{run.name}: every event", replay.timeline_events(run)),
-                                       (f"{run.name}: every failed request", replay.failed_requests_text(run)))])
-    return render.html_report([replay.timeline(r) for r in runs], report)
+        problem=demo_report.PROBLEM, fix=demo_report.FIX, headline=headline, setup=setup,
+        tables=[("Requests by client view", demo_report.SUMMARY_HEAD, demo_report.summary_rows(runs)),
+                ("Runs", demo_report.RUN_HEAD, demo_report.run_rows(runs))],
+        notes=[(demo_report.PS_TITLE, list(demo_report.PS))],
+        details=[("Plugin failures: exact answers and causes", demo_report.failure_text(runs))]
+        + [d for run in runs for d in ((f"{run.name}: every event", demo_report.timeline_events(run)),
+                                       (f"{run.name}: every failed request", demo_report.failed_requests_text(run)))])
+    return render.html_report([demo_report.timeline(r) for r in runs], report)
 
 
 def _model(args, settings, rate: float) -> int:
@@ -212,11 +214,11 @@ def _model(args, settings, rate: float) -> int:
     print(render.text_table(model.SUMMARY_HEAD, model.summary_rows(runs)))
     print(model.FOOTNOTE)
     if args.report:
-        from shim.demo import replay
+        from shim.demo import report as demo_report
 
         report = render.Report(
-            title="vault-plugin-shim demo --model: a rolling upgrade on a model of Vault", problem=replay.PROBLEM,
-            fix=replay.FIX, headline=[("failed requests", *[len(r.failures) for r in runs]),
+            title="vault-plugin-shim demo --model: a rolling upgrade on a model of Vault", problem=demo_report.PROBLEM,
+            fix=demo_report.FIX, headline=[("failed requests", *[len(r.failures) for r in runs]),
                                       ("plugin downtime", *[f"{r.downtime:.1f} s" for r in runs])],
             setup=f"{settings.nodes} modelled nodes, restart order "
                   f"{', '.join(f'vault-{n}' for n in settings.restart_order)}, {settings.election} elections. "

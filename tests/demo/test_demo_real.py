@@ -81,14 +81,15 @@ def test_report_renders_in_headless_chromium(cli_run, tmp_path):
     writes told apart, failures per second, the cause at the failure band, a legend for every
     colour and mark, and the PS. Then opened in a real browser (Debian's chromium), which must
     draw it: its pixels hold the failures, both versions and the active node's colour."""
-    from shim.demo import render, replay
+    from shim.demo import render
+    from shim.demo import report as demo_report
 
     _proc, report, _took, _tmp = cli_run
     text = report.read_text()
     assert text.startswith("<!DOCTYPE html>")
     assert "<script" not in text and "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    assert f"<b>The problem:</b> {html.escape(replay.PROBLEM)}" in text
-    assert f"<b>The fix:</b> {html.escape(replay.FIX)}" in text
+    assert f"<b>The problem:</b> {html.escape(demo_report.PROBLEM)}" in text
+    assert f"<b>The fix:</b> {html.escape(demo_report.FIX)}" in text
     headline = text[text.index('<table class="headline">'):]
     headline = headline[:headline.index("</table>")]
     for what in ("failed requests (reads / writes)", "longest failure window", "node crashes", "catalog writes"):
@@ -108,7 +109,7 @@ def test_report_renders_in_headless_chromium(cli_run, tmp_path):
     for words in ("read answered by the old version", "write answered by v2", "write failed", "read failed",
                   "plugin failure window", *render.MARKS.values(), "node: active", "standby, old image"):
         assert html.escape(words) in legend, words
-    assert html.escape(replay.PS_TITLE) in text and html.escape(replay.PS[0]) in text, "the PS is in the report"
+    assert html.escape(demo_report.PS_TITLE) in text and html.escape(demo_report.PS[0]) in text, "the PS is in the report"
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.fail("chromium is missing: apt-get install -y chromium (build/install.sh installs it)")
@@ -195,6 +196,7 @@ def test_a_replay_goes_on_through_a_pod_that_crashes_before_it_serves(tmp_path_f
     from shim.demo import cli as demo_cli
     from shim.demo import cluster as cl
     from shim.demo import replay, schedule
+    from shim.demo import report as demo_report
 
     openbao.require_bao()
     original = cl.Cluster.start_node
@@ -228,7 +230,7 @@ def test_a_replay_goes_on_through_a_pod_that_crashes_before_it_serves(tmp_path_f
     assert not [e for e in run.events if e.kind == "note" and "not Ready" in e.detail], "it was Ready in time"
     assert run.failures == [], run.error_texts()
     assert run.versions_served == ["v1.0.0", "v2.0.0"]
-    (row,) = replay.run_rows([run])
+    (row,) = demo_report.run_rows([run])
     assert row[2] == len(crashes), row
     page = demo_cli.report_html([run], schedule.Settings())
     assert f"{run.node_names[blocked[0]]}: crash exit status 1" in page

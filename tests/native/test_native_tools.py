@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from shim.launch.build import write_launcher
-from shim.ops import doctor
+from shim.ops import native as launcher_native
 from shim.ops.doctor import diagnose, exit_code, render
 from tests.support import releases as R
 
@@ -107,13 +107,13 @@ def test_root_doctor_asks_the_launcher_as_the_vault_uid(tmp_path):
         (native,) = by(findings, "native")
         assert native.status == "ok" and "as uid 4242" in native.message, render(findings)
         assert str(versions / "myplugin-2.0.0") in verdict(findings).message
-        doc = doctor.native_explain(str(launcher), vault)
+        doc = launcher_native.native_explain(str(launcher), vault)
         assert doc["uid"] == vault and doc["runs"] == str(versions / "myplugin-2.0.0")
         # as root itself, 2.0.0 belongs to a stranger: the launcher refuses it and runs 1.0.0
         findings = diagnose(str(launcher), uid=0)
         assert by(findings, "native")[0].status == "ok"
         assert str(versions / "myplugin-1.0.0") in verdict(findings).message
-        assert doctor.native_explain(str(launcher))["candidates"][1]["error"]["error"] == "UnsafeFileError"
+        assert launcher_native.native_explain(str(launcher))["candidates"][1]["error"]["error"] == "UnsafeFileError"
     finally:
         shutil.rmtree(root)
 
@@ -144,7 +144,7 @@ def test_a_difference_between_the_launcher_and_python_is_a_failure_naming_both(t
     from shim import cli as shim_cli
 
     launcher, versions = node(tmp_path, tampered=False)
-    real = doctor.native_explain
+    real = launcher_native.native_explain
 
     def lying(path, uid=None):      # as if the launcher's code refused 2.0.0 and ran 1.0.0
         doc = real(path, uid)
@@ -154,7 +154,7 @@ def test_a_difference_between_the_launcher_and_python_is_a_failure_naming_both(t
                    error={"error": "BadSignatureError", "reason": "made up", "file": two["file"], "fix": "x"})
         return doc
 
-    monkeypatch.setattr(doctor, "native_explain", lying)
+    monkeypatch.setattr(launcher_native, "native_explain", lying)    # doctor and verify ask through it
     findings = diagnose(str(launcher))
     (native,) = by(findings, "native")
     assert native.status == "fail" and exit_code(findings) == 1
