@@ -416,6 +416,45 @@ def test_no_other_process_of_the_vault_user_can_reach_the_copy_before_the_seal(t
         shutil.rmtree(top)
 
 
+def test_a_write_to_the_private_copy_while_it_is_made_is_caught(setup):
+    """The private-copy fallback (memfd_create refused) is a file with a path, which any
+    process of the Vault user can open while it is being written. So it is hashed only once
+    reopened read-only and unlinked, not piece by piece like the memfd: a write made between
+    two pieces (strace holds the second) is caught, and nothing runs."""
+    tmp, versions, keys, pol, reports = setup
+    path = versions / "myplugin-1.0.0"
+    path.write_text('#!/bin/sh\necho "ran one $*"\n' + ("#" * 1023 + "\n") * 2048)      # 2 MiB: two pieces
+    path.chmod(0o755)
+    releases.release(keys, path, version="1.0.0")
+    exe = native_launcher(tmp, pol)
+    deny = gcc(tmp, "deny-memfd", DENY_MEMFD_C)
+    tmpdir = tmp / "tmp"
+    tmpdir.mkdir(mode=0o700)
+    strace = shutil.which("strace")
+    assert strace, "strace is missing: apt-get install strace (bash build/install.sh)"
+    proc = subprocess.Popen([strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=sendfile",
+                             "-e", "inject=sendfile:delay_enter=3000000:when=2", str(deny), str(exe), "a"],
+                            env=env(reports, TMPDIR=str(tmpdir)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        from tests.support.wait import wait_until
+
+        copy = wait_until(lambda: next((p for p in tmpdir.glob("vault-plugin-shim-*/myplugin-1.0.0")
+                                        if p.stat().st_size >= 1 << 20), None), "the private copy's first piece")
+        fd = os.open(copy, os.O_WRONLY)
+        try:
+            os.pwrite(fd, b'#!/bin/sh\necho "owned', 0)
+        finally:
+            os.close(fd)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1 and out == b"", (out, err)
+    errors = [line for line in releases.hclog_lines(err) if line["@level"] == "error"]
+    assert errors and errors[0]["error"] == "DigestMismatchError" and errors[0]["file"] == str(path), err
+
+
 def test_where_execveat_is_refused_it_executes_through_proc_self_fd(setup):
     """Case 15: a seccomp profile recorded from a running Vault allows execve only."""
     tmp, versions, keys, pol, reports = setup

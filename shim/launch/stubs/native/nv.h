@@ -253,6 +253,9 @@ int nv_sha256_fd(int fd, uint64_t size, unsigned char out[32]);
  * start). 0; -1 with errno; -2 where src holds fewer bytes. Only for a dst nobody else can
  * write: nv_sha256.c says why that holds in the launcher. */
 int nv_copy_sha256(int src, int dst, uint64_t size, unsigned char out[32], int *one_thread);
+/* The copy alone, on this thread (the private-copy fallback: a file, hashed once unlinked).
+ * 0; -1 with errno; -2 where src holds fewer bytes. */
+int nv_copy_fd(int src, int dst, uint64_t size);
 /* The digest compared with the manifest's sha256 (check_digest's comparison). */
 int nv_digest_matches(nv_candidate *c, const unsigned char digest[32], nv_error *err);
 /* The refusal when nothing passed (Selection.refusal). */

@@ -232,11 +232,10 @@ static int check_temp_parent(const char *parent, nv_error *err)
 }
 
 /* memexec.to_private_file: a fresh 0700 directory, a 0500 file, reopened read-only, both
- * unlinked; returns the read-only descriptor, and the copy's sha256 in digest. */
-static int private_copy(int src, const nv_candidate *c, const char *parent, unsigned char digest[32],
-                        nv_error *err)
+ * unlinked; returns the read-only descriptor. The caller hashes that: until the unlink, any
+ * process of the Vault user can open the file by its path. */
+static int private_copy(int src, uint64_t size, const char *name, const char *parent, nv_error *err)
 {
-    const char *name = c->binary;
     if (check_temp_parent(parent, err) < 0) return -1;
     unsigned char rnd[8];
     if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
@@ -259,10 +258,9 @@ static int private_copy(int src, const nv_candidate *c, const char *parent, unsi
     }
     nv_buf_printf(&file, "%s/", dir.p);
     for (const char *k = name; *k; k++) nv_buf_putc(&file, *k == '/' ? '_' : *k);
-    int ro = -1, out = open(file.p, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0500);
+    int ro = -1, out = open(file.p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0500);
     if (out >= 0) {
-        int r = copy_and_hash(src, out, c, digest);
-        if (r == -2) errno = EIO;       /* the source shrank: not a file system's fault, but no copy */
+        int r = nv_copy_fd(src, out, size);
         close(out);
         if (r == 0) ro = open(file.p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     }
@@ -381,7 +379,7 @@ static int seal_and_check(nv_selection *s, nv_candidate *c, void *ctxp, nv_error
         }
     } else if (errno == EACCES || errno == EPERM || errno == ENOSYS) {
         how = "private-file";
-        fd = private_copy(src, c, tmp_parent(lc), digest, err);
+        fd = private_copy(src, (uint64_t)c->manifest.size, c->binary, tmp_parent(lc), err);
         if (fd < 0) { close(src); return -1; }
     } else {
         int saved = errno;
@@ -391,7 +389,9 @@ static int seal_and_check(nv_selection *s, nv_candidate *c, void *ctxp, nv_error
         return -1;
     }
     close(src);
-    if (nv_digest_matches(c, digest, err) < 0) {
+    /* The memfd was hashed while it was made (nv_sha256.c); the private file, which has a path,
+     * is hashed only now that it is reopened read-only and unlinked. */
+    if ((strcmp(how, "memfd") == 0 ? nv_digest_matches(c, digest, err) : nv_check_digest(fd, c, err)) < 0) {
         close(fd);
         return -1;
     }
@@ -932,11 +932,9 @@ int main(int argc, char **argv, char **envp)
         nv_log_fieldz(&l, "reason", strerror(e));
         nv_log_fieldz(&l, "file", c->path);
         nv_log_end(&l, 2);
-        unsigned char digest[32];
-        int copy = private_copy(lc.fd, c, tmp_parent(&lc), digest, &err);
+        int copy = private_copy(lc.fd, (uint64_t)c->manifest.size, c->binary, tmp_parent(&lc), &err);
         if (copy < 0) nv_fail_error("vault-plugin-shim: cannot make the private copy", &err);
-        if (nv_digest_matches(c, digest, &err) < 0)
-            nv_fail_error("vault-plugin-shim: the private copy does not match", &err);
+        if (nv_check_digest(copy, c, &err) < 0) nv_fail_error("vault-plugin-shim: the private copy does not match", &err);
         close(lc.fd);
         lc.fd = copy;
         lc.how = "private-file";

@@ -16,7 +16,9 @@
  * exec, never passed), and the launcher is not dumpable (main() in nv_launcher.c), so no other
  * process of the Vault user can open it through /proc/PID/fd or write our memory through
  * /proc/PID/mem or ptrace. Only a process with CAP_SYS_PTRACE could, and such a process can
- * change the launcher itself.
+ * change the launcher itself. A file has a path, so the private-copy fallback (a file in a 0700
+ * directory of the Vault user's) is copied by nv_copy_fd and hashed only once it is reopened
+ * read-only and unlinked, as before.
  */
 #include "nv.h"
 
@@ -140,6 +142,18 @@ static void *copier(void *arg)
     pthread_cond_signal(&job->more);
     pthread_mutex_unlock(&job->mu);
     return NULL;
+}
+
+int nv_copy_fd(int src, int dst, uint64_t size)
+{
+    copy_job job = {.src = src, .dst = dst, .size = size};
+    pthread_mutex_init(&job.mu, NULL);
+    pthread_cond_init(&job.more, NULL);
+    copier(&job);
+    pthread_cond_destroy(&job.more);
+    pthread_mutex_destroy(&job.mu);
+    if (job.err) errno = job.err == -2 ? EIO : job.err;
+    return job.err == -2 ? -2 : job.err ? -1 : 0;
 }
 
 int nv_copy_sha256(int src, int dst, uint64_t size, unsigned char out[32], int *one_thread)
