@@ -133,7 +133,7 @@ def _real(args, settings, rate: float) -> int:
         print(render.terminal(demo_report.timeline(run), color=color))
     print("\n" + render.LEGEND + "\n")
     print(render.text_table(demo_report.SUMMARY_HEAD, demo_report.summary_rows(runs)))
-    print(replay.FOOTNOTE + "\n")
+    print(demo_report.FOOTNOTE + "\n")
     print(render.text_table(demo_report.RUN_HEAD, demo_report.run_rows(runs)) + "\n")
     print(demo_report.failure_text(runs))
     if args.events:
@@ -162,7 +162,7 @@ def _interrupt(signum, frame):
 
 
 def report_html(runs, settings) -> str:
-    from shim.demo import render, replay
+    from shim.demo import render
     from shim.demo import report as demo_report
 
     names = runs[0].node_names
@@ -182,7 +182,7 @@ def report_html(runs, settings) -> str:
     setup = (f"Each run is a fresh {settings.nodes}-node OpenBao Raft cluster on loopback, both at once on one "
              "machine. " + "; ".join(runs[0].plan.describe(names)) + ". "
              f"Load: {runs[0].rate:g} requests/s per run (reads and writes of demo/kv/<key> with an application "
-             "token), half to the active node, half round robin over every node that is up. " + replay.FOOTNOTE)
+             "token), half to the active node, half round robin over every node that is up. " + demo_report.FOOTNOTE)
     report = render.Report(
         title="vault-plugin-shim demo: a rolling upgrade of a custom plugin on a real OpenBao cluster",
         problem=demo_report.PROBLEM, fix=demo_report.FIX, headline=headline, setup=setup,
