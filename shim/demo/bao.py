@@ -27,10 +27,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -71,21 +73,47 @@ def find_bao() -> Path:
 
 
 def free_port(pair: bool = False) -> int:
-    """A loopback TCP port that was free a moment ago (with ``pair``, so was port + 1)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind((LOOPBACK, 0))
-            port = s.getsockname()[1]
-            if not pair:
-                return port
-            if port < 65535:
-                with socket.socket() as s2:
-                    try:
+    """A loopback TCP port that was free a moment ago (with ``pair``, so was port + 1).
+
+    Taken below the kernel's ephemeral range where there is room: a node binds its cluster
+    port only once it has joined and unsealed, seconds after the pick, and an outgoing
+    connection (a health poll, a module download) that the kernel gives the same port in
+    between leaves that node sealed for good. Ports below the range are never handed out so."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        if low > 2048:
+            port = random.randrange(max(1024, low - 16384), low - 1)
+        else:
+            with socket.socket() as s:
+                s.bind((LOOPBACK, 0))
+                port = s.getsockname()[1]
+        wanted = {port, port + 1} if pair else {port}
+        with _HANDED_LOCK:
+            if (pair and port >= 65535) or wanted & _HANDED:  # not twice to this process's servers
+                continue
+            try:
+                with socket.socket() as s, socket.socket() as s2:
+                    s.bind((LOOPBACK, port))
+                    if pair:
                         s2.bind((LOOPBACK, port + 1))
-                    except OSError:
-                        continue
-                    return port
-    raise BaoError("no free pair of loopback ports found")
+            except OSError:
+                continue
+            if len(_HANDED) > 4096:  # long-lived callers: forget the oldest servers' ports
+                _HANDED.clear()
+            _HANDED.update(wanted)
+        return port
+    raise BaoError("no free loopback port (pair)" if pair else "no free loopback port found")
+
+
+_HANDED: set[int] = set()
+_HANDED_LOCK = threading.Lock()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _hcl(value: str) -> str:

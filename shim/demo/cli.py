@@ -121,9 +121,11 @@ def _real(args, settings, rate: float) -> int:
         return _build_failed(exc)
     except bao.BaoError as exc:  # the environment: a cluster that cannot start, a port
         progress.done()
-        first = str(exc).splitlines()[0].rstrip(":; ")
-        print(f"vault-plugin-shim demo: the replay could not go on: {first}; every node was stopped and its "
-              f"directory removed (run with {cluster.KEEP_ENV}=1 to keep the nodes' logs)", file=sys.stderr)
+        first, *rest = str(exc).splitlines()
+        print(f"vault-plugin-shim demo: the replay could not go on (every node was stopped and its directory "
+              f"removed; run with {cluster.KEEP_ENV}=1 to keep the nodes' logs): {first}", file=sys.stderr)
+        if rest:  # the node's log tail: the cause is there (a panic, a port already in use)
+            print("\n".join("  " + ln for ln in rest[-15:]), file=sys.stderr)
         return ENVIRONMENT_BROKEN
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -388,11 +388,16 @@ class Cluster:
     def wait_voter(self, index: int, deadline: float = 60.0) -> None:
         """Until the node's own process serves and autopilot reports it as a healthy voter (or
         the leader). Autopilot alone lags: it still calls a node healthy for seconds after its
-        process died."""
+        process died. Before the monitor runs (the cluster's first start), this loop restarts a
+        node whose process exited, as the kubelet would: a node that served once and then died
+        (a CI run saw one, cause unknown) costs a restart, not the replay."""
         name = self.nodes[index].name
         end = time.monotonic() + deadline
         last = ""
         while time.monotonic() < end:
+            if not self._monitors:  # the first start: no monitor thread plays the kubelet yet
+                for n in self.nodes:
+                    self._kubelet(n)
             if self.health(index) not in (STANDBY, ACTIVE):
                 last = f"its own sys/health: {self.health(index)}"
                 time.sleep(POLL)

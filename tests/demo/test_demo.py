@@ -171,6 +171,26 @@ def test_a_replay_that_cannot_go_on_ends_with_one_line_and_no_traceback(monkeypa
     assert "vault-0 is not a healthy voter within 60 s" in line and "every node was stopped" in line
 
 
+def test_a_replay_that_cannot_go_on_shows_the_nodes_log_tail(monkeypatch, capsys):
+    """The cause of a node that does not come up is in its log (a CI run once printed only the
+    first line, and the panic or port clash that explained it was lost): the tail follows the
+    line, indented."""
+    from shim import cli
+    from shim.demo import cluster, replay
+
+    def broken(*args, **kwargs):
+        raise cluster.ClusterError("vault-0 is not a healthy voter within 60 s (last: its own sys/health: down); "
+                                   "its log ends:\n[INFO]  core: joining\npanic: runtime error: nil map")
+
+    monkeypatch.setattr(replay, "run_demo", broken)
+    assert cli.main(["demo"]) == 2
+    _out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    first, *tail = err.splitlines()
+    assert first.endswith("its log ends:") and "every node was stopped" in first
+    assert tail == ["  [INFO]  core: joining", "  panic: runtime error: nil map"]
+
+
 def test_a_plugin_that_cannot_be_built_ends_the_demo_with_one_line(monkeypatch, capsys):
     """No module proxy, a broken Go cache: the environment, so exit 2 and one line, before and
     during the replay (the plugin is built while the nodes start)."""

@@ -105,3 +105,34 @@ def test_a_node_that_crashes_before_serving_is_restarted_with_the_kubelets_back_
     for crash, start, delay in zip(crashes, starts, wanted):
         assert start.t - crash.t >= delay - 0.5, "each restart waited out its back-off"
     assert not any(e.kind == "note" and e.node == target for e in c.events[before:]), "no note: it was Ready"
+
+
+def test_a_node_that_dies_during_the_clusters_first_start_is_restarted(tmp_path, monkeypatch):
+    """A node that served, joined and then died before the cluster's first start was done (a CI
+    run saw vault-0 do so, and the replay ended with "not a healthy voter"): the start restarts
+    it as the kubelet would, records the crash, and returns with every node a healthy voter."""
+    openbao.require_bao()
+    original = cl.Cluster._start_server
+    killed: list[int] = []
+
+    def start_then_die(self, node, wait=True):
+        original(self, node, wait)
+        if node.index == 0 and not killed:
+            killed.append(node.server.proc.pid)
+            os.kill(node.server.proc.pid, signal.SIGKILL)
+
+    monkeypatch.setattr(cl.Cluster, "_start_server", start_then_die)
+    image = tmp_path / "empty-image"
+    image.mkdir()
+    c = cl.Cluster(tmp_path / "c", {"empty": image})
+    try:
+        c.start("empty")
+        assert killed, "node 0 was started and killed"
+        crashes = [e for e in c.events if e.kind == "crash"]
+        assert [(e.node, e.data["exit"]) for e in crashes] == [(0, -signal.SIGKILL)], crashes
+        assert any(e.kind == "start" and e.node == 0 and "kubelet" in e.detail for e in c.events)
+        assert c.nodes[0].up and c.nodes[0].server.pid != killed[0]
+        assert c.health(0) in (cl.STANDBY, cl.ACTIVE)
+    finally:
+        c.close()
+    assert c.leftovers() == [], f"processes left by the cluster: {c.leftovers()}"

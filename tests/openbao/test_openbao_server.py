@@ -106,3 +106,15 @@ def test_plugins_orphaned_by_a_sigkilled_server_are_found_by_its_tmpdir(tmp_path
         assert set(plugins) <= set(server.leftover_processes())   # orphans, found by TMPDIR
         for pid in plugins:
             os.kill(pid, signal.SIGKILL)
+
+
+def test_ports_are_taken_below_the_ephemeral_range_and_never_twice():
+    """A port the kernel may give an outgoing connection (a health poll) before the node binds
+    it would leave that node sealed: picks come from below the ephemeral range, each once."""
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    assert low > 2048, "this machine's ephemeral range starts low; the test needs room below it"
+    singles = [bao.free_port() for _ in range(50)]
+    pairs = [bao.free_port(pair=True) for _ in range(20)]
+    taken = singles + pairs + [p + 1 for p in pairs]
+    assert len(set(taken)) == len(taken), "a port was handed out twice"
+    assert all(1024 <= p < low for p in taken), [p for p in taken if not 1024 <= p < low]
