@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Generate shim/goplugin/_proto/ from proto/*.proto with grpc_tools.protoc.
+"""Generate shim/goplugin/protos/ from proto/*.proto with grpc_tools.protoc.
 
 The output is committed, so it must be byte-for-byte reproducible: protoc runs
 in-process on relative paths in a fixed order, and the only post-processing is
 turning protoc's top-level imports of sibling modules into package-relative ones
 (``import x_pb2`` -> ``from . import x_pb2``), so the modules work from inside
-the ``shim.goplugin._proto`` package without touching sys.path.
+the ``shim.goplugin.protos`` package without touching sys.path.
 
     python build/gen_protos.py            # regenerate in place
     python build/gen_protos.py --out DIR  # write elsewhere (the staleness test)
@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
-DEFAULT_OUT = ROOT / "shim" / "goplugin" / "_proto"
+DEFAULT_OUT = ROOT / "shim" / "goplugin" / "protos"
 
 INIT_TEXT = '''"""Generated gRPC/protobuf modules (build/gen_protos.py). Do not edit by hand.
 

@@ -142,7 +142,9 @@ class Server:
         self.cluster_port = 0
 
     # --- what subclasses say -----------------------------------------------------------
-    def _pick_ports(self) -> None:
+    def pick_ports(self) -> None:
+        """Choose free loopback ports for the next start (a cluster picks every node's before
+        any starts, so that each node's config can name its peers)."""
         raise NotImplementedError
 
     def _config(self) -> str:
@@ -188,7 +190,7 @@ class Server:
         if self.pid:
             raise BaoError(f"server in {self.root} is already running (pid {self.pid})")
         if not self.port:
-            self._pick_ports()
+            self.pick_ports()
         for attempt in range(attempts):
             log_offset = self.spawn()
             try:
@@ -199,7 +201,7 @@ class Server:
                 self.stop()
                 if not (collided and self._may_repick_ports() and attempt + 1 < attempts):
                     raise
-                self._pick_ports()
+                self.pick_ports()
         raise AssertionError("unreachable")
 
     def spawn(self) -> int:
@@ -337,7 +339,7 @@ class DevServer(Server):
         super().__init__(root, plugin_dir, log_level)
         self.token = token
 
-    def _pick_ports(self) -> None:
+    def pick_ports(self) -> None:
         self.port = free_port(pair=True)  # dev mode puts its cluster listener on port + 1
         self.cluster_port = self.port + 1
 
@@ -379,7 +381,7 @@ class RaftNode(Server):
         if self.init_path.exists():
             self.token = json.loads(self.init_path.read_text())["root_token"]
 
-    def _pick_ports(self) -> None:
+    def pick_ports(self) -> None:
         self.port, self.cluster_port = free_port(), free_port()
         self.ports_path.write_text(json.dumps({"api": self.port, "cluster": self.cluster_port}))
 

@@ -169,7 +169,7 @@ class Cluster:
                                            seal_key=seal, log_level=log_level, raft_options=RAFT_OPTIONS))
                       for i in range(size)]
         for n in self.nodes:
-            n.server._pick_ports()
+            n.server.pick_ports()
 
     # --- clock and events ----------------------------------------------------------------
     def now(self) -> float:

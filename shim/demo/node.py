@@ -46,7 +46,7 @@ class Node:
     def launch(self, why: str) -> bool:
         from shim.goplugin import handshake as hs
         from shim.goplugin.client import PluginClient
-        from shim.goplugin._proto import grpctest_pb2, grpctest_pb2_grpc
+        from shim.goplugin.protos import grpctest_pb2, grpctest_pb2_grpc
         from shim.errors import ShimError
 
         self.stop_plugin()
@@ -81,7 +81,7 @@ class Node:
         self.client = self.stub = None
 
     def request(self, rid: int) -> None:
-        from shim.goplugin._proto import grpctest_pb2
+        from shim.goplugin.protos import grpctest_pb2
 
         if not self.active:
             self.emit(ev="resp", id=rid, ok=False, error="standby node")

@@ -42,7 +42,7 @@ PLUGIN_SOURCE = '''\
 import time
 from shim.goplugin import handshake as hs
 from shim.goplugin.server import serve
-from shim.goplugin._proto import grpctest_pb2 as pb, grpctest_pb2_grpc as rpc
+from shim.goplugin.protos import grpctest_pb2 as pb, grpctest_pb2_grpc as rpc
 VERSION = "{version}"
 time.sleep({start_delay})
 

@@ -11,7 +11,7 @@ cryptography. The modules, pure ones first:
 * ``tlsfront``   stdlib-ssl TLS in front of plaintext grpcio on private sockets
 * ``server``     the plugin side (``PluginServer``, ``serve``)
 * ``client``     the host side (``PluginClient``)
-* ``_proto``     generated code for proto/*.proto (build/gen_protos.py)
+* ``protos``     generated code for proto/*.proto (build/gen_protos.py)
 * ``vault``      Vault's plugin types and magic cookies
 * ``hclog``      hclog JSON lines on stderr, which hosts re-log at their level
 

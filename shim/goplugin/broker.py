@@ -84,7 +84,7 @@ def conninfo_from_message(msg) -> ConnInfo:
 
 
 def conninfo_to_message(info: ConnInfo):
-    from ._proto import grpc_broker_pb2 as pb
+    from .protos import grpc_broker_pb2 as pb
 
     msg = pb.ConnInfo(service_id=info.service_id, network=info.network, address=info.address)
     if info.knock is not None:
@@ -248,7 +248,7 @@ class Broker:
 
     def run_client_stream(self, channel: "grpc.Channel") -> threading.Thread:
         """Host role: open StartStream on ``channel`` and pump it on a daemon thread."""
-        from ._proto import grpc_broker_pb2_grpc as rpc
+        from .protos import grpc_broker_pb2_grpc as rpc
 
         responses = rpc.GRPCBrokerStub(channel).StartStream(self._outgoing_messages())
         self._client_call = responses
@@ -259,7 +259,7 @@ class Broker:
 
     def servicer(self):
         """Plugin role: the GRPCBroker servicer to add to our gRPC server."""
-        from ._proto import grpc_broker_pb2_grpc as rpc
+        from .protos import grpc_broker_pb2_grpc as rpc
 
         broker = self
 

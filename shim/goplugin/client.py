@@ -29,7 +29,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from . import grpcutil, handshake as hs, mtls
-from ._proto import (grpc_controller_pb2, grpc_controller_pb2_grpc, grpc_stdio_pb2_grpc)
+from .protos import (grpc_controller_pb2, grpc_controller_pb2_grpc, grpc_stdio_pb2_grpc)
 from .broker import Broker
 from .errors import ChecksumError, ConnectError, StartError, TLSSetupError
 from .logrelay import LineSplitter, parse_stderr_line
@@ -111,6 +111,12 @@ class PluginClient:
         self._stdio_call = None
         self.returncode: int | None = None
         self._lock = threading.Lock()
+
+    @property
+    def pidfd(self) -> int | None:
+        """A pidfd of the plugin process (readable once it has exited), for a caller's own
+        selector; None before the start. The client owns it: do not close it."""
+        return self._pidfd
 
     # --- launching ---------------------------------------------------------------
 

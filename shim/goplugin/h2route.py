@@ -59,7 +59,7 @@ _Steps = Generator[ConnInfoSeen, "ConnInfo | None", None]
 def read_conninfo(message: bytes) -> ConnInfo:
     """The ConnInfo in one uncompressed gRPC message. protobuf's DecodeError, or a
     GoPluginError, when it holds none."""
-    from ._proto import grpc_broker_pb2 as pb
+    from .protos import grpc_broker_pb2 as pb
     from .broker import conninfo_from_message
 
     return conninfo_from_message(pb.ConnInfo.FromString(message[5:]))

@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from . import grpcutil, handshake as hs, mtls
-from ._proto import (grpc_controller_pb2, grpc_controller_pb2_grpc, grpc_stdio_pb2,
+from .protos import (grpc_controller_pb2, grpc_controller_pb2_grpc, grpc_stdio_pb2,
                      grpc_stdio_pb2_grpc)
 from .broker import Broker
 from .errors import CookieError, GoPluginError, StartError
@@ -237,7 +237,7 @@ class PluginServer:
         grpc_controller_pb2_grpc.add_GRPCControllerServicer_to_server(
             _Controller(self._shutdown_requested), server)
         grpc_stdio_pb2_grpc.add_GRPCStdioServicer_to_server(self.stdio.servicer(), server)
-        from ._proto import grpc_broker_pb2_grpc
+        from .protos import grpc_broker_pb2_grpc
         grpc_broker_pb2_grpc.add_GRPCBrokerServicer_to_server(self.broker.servicer(), server)
         if self.register is not None:
             self.register(ServeContext(server, self.broker, version, self.environ))

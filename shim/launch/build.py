@@ -77,12 +77,12 @@ EXEC_MODULES = (
     "shim/trust/verify.py",
 )
 PROXY_MODULES = EXEC_MODULES + (
-    "shim/goplugin/_proto/__init__.py",
-    "shim/goplugin/_proto/grpc_broker_pb2.py",
-    "shim/goplugin/_proto/grpc_controller_pb2.py",
-    "shim/goplugin/_proto/grpc_controller_pb2_grpc.py",
-    "shim/goplugin/_proto/grpc_stdio_pb2.py",
-    "shim/goplugin/_proto/grpc_stdio_pb2_grpc.py",
+    "shim/goplugin/protos/__init__.py",
+    "shim/goplugin/protos/grpc_broker_pb2.py",
+    "shim/goplugin/protos/grpc_controller_pb2.py",
+    "shim/goplugin/protos/grpc_controller_pb2_grpc.py",
+    "shim/goplugin/protos/grpc_stdio_pb2.py",
+    "shim/goplugin/protos/grpc_stdio_pb2_grpc.py",
     "shim/goplugin/broker.py",
     "shim/goplugin/client.py",
     "shim/goplugin/grpcutil.py",
@@ -107,7 +107,7 @@ PROXY_MODULES = EXEC_MODULES + (
 # Proxy mode with hot swap (README "Hot swap") also runs these; watchdog, from site-packages,
 # is imported on the watcher's thread only.
 HOT_SWAP_MODULES = (
-    "shim/goplugin/_proto/grpc_broker_pb2_grpc.py",   # the launcher is the new child's broker host
+    "shim/goplugin/protos/grpc_broker_pb2_grpc.py",   # the launcher is the new child's broker host
     "shim/launch/capture.py",
     "shim/launch/swap.py",
     "shim/launch/swaphost.py",
@@ -385,7 +385,7 @@ def inspect(path: str) -> LauncherInfo:
                 raise stubs.StubError("the native policy, its mode or hot swap differ from the Python part's")
             policy = decided
     except PolicyError as exc:
-        raise PolicyError(f"holds an invalid policy: {exc.reason}", path=path, cause=exc._cause,
+        raise PolicyError(f"holds an invalid policy: {exc.reason}", path=path, cause=exc.cause or exc,
                           fix="rebuild it with `vault-plugin-shim launcher build`") from exc
     except (stubs.StubError, zipfile.BadZipFile, KeyError, UnicodeDecodeError, SyntaxError, ValueError,
             RecursionError, MemoryError) as exc:

@@ -56,7 +56,7 @@ class Generation:
         own (the child closes its own when it is reaped)."""
         loop = asyncio.get_running_loop()
         self.exit = exited = loop.create_future()
-        self.loop_pidfd = pidfd = os.dup(self.child._pidfd)
+        self.loop_pidfd = pidfd = os.dup(self.child.pidfd)
 
         def child_exited():
             loop.remove_reader(pidfd)

@@ -352,7 +352,7 @@ class Proxy:
             child = self.child
             with selectors.DefaultSelector() as sel:
                 sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-                sel.register(child._pidfd, selectors.EVENT_READ, "child")
+                sel.register(child.pidfd, selectors.EVENT_READ, "child")
                 events = sel.select()
             if any(key.data == "wake" for key, _ in events):
                 try:
@@ -388,14 +388,14 @@ class Proxy:
             if not self._vault_shutdown and channel is not None:
                 import grpc
 
-                from shim.goplugin._proto import grpc_controller_pb2, grpc_controller_pb2_grpc
+                from shim.goplugin.protos import grpc_controller_pb2, grpc_controller_pb2_grpc
                 try:
                     grpc_controller_pb2_grpc.GRPCControllerStub(channel).Shutdown(
                         grpc_controller_pb2.Empty(), timeout=self.child_grace)
                 except grpc.RpcError as exc:
                     log.debug("Shutdown call ended with %s", exc.code().name)
             with selectors.DefaultSelector() as sel:
-                sel.register(child._pidfd, selectors.EVENT_READ)
+                sel.register(child.pidfd, selectors.EVENT_READ)
                 if not sel.select(self.child_grace):
                     log.warning("plugin failed to exit gracefully")
         self._note_exit()

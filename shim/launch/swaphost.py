@@ -126,7 +126,7 @@ class SwapHost:
         Close) for each set-up it had, GRPCController/Shutdown, then its group is killed."""
         import grpc
 
-        from shim.goplugin._proto import grpc_controller_pb2, grpc_controller_pb2_grpc
+        from shim.goplugin.protos import grpc_controller_pb2, grpc_controller_pb2_grpc
 
         grace = self.proxy.child_grace
         teardown = {cap.SETUP: cap.CLEANUP, cap.DB_INITIALIZE: cap.DB_CLOSE}
@@ -145,7 +145,7 @@ class SwapHost:
             except grpc.RpcError as exc:
                 log.debug("Shutdown of the retired plugin ended with %s", exc.code().name)
             with selectors.DefaultSelector() as sel:
-                sel.register(old.child._pidfd, selectors.EVENT_READ)
+                sel.register(old.child.pidfd, selectors.EVENT_READ)
                 sel.select(grace)
         self.proxy.discard(old)
 

@@ -72,7 +72,7 @@ def _registration(ns: argparse.Namespace):
     from pathlib import Path
 
     from shim.ops.errors import RegistrationError
-    from shim.ops.register import Registration, sha256_file
+    from shim.ops.registration import Registration, sha256_file
 
     if ns.launcher:
         digest = sha256_file(ns.launcher)
@@ -91,7 +91,8 @@ def _registration(ns: argparse.Namespace):
 def run_register(ns: argparse.Namespace, *, stdout=None, stderr=None) -> int:
     from dataclasses import asdict
 
-    from shim.ops.register import apply, plan, render_dry_run
+    from shim.ops.register import apply
+    from shim.ops.registration import plan, render_dry_run
     from shim.ops.vaultenv import VaultEnv
 
     stdout = stdout or sys.stdout

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 from shim.errors import ShimError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from shim.ops.register import RegisterResult, Registration
+    from shim.ops.register import RegisterResult
+    from shim.ops.registration import Registration
 
 
 # --- talking to Vault ------------------------------------------------------------------

@@ -7,7 +7,7 @@ import threading
 import pytest
 from hypothesis import given, strategies as st
 
-from shim.goplugin._proto import grpc_broker_pb2 as pb
+from shim.goplugin.protos import grpc_broker_pb2 as pb
 from shim.goplugin.broker import (Broker, BrokerCore, ConnInfo, Knock, conninfo_from_message,
                                   conninfo_to_message, parse_conninfo)
 from shim.goplugin.errors import BrokerError

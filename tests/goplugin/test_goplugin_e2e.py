@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from shim.goplugin import handshake as hs
-from shim.goplugin._proto import grpctest_pb2 as pb, grpctest_pb2_grpc as rpc
+from shim.goplugin.protos import grpctest_pb2 as pb, grpctest_pb2_grpc as rpc
 from shim.goplugin.client import PluginClient
 from shim.goplugin.errors import ChecksumError, CookieError, HandshakeError, StartError, VersionError
 
@@ -29,7 +29,7 @@ PLUGIN_SOURCE = textwrap.dedent('''\
     from shim.goplugin import hclog
     from shim.goplugin import handshake as hs
     from shim.goplugin.server import serve
-    from shim.goplugin._proto import grpctest_pb2 as pb, grpctest_pb2_grpc as rpc
+    from shim.goplugin.protos import grpctest_pb2 as pb, grpctest_pb2_grpc as rpc
 
     VERSION = os.environ.get("PYPLUGIN_VERSION", "py")
     MULT = int(os.environ.get("PYPLUGIN_MULT", "2"))

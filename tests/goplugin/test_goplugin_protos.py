@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMITTED = ROOT / "shim" / "goplugin" / "_proto"
+COMMITTED = ROOT / "shim" / "goplugin" / "protos"
 
 
 def _gen_module():
@@ -25,7 +25,7 @@ def test_committed_generated_code_is_fresh(tmp_path):
     _gen_module().generate(tmp_path)
     fresh, committed = _tree(tmp_path), _tree(COMMITTED)
     assert sorted(fresh) == sorted(committed), (
-        "shim/goplugin/_proto has stale or missing files; run `python build/gen_protos.py`")
+        "shim/goplugin/protos has stale or missing files; run `python build/gen_protos.py`")
     stale = [name for name in fresh if fresh[name] != committed[name]]
     assert not stale, (f"generated files differ from proto/*.proto: {stale}; run "
                        "`python build/gen_protos.py` (with the grpcio-tools version pinned for the "
@@ -52,7 +52,7 @@ def _fields(message) -> dict[str, tuple[int, int]]:
 def test_wire_names_and_numbers_match_go_plugin():
     from google.protobuf.descriptor import FieldDescriptor as F
 
-    from shim.goplugin._proto import grpc_broker_pb2, grpc_controller_pb2, grpc_stdio_pb2
+    from shim.goplugin.protos import grpc_broker_pb2, grpc_controller_pb2, grpc_stdio_pb2
 
     conninfo = grpc_broker_pb2.ConnInfo
     assert conninfo.DESCRIPTOR.full_name == "plugin.ConnInfo"
@@ -79,7 +79,7 @@ def test_wire_names_and_numbers_match_go_plugin():
 
 def test_known_conninfo_bytes():
     """Bytes as Go's proto.Marshal writes them for ConnInfo{ServiceId: 3, Network: "unix", ...}."""
-    from shim.goplugin._proto import grpc_broker_pb2
+    from shim.goplugin.protos import grpc_broker_pb2
 
     msg = grpc_broker_pb2.ConnInfo(service_id=3, network="unix", address="/s")
     assert msg.SerializeToString() == b"\x08\x03\x12\x04unix\x1a\x02/s"

@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shim.goplugin import grpcutil, handshake as hs, mtls
-from shim.goplugin._proto import grpc_controller_pb2, grpc_controller_pb2_grpc
+from shim.goplugin.protos import grpc_controller_pb2, grpc_controller_pb2_grpc
 from shim.goplugin.errors import CookieError, StartError, TLSSetupError
 from shim.goplugin.server import PluginServer
 from shim.goplugin.tlsfront import ClientFront

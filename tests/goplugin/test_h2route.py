@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from shim.goplugin import h2frame as h
-from shim.goplugin._proto import grpc_broker_pb2 as pb
+from shim.goplugin.protos import grpc_broker_pb2 as pb
 from shim.goplugin.broker import ConnInfo, conninfo_to_message
 from shim.goplugin.errors import H2RouteError, HostProtocolError, PluginProtocolError
 from shim.goplugin.h2events import CallEnded, CallOpened, ConnInfoSeen, Data, Shutdown, UnreadBrokerMessage

@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from shim.goplugin import handshake as hs
-from shim.goplugin._proto import grpctest_pb2 as pb, grpctest_pb2_grpc as rpc
+from shim.goplugin.protos import grpctest_pb2 as pb, grpctest_pb2_grpc as rpc
 from shim.goplugin.client import PluginClient
 from shim.goplugin.errors import ChecksumError, StartError
 

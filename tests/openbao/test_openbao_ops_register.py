@@ -12,7 +12,8 @@ import json
 import pytest
 
 from shim.ops.errors import BareVersionError, MountStepError
-from shim.ops.register import PROBE_VERSION, Registration, enable_mount, sha256_file
+from shim.ops.register import enable_mount
+from shim.ops.registration import PROBE_VERSION, Registration, sha256_file
 from shim.ops.vaultenv import VaultEnv, detect_server
 from tests.support import openbao
 

@@ -66,7 +66,7 @@ def test_port_collision_is_retried_on_new_ports(tmp_path):
 
     openbao.require_bao()
     server = bao.DevServer(tmp_path / "d")
-    server._pick_ports()
+    server.pick_ports()
     taken = server.port
     with socket.socket() as squatter:
         squatter.bind((bao.LOOPBACK, taken))

@@ -25,7 +25,8 @@ from shim.ops.errors import (
     VaultServerError,
     VaultUnreachableError,
 )
-from shim.ops.register import PROBE_VERSION, Registration, apply, plan, render_dry_run, sha256_file
+from shim.ops.register import apply
+from shim.ops.registration import PROBE_VERSION, Registration, plan, render_dry_run, sha256_file
 from shim.ops.vaultenv import ServerInfo, VaultEnv, server_info_from
 from tests.support.fakevault import ROOT_TOKEN, FakeVault
 
