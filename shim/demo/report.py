@@ -8,7 +8,9 @@ import threading
 import time
 
 from shim.demo import cluster as cl
-from shim.demo.replay import ENTRY_VERSION, VIEWS, RunResult
+from shim.demo.load import VIEWS
+from shim.demo.replay import ENTRY_VERSION
+from shim.demo.results import RunResult
 
 def timeline(run: RunResult):
     """The run as a :class:`shim.demo.render.Timeline` (t = 0 is when the load started)."""

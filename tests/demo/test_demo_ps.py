@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from shim.demo import cluster as cl
+from shim.demo import nodelog
 from tests.support import baoplugins, openbao
 from tests.support.wait import wait_until
 
@@ -220,7 +221,7 @@ def test_a_node_that_becomes_active_sets_its_mounts_up_again_and_fails(stage):
     for node in (new_active, old_active):
         server = stage.c.nodes[node].server
         openbao.wait_for_log(server, "failed to create mount entry", offset=offsets[node], timeout=30)
-        failed = [e for e in cl.log_events(server.log_text(offsets[node])) if e[1] == "mount-failed"]
+        failed = [e for e in nodelog.log_events(server.log_text(offsets[node])) if e[1] == "mount-failed"]
         assert failed and "checksums did not match" in failed[-1][2], failed
         for method, body in (("GET", None), ("PUT", {"n": 6})):
             status, doc = stage.req(node, method, f"{name}/kv/k", body)
