@@ -10,6 +10,21 @@ from shim.demo import schedule as sched
 from shim.demo.load import MOUNT, VIEWS, Request
 
 
+def failure_windows(requests, failed: str, end: float) -> list[tuple[float, float]]:
+    """From each first request in category ``failed`` to the next ``ok`` one (or ``end``),
+    in the order the requests were sent; other categories neither open nor close a window."""
+    windows, start = [], None
+    for r in sorted((r for r in requests if r.category in ("ok", failed)), key=lambda r: r.t):
+        if r.category == failed and start is None:
+            start = r.t
+        elif r.category == "ok" and start is not None:
+            windows.append((start, r.t))
+            start = None
+    if start is not None:
+        windows.append((start, end))
+    return windows
+
+
 @dataclass
 class CatalogWrite:
     t: float
@@ -44,18 +59,8 @@ class RunResult:
 
     def failure_windows(self, view: str | None = None) -> list[tuple[float, float]]:
         """Per view: from a first plugin failure to the next success (or the end)."""
-        out = []
-        for v in ([view] if view else VIEWS):
-            start = None
-            for r in sorted(self.of(v), key=lambda r: r.t):
-                if r.category == "plugin" and start is None:
-                    start = r.t
-                elif r.category == "ok" and start is not None:
-                    out.append((start, r.t))
-                    start = None
-            if start is not None:
-                out.append((start, self.duration))
-        return sorted(out)
+        return sorted(w for v in ([view] if view else VIEWS)
+                      for w in failure_windows(self.of(v), "plugin", self.duration))
 
     def longest_window(self, view: str | None = None) -> float:
         return max((b - a for a, b in self.failure_windows(view)), default=0.0)

@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shim.demo import results
 from shim.demo import schedule as sched
 from shim.trust.verify import digest_file
 
@@ -85,16 +86,7 @@ class RunResult:
 
     def failure_windows(self) -> list[tuple[float, float]]:
         """From each first failed request to the next successful one (or the end)."""
-        windows, start = [], None
-        for r in sorted((r for r in self.requests if r.category in ("ok", "plugin-failure")), key=lambda r: r.t):
-            if r.category == "plugin-failure" and start is None:
-                start = r.t
-            elif r.category == "ok" and start is not None:
-                windows.append((start, r.t))
-                start = None
-        if start is not None:
-            windows.append((start, self.duration))
-        return windows
+        return results.failure_windows(self.requests, "plugin-failure", self.duration)
 
     @property
     def downtime(self) -> float:

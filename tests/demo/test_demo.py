@@ -208,3 +208,19 @@ def test_a_plugin_that_cannot_be_built_ends_the_demo_with_one_line(monkeypatch, 
         [line] = err.splitlines()
         assert line.startswith("vault-plugin-shim demo: the demo's plugin could not be built: go build in /x failed")
         assert "GOPROXY=off" in line
+
+
+def test_a_failure_window_runs_from_the_first_failure_to_the_next_success():
+    """One function for both demos (the model's and the real cluster's): requests of other
+    categories (the cluster's own failover noise) neither open nor close a window, and one
+    still open at the end closes there."""
+    from types import SimpleNamespace as R
+
+    from shim.demo.results import failure_windows
+
+    reqs = [R(t=5.0, category="ok"), R(t=1.0, category="ok"), R(t=2.0, category="plugin"),
+            R(t=2.5, category="plugin"), R(t=3.0, category="no-active"), R(t=4.0, category="ok"),
+            R(t=6.0, category="plugin"), R(t=7.0, category="other")]
+    assert failure_windows(reqs, "plugin", 9.0) == [(2.0, 4.0), (6.0, 9.0)]
+    assert failure_windows(reqs, "no-active", 9.0) == [(3.0, 4.0)]
+    assert failure_windows([], "plugin", 9.0) == []
