@@ -16,7 +16,9 @@ OpenBao 2.7.2 on a 2-core machine:
   and :meth:`Cluster.hand_over` therefore wait out every up node's cool-down first.
 * Stopping the active node with SIGTERM hands leadership to another node in well under 1 s;
   which one is Raft's choice, so :meth:`Cluster.hand_over` steps down until the wanted node
-  leads.
+  leads. A step-down is a Raft leadership transfer to the most up-to-date voter, ties going
+  to the first in Raft's configuration (:meth:`Cluster.raft_order`): with writes in flight
+  (the demo's load) the choice varies; on an idle cluster it is the same node each time.
 
 Everything the cluster started is stopped, and its directory removed, by :meth:`close` (also
 from ``with``, so on errors and Ctrl-C). A monitor thread polls every node's health and records
@@ -506,8 +508,11 @@ class Cluster:
                     return self.active_now()
                 continue
             if time.monotonic() > end:
+                order = ", ".join(self.nodes[i].name for i in self.raft_order())
                 self.record("note", wanted, f"leadership did not reach it within {deadline:.0f} s; it stays "
-                                            f"with {self.nodes[active].name}; " + self._states())
+                                            f"with {self.nodes[active].name}; " + self._states()
+                            + (f"; Raft's configuration order: {order} (a step-down hands leadership to the first "
+                               "up-to-date voter in it)" if order else ""))
                 return active
             self.wait_cooldowns(exclude={active})
             if self.step_down(active):
@@ -515,6 +520,21 @@ class Cluster:
                     self.wait_active(max(1.0, end - time.monotonic()), exclude={active})
             else:
                 time.sleep(POLL)
+
+    def raft_order(self) -> list[int]:
+        """The nodes in the order of Raft's configuration (join order; [] if no up node
+        answers). A step-down hands leadership to the most up-to-date voter, and among equals
+        to the first in this order: with no write in flight, that is the same node each time
+        (hashicorp/raft's pickServer), so some nodes cannot be reached by step-downs alone."""
+        for n in self.nodes:
+            if not n.up:
+                continue
+            status, body = self.call(n.index, "GET", "sys/storage/raft/configuration", timeout=2)
+            if status == 200:
+                by_name = {m.name: m.index for m in self.nodes}
+                return [by_name[s["node_id"]] for s in ((body.get("data") or {}).get("config") or {}).get("servers", [])
+                        if s.get("node_id") in by_name]
+        return []
 
     def _states(self) -> str:
         return "node states: " + ", ".join(f"{n.name}={self.health(n.index)}" for n in self.nodes)
