@@ -508,3 +508,53 @@ def test_a_hot_swap_rescan_runs_select_only_mode_inside_the_launcher(peer, tmp_p
         assert n.leftovers() == []
     finally:
         n.close()
+
+
+def test_the_arm64_native_proxy_launcher_decides_and_serves_under_qemu(tmp_path):
+    """The arm64 build of the proxy-mode launcher, run under qemu-user by our go-plugin host
+    client as Vault would run it: its own (arm64) code selects and seals (it refuses an amd64
+    release, newer, and says so), then hands the copy to the interpreter, which serves calls
+    through the proxy. Nothing is left once the host kills it. Hot swap is not tried: its
+    rescans execute the launcher's own copy, which this amd64 machine runs only through qemu."""
+    import logging
+
+    from shim.goplugin.client import PluginClient
+    from tests.proxy.test_proxy_faults import CONFIG, PLUGIN, UNARY, Waiter
+
+    qemu = shutil.which("qemu-aarch64-static")
+    assert qemu, "apt-get install qemu-user-static (bash build/install.sh)"
+    versions = tmp_path / "versions"
+    versions.mkdir(mode=0o755)
+    keys = R.new_keys()
+    for version, arch in (("1.0.0", "arm64"), ("2.0.0", "amd64")):
+        script = versions / f"myplugin-{version}"
+        script.write_text(f"#!{R.PYTHON}\n" + PLUGIN)
+        script.chmod(0o755)
+        R.release(keys, script, version=version, arch=arch)
+    (tmp_path / "vault-plugins").mkdir()
+    launcher = tmp_path / "vault-plugins" / "myplugin-shim"
+    build.write_launcher(R.policy(versions, keys).replace(mode="proxy"), R.PYTHON, str(launcher),
+                         native=True, arch="arm64")
+    sock = Path(tempfile.mkdtemp(prefix="npa", dir="/tmp"))
+    marker = gopeer.new_marker("NPARM64")
+    key, value = marker.split("=")
+    log = Waiter()
+    logger = logging.getLogger(f"native-proxy-arm64.{id(log)}")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(log)
+    client = PluginClient([qemu, "-cpu", "max", str(launcher)], CONFIG, skip_host_env=True, logger=logger,
+                          env={"PATH": "/usr/bin:/bin", "TMPDIR": str(sock), key: value})
+    try:
+        client.connect()
+        assert client.channel.unary_unary(UNARY)(b"hello", timeout=30) == b"hello"
+        refused = [m for m in log.messages if "rejected candidate" in m]
+        assert len(refused) == 1 and "myplugin-2.0.0" in refused[0] and "linux/amd64" in refused[0], log.messages
+        started = [m for m in log.messages if m.startswith("vault-plugin-shim: starting")]
+        assert len(started) == 1 and "version=1.0.0" in started[0] and "mode=proxy" in started[0], log.messages
+        assert "selected_by=native launcher" in started[0], started
+    finally:
+        client.kill()
+        left = gopeer.kill_marked_processes(marker)
+        leftovers = sorted(p.name for p in sock.iterdir())
+        shutil.rmtree(sock, ignore_errors=True)
+    assert left == [] and leftovers == [], (left, leftovers)
