@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
 
 from shim.demo import bao, gobuild  # noqa: E402
 from shim.trust.verify import digest_file  # noqa: E402
+from tests.support.procs import alive  # noqa: E402
 
 TARGETS = ("direct", "exec", "proxy")
 PLUGIN_NAME = "bench"          # the name in the manifests and both launchers' policies
@@ -195,14 +196,9 @@ def first_read(client: Client, path: str, deadline: float = 60.0) -> float:
 
 def plugin_pids(server: bao.Server) -> list[int]:
     """The live processes the server started (plugins, their children)."""
-    return [p for p in bao.descendants(server.pid) if _alive(p)] if server.pid else []
+    return [p for p in bao.descendants(server.pid) if alive(p)] if server.pid else []
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def wait_plugins_gone(server: bao.Server, deadline: float = 30.0) -> None:

@@ -18,6 +18,7 @@ from shim.goplugin import handshake as hs
 from shim.goplugin.protos import grpctest_pb2 as pb, grpctest_pb2_grpc as rpc
 from shim.goplugin.client import PluginClient
 from shim.goplugin.errors import ChecksumError, CookieError, HandshakeError, StartError, VersionError
+from tests.support.procs import alive
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = hs.HandshakeConfig(hs.VAULT_BACKEND.cookie_key, hs.VAULT_BACKEND.cookie_value, (5,))
@@ -120,12 +121,6 @@ def _client(path, **kw) -> PluginClient:
     return PluginClient([str(path)], kw.pop("config", CONFIG), env=env, **kw)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
 
 
 def _marked(marker: str) -> list[int]:
@@ -193,7 +188,7 @@ def test_calls_stream_broker_stdio_and_kill(plugin_path, sockdir, auto_mtls, cap
     test.PrintKV(pb.PrintKVRequest(Key="log.warn", ValueString="careful now"), timeout=10)
     client.kill()
     assert any(r.levelno == logging.WARNING and r.getMessage().startswith("careful now") for r in caplog.records)
-    assert not _alive(pid)
+    assert not alive(pid)
     assert client.returncode == 0  # it exited on Shutdown, not by SIGKILL
     assert _leftovers(sockdir) == []
 
@@ -215,7 +210,7 @@ def test_kill_takes_the_whole_process_group(plugin_path, sockdir):
     waited = time.monotonic() - t0
     assert 1.9 < waited < 5, waited  # Shutdown ignored: 2 s grace, then SIGKILL
     assert client.returncode == -9
-    assert [p for p in children if _alive(p)] == []
+    assert [p for p in children if alive(p)] == []
 
 
 def test_checksum_mismatch_never_starts(plugin_path, sockdir):

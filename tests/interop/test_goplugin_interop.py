@@ -25,6 +25,7 @@ from shim.goplugin.errors import ChecksumError, StartError
 
 from tests.goplugin.test_goplugin_e2e import PLUGIN_SOURCE
 from tests.support import gopeer
+from tests.support.procs import alive
 
 pytestmark = pytest.mark.interop
 
@@ -62,12 +63,6 @@ def sockdir(tmp_path):
     return d
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
 
 
 def _go_client(path, sockdir, **kw) -> PluginClient:
@@ -102,7 +97,7 @@ def test_py_client_go_plugin_automtls(go_plugin, release, sockdir, caplog):
     else:
         assert no_stdio == []
     client.kill()
-    assert client.returncode == 0 and not _alive(pid)
+    assert client.returncode == 0 and not alive(pid)
     records = [r for r in caplog.records if r.name.startswith("shim.goplugin.plugin.")]
     assert any(r.levelno == logging.ERROR and r.getMessage().startswith("boom from go") for r in records)
     assert any(r.levelno == logging.INFO and r.getMessage().startswith("gopeer plugin starting") for r in records)

@@ -16,17 +16,6 @@ from tests.support import releases as R
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def setup(tmp_path):
-    d = tmp_path / "plugins"
-    d.mkdir(mode=0o755)
-    keys = R.new_keys()
-    pol = R.policy(d, keys)
-    path = R.script_plugin(d / "myplugin-1.0.0", "good")
-    R.release(keys, path, version="1.0.0")
-    return tmp_path, d, keys, pol, path
-
-
 def run_patched(pol, patch: str, tmp: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the launch path in a fresh interpreter with a test hook installed first."""
     code = (

@@ -25,17 +25,6 @@ from tests.support import releases as R
 from tests.launch.test_launch_exec import run_patched
 
 
-@pytest.fixture
-def setup(tmp_path):
-    d = tmp_path / "plugins"
-    d.mkdir(mode=0o755)
-    keys = R.new_keys()
-    pol = R.policy(d, keys)
-    path = R.script_plugin(d / "myplugin-1.0.0", "good")
-    R.release(keys, path, version="1.0.0")
-    return tmp_path, d, keys, pol, path
-
-
 def failed(proc: subprocess.CompletedProcess, *, file: bool = True, cause: bool = False) -> list[dict]:
     """The common assertions; returns the error lines."""
     assert proc.returncode != 0, proc.stderr

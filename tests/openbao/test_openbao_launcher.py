@@ -23,6 +23,7 @@ import pytest
 from shim.demo.bao import descendants
 from tests.support import baoplugins as bp
 from tests.support import gopeer, openbao
+from tests.support.procs import alive
 from tests.support.wait import wait_until
 
 MODES = ("exec", "proxy")
@@ -37,12 +38,6 @@ def plugins(tmp_path_factory):
 
 # --- helpers -----------------------------------------------------------------------------------
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def tree(marker: str) -> set[int]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from shim.demo.bao import descendants
+from tests.support.procs import alive
 from tests.support.wait import wait_until
 from tests.support import gopeer
 from tests.interop.test_proxy_interop import Node
@@ -55,12 +56,6 @@ def node(peer, tmp_path, request):
     n.close()
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def cpu_ticks(pid: int) -> int:

@@ -10,6 +10,14 @@ from pathlib import Path
 from tests.support.wait import wait_until
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an exited child its parent has not reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def referencing(path: Path) -> list[str]:
     """Processes whose command line or environment mention ``path``."""
     needle = str(path).encode()

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.procs import alive
 from tests.support.wait import wait_until
 
 SWAPPLUGIN_DIR = Path(__file__).resolve().parent.parent / "swapplugin"
@@ -166,12 +167,6 @@ def launcher_pids(server) -> list[int]:
     return out
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def launcher_of(name: str) -> int:
