@@ -322,7 +322,7 @@ def test_a_tiny_rlimit_gets_one_line_naming_it(setup, limit, value, fix_part):
 
 
 def test_where_no_second_thread_can_start_it_copies_then_hashes_and_says_so(tmp_path):
-    """The copy of a plugin over one piece (1 MiB) is hashed while it is made, on a second thread.
+    """The copy of a plugin over 1 MiB is hashed while it is made, on a second thread.
     Where none can start (the Vault user at its pids limit: here an unused uid with
     RLIMIT_NPROC 1), the launch still runs the verified plugin, and one WARN line says it went
     slower and what to raise."""
@@ -339,7 +339,7 @@ def test_where_no_second_thread_can_start_it_copies_then_hashes_and_says_so(tmp_
         os.chown(reports, uid, uid)
         keys = releases.new_keys()
         path = versions / "myplugin-1.0.0"     # forks nothing: the pids limit holds for the plugin too
-        path.write_text('#!/bin/sh\necho "ran one $*"\n' + ("#" * 1023 + "\n") * 3072)      # 3 MiB: three pieces
+        path.write_text('#!/bin/sh\necho "ran one $*"\n' + ("#" * 1023 + "\n") * 3072)      # 3 MiB: a second thread
         path.chmod(0o755)
         releases.release(keys, path, version="1.0.0")
         exe = native_launcher(top, releases.policy(versions, keys))
@@ -349,8 +349,8 @@ def test_where_no_second_thread_can_start_it_copies_then_hashes_and_says_so(tmp_
         assert proc.returncode == 0 and proc.stdout == b"ran one a\n", proc
         warns = [line for line in releases.hclog_lines(proc.stderr) if line["@level"] == "warn"]
         assert [w["@message"] for w in warns] == [
-            "vault-plugin-shim: cannot start a second thread to hash while copying; copying, then hashing "
-            "(the launch is slower)"], proc.stderr
+            "vault-plugin-shim: cannot start a second thread to copy while hashing; reading, hashing and copying "
+            "one piece at a time (the launch is slower)"], proc.stderr
         assert warns[0]["file"] == str(path) and "pids" in warns[0]["fix"]
         proc = subprocess.run([str(exe), "a"], env=env(reports), capture_output=True, timeout=30, user=uid, group=uid,
                               extra_groups=[])
@@ -363,8 +363,8 @@ def test_where_no_second_thread_can_start_it_copies_then_hashes_and_says_so(tmp_
 def test_no_other_process_of_the_vault_user_can_reach_the_copy_before_the_seal(tmp_path):
     """The copy is hashed piece by piece before it is sealed, so nothing else may write it
     meanwhile: the launcher is not dumpable, and another process of its uid cannot open its
-    memfd through /proc/PID/fd. strace (root) holds the first sendfile for a while; in that
-    window, a process of the same uid tries to open the memfd for writing."""
+    memfd through /proc/PID/fd. strace (root) holds the first write into the memfd for a while;
+    in that window, a process of the same uid tries to open the memfd for writing."""
     import tempfile
 
     from tests.support.wait import wait_until
@@ -385,8 +385,8 @@ def test_no_other_process_of_the_vault_user_can_reach_the_copy_before_the_seal(t
         exe.chmod(0o755)
         strace = shutil.which("strace")
         assert strace, "strace is missing: apt-get install strace (bash build/install.sh)"
-        proc = subprocess.Popen([strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=sendfile",
-                                 "-e", "inject=sendfile:delay_enter=4000000:when=1",
+        proc = subprocess.Popen([strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=pwrite64",
+                                 "-e", "inject=pwrite64:delay_enter=4000000:when=1",
                                  "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", str(exe), "a"],
                                 env=releases.cookie_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

@@ -97,12 +97,15 @@ def build(out: Path, arch: str, prefix: Path, *flags: str) -> Path:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[Path, str]:
     """Files and their hashlib digests: FIPS's messages, random ones of every length 0..200,
-    around the 64-byte block size and the 64 KiB read size, and a few of several MB."""
+    around the 64-byte block size, the 64 KiB read size, nv_copy_sha256's 256 KiB pieces, its
+    1 MiB threshold for a second thread and its eight buffers' 2 MiB (where the first is used
+    again), and a few of several MB."""
     d = tmp_path_factory.mktemp("sha256-inputs")
     rng = random.Random(20)
     lengths = set(range(201))
     lengths |= {64 * k + e for k in range(1, 40) for e in (-1, 0, 1)}
     lengths |= {65536 * k + e for k in (1, 2, 3) for e in (-65, -64, -1, 0, 1, 63, 64)}
+    lengths |= {2**18 * k + e for k in (1, 4, 8, 9) for e in (-1, 0, 1)}
     lengths |= {3 * 2**20 + 17, 8 * 2**20, 16 * 2**20 + 1}
     files = {}
     for n, (message, expected) in enumerate(FIPS.items()):

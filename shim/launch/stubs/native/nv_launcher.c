@@ -150,14 +150,14 @@ typedef struct {
     int no_share;           /* make our own copy even if a running process has one */
 } launch_ctx;
 
-/* nv_copy_sha256, and a line where it had to copy and hash on one thread (slower, not less safe). */
+/* nv_copy_sha256, and a line where it had to read, hash and copy on one thread (slower, not less safe). */
 static int copy_and_hash(int src, int dst, const nv_candidate *c, unsigned char digest[32])
 {
     int one_thread = 0;
     int r = nv_copy_sha256(src, dst, (uint64_t)c->manifest.size, digest, &one_thread);
     if (one_thread) {
-        static const char slow[] = "vault-plugin-shim: cannot start a second thread to hash while copying; "
-                                   "copying, then hashing (the launch is slower)";
+        static const char slow[] = "vault-plugin-shim: cannot start a second thread to copy while hashing; "
+                                   "reading, hashing and copying one piece at a time (the launch is slower)";
         nv_log l;
         nv_log_begin(&l, "warn", slow, sizeof slow - 1);
         nv_log_fieldz(&l, "file", c->path);

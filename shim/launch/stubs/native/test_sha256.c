@@ -13,7 +13,7 @@
  * hashed while it is copied; the program also hashes the finished memfd and fails unless the
  * copy holds the file's size and both digests agree. --copy-one-thread: the same after making
  * a second thread impossible (as root: opens the files, then becomes an unused uid with
- * RLIMIT_NPROC 1), and fails unless nv_copy_sha256 said so for every file over one piece.
+ * RLIMIT_NPROC 1), and fails unless nv_copy_sha256 said so for every file over 1 MiB.
  */
 #define _GNU_SOURCE
 #include "nv.h"
