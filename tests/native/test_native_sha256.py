@@ -7,7 +7,7 @@ NETTLE_FAT_VERBOSE and NETTLE_FAT_OVERRIDE), is built the way the launcher is (s
 the same libnettle.a) for amd64 and arm64, and hashes files by descriptor:
 
 - amd64 here: the SHA-NI code where this CPU has the SHA extensions (Nettle says which it chose),
-  and the portable code (NETTLE_FAT_OVERRIDE=none); the pread path (mmap refused) too;
+  and the portable code (NETTLE_FAT_OVERRIDE=none);
 - amd64 under qemu-x86_64 with a CPU model without SHA-NI: Nettle's own detection says no;
 - arm64 under qemu-aarch64 (-cpu max, -cpu cortex-a53): the ARMv8 SHA2 code, found with
   getauxval (build/nettle-arm64-musl-getauxval.patch), and the portable C code. qemu 7.2 has no
@@ -16,8 +16,9 @@ the same libnettle.a) for amd64 and arm64, and hashes files by descriptor:
 
 And nv_copy_sha256, the launcher's copy of a plugin hashed while it is made (the copy on a
 second thread): every input copied into a memfd must hash as hashlib says and as the finished
-copy does, on two threads, on one (no second thread can start: RLIMIT_NPROC), with mmap
-refused, under qemu on arm64, and under ThreadSanitizer.
+copy does, on two threads, on one (no second thread can start: RLIMIT_NPROC), under qemu on
+arm64, and under ThreadSanitizer. nv_sha256_fd, which checks the finished copy here, runs the
+same pipeline without writing.
 
 A missing tool fails the test (never skips).
 """
@@ -80,12 +81,12 @@ def nettle() -> dict[str, Path]:
     return prefixes
 
 
-def build(out: Path, arch: str, prefix: Path, *flags: str) -> Path:
+def build(out: Path, arch: str, prefix: Path) -> Path:
     cc, specs, packages = TOOLCHAINS[arch]
     require(cc, f"apt-get install {packages}")
     if not Path(specs).is_file():
         pytest.fail(f"{specs} is missing: apt-get install {packages} (bash build/install.sh)", pytrace=False)
-    cmd = [cc, "-specs", specs, "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-static", *flags,
+    cmd = [cc, "-specs", specs, "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-static",
            f"-I{native.NATIVE}", f"-I{prefix / 'include'}", "-o", str(out), str(PROGRAM),
            str(native.NATIVE / "nv_sha256.c"), str(prefix / "lib" / "libnettle.a")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env={"PATH": "/usr/bin:/bin"})
@@ -147,21 +148,14 @@ def test_amd64_sha_ni_and_portable_code_agree_with_hashlib(nettle, inputs, tmp_p
     assert NO_SHA_NI in err.splitlines(), err
 
 
-def test_amd64_pread_path_when_mmap_is_refused(nettle, inputs, tmp_path):
-    exe = build(tmp_path / "test_sha256_pread", "amd64", nettle["amd64"], "-DNV_TEST_NO_MMAP")
-    run([str(exe)], inputs, {})
-    run([str(exe)], inputs, {"NETTLE_FAT_OVERRIDE": "none"})
-
-
 def test_amd64_copy_hashed_while_it_is_made_agrees_with_hashlib(nettle, inputs, tmp_path):
     exe = build(tmp_path / "test_sha256", "amd64", nettle["amd64"])
-    run([str(exe), "--copy"], inputs, {})
-    exe = build(tmp_path / "test_sha256_pread", "amd64", nettle["amd64"], "-DNV_TEST_NO_MMAP")
     run([str(exe), "--copy"], inputs, {})
 
 
 def test_where_no_second_thread_can_start_the_copy_is_made_then_hashed(nettle, inputs, tmp_path):
-    """A pids limit reached: pthread_create fails, and nv_copy_sha256 says it worked on one thread."""
+    """A pids limit reached: pthread_create fails, nv_copy_sha256 says it worked on one thread, and
+    nv_sha256_fd (which checks the finished copy) reads and hashes on one thread too."""
     exe = build(tmp_path / "test_sha256", "amd64", nettle["amd64"])
     run([str(exe), "--copy-one-thread"], inputs, {})
 
@@ -192,8 +186,6 @@ def test_arm64_portable_code_under_qemu_agrees_with_hashlib(nettle, inputs, tmp_
     exe = build(tmp_path / "test_sha256", "arm64", nettle["arm64"])
     err = run([qemu, "-cpu", "max", str(exe)], inputs, {"NETTLE_FAT_VERBOSE": "1", "NETTLE_FAT_OVERRIDE": "none"})
     assert "libnettle: cpu features:" in err and ARM_SHA2 not in err, err
-    exe = build(tmp_path / "test_sha256_pread", "arm64", nettle["arm64"], "-DNV_TEST_NO_MMAP")
-    run([qemu, "-cpu", "max", str(exe)], inputs, {})
 
 
 def test_under_asan_and_ubsan_with_debians_nettle(inputs, tmp_path):

@@ -5,10 +5,6 @@
  * work here: the test chooses Nettle's portable code with the first and reads which code
  * Nettle chose from the second.
  *
- * Built with -DNV_TEST_NO_MMAP (static musl builds only), mmap fails here, so nv_sha256_fd
- * takes its pread path: the program's own mmap replaces musl's (which musl's malloc does not
- * call: it uses its internal __mmap).
- *
  * --copy: nv_copy_sha256 instead, as the launcher copies a plugin: each file into a memfd,
  * hashed while it is copied; the program also hashes the finished memfd and fails unless the
  * copy holds the file's size and both digests agree. --copy-one-thread: the same after making
@@ -29,14 +25,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#ifdef NV_TEST_NO_MMAP
-void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
-{
-    (void)addr, (void)len, (void)prot, (void)flags, (void)fd, (void)off;
-    errno = ENODEV;
-    return MAP_FAILED;
-}
-#endif
 
 static void print(const unsigned char digest[32], const char *name)
 {
