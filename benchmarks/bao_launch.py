@@ -17,7 +17,7 @@ exec launcher and proxy launcher of the same ~12 MB Go secrets engine, in one ru
   all reads of a target. ``--reads 0`` measures launches only.
 * ``--pad-mb N``: the same engine padded with random bytes to N MB (still a valid ELF), for
   the launch cost of a large plugin: Vault hashes all of it at each direct launch; the
-  launcher copies it into a sealed memfd and hashes that.
+  launcher copies it into a sealed memfd and hashes the bytes it copies.
 
 The HTTP client is Python's http.client on the same machine; its cost is in every target's
 numbers alike (see the direct column), so compare the ratios.

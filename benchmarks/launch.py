@@ -1,7 +1,7 @@
 """Launch overhead of exec mode: time from launch to handshake for a 50 MB plugin,
 direct (Vault hashes the 50 MB file, execs it) versus through the launcher (Vault hashes
 the small launcher; the launcher verifies the manifest, copies the 50 MB into a sealed memfd,
-hashes it there, and fexecve()s it): the native launcher (exec mode's default) and the
+hashes the bytes it copies, and fexecve()s it): the native launcher (exec mode's default) and the
 interpreter-backed one (``--kind python``). Same go-plugin host, same run, interleaved rounds.
 
     python -m benchmarks.launch [--size-mb 50] [--rounds 5] [--iterations 6]
