@@ -360,6 +360,64 @@ def test_where_no_second_thread_can_start_it_copies_then_hashes_and_says_so(tmp_
         shutil.rmtree(top)
 
 
+def test_where_no_second_thread_can_start_a_shared_copy_is_hashed_on_one_thread_and_says_so(tmp_path):
+    """A launch of a version that a process of the same uid runs shares that process's sealed
+    copy, and hashes it first, on a second thread where the copy is over 1 MiB. Where none can
+    start (the pids limit reached: here RLIMIT_NPROC 2 for an unused uid that runs the first
+    plugin), the shared copy is still hashed and executed, and one WARN line says it was slower
+    and what to raise."""
+    import tempfile
+
+    from shim.launch import memexec
+    from tests.support.wait import wait_until
+
+    uid = 54322
+    top = Path(tempfile.mkdtemp(prefix="shim-nproc-share-"))
+    procs: list[subprocess.Popen] = []
+    try:
+        top.chmod(0o755)
+        versions = top / "versions"
+        versions.mkdir(mode=0o755)
+        keys = releases.new_keys()
+        path = versions / "myplugin-1.0.0"      # sleep, padded to 3 MiB: still an ELF that runs
+        path.write_bytes(Path(shutil.which("sleep") or "/bin/sleep").read_bytes())
+        with open(path, "ab") as f:
+            f.write(b"\0" * (3 * 1024 * 1024 - path.stat().st_size))
+        path.chmod(0o755)
+        releases.release(keys, path, version="1.0.0")
+        exe = native_launcher(top, releases.policy(versions, keys))
+        exe.chmod(0o755)
+
+        def launch(tag: str, **kw) -> tuple[subprocess.Popen, Path]:
+            err = top / f"{tag}.err"
+            with open(err, "wb") as f:
+                p = subprocess.Popen([str(exe), "600"], env=releases.cookie_env(), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=f, user=uid, group=uid, extra_groups=[], **kw)
+            procs.append(p)
+            wait_until(lambda: p.pid in memexec.running_from("myplugin-1.0.0") or p.poll() is not None,
+                       f"the {tag} launch to execute the plugin")
+            assert p.poll() is None, err.read_bytes()
+            return p, err
+
+        first, err1 = launch("first")
+        assert b'"@level":"warn"' not in err1.read_bytes(), err1.read_bytes()
+        second, err2 = launch("second", preexec_fn=limited("RLIMIT_NPROC", 2))    # the first plugin and this
+        lines = releases.hclog_lines(err2.read_bytes())
+        warns = [line for line in lines if line["@level"] == "warn"]
+        assert [w["@message"] for w in warns] == [
+            "vault-plugin-shim: cannot start a second thread to read while hashing; reading and hashing one "
+            "piece at a time (slower)"], lines
+        assert warns[0]["file"] == str(path) and "pids" in warns[0]["fix"]
+        assert [line["exec_via"] for line in lines if "starting" in line["@message"]] == ["memfd-shared"], lines
+        assert os.stat(f"/proc/{first.pid}/exe").st_ino == os.stat(f"/proc/{second.pid}/exe").st_ino
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(10)
+        shutil.rmtree(top)
+
+
 def test_no_other_process_of_the_vault_user_can_reach_the_copy_before_the_seal(tmp_path):
     """The copy is hashed piece by piece before it is sealed, so nothing else may write it
     meanwhile: the launcher is not dumpable, and another process of its uid cannot open its

@@ -246,8 +246,9 @@ int nv_open_binary(nv_selection *s, nv_candidate *c, nv_error *err);
 /* sha256 of the first size bytes of fd, compared with the manifest (check_digest). */
 int nv_check_digest(int fd, nv_candidate *c, nv_error *err);
 /* SHA-256 of the first size bytes of fd (nv_sha256.c: Nettle, the CPU's SHA instructions where it
- * has them). 0, or -1 with errno. */
-int nv_sha256_fd(int fd, uint64_t size, unsigned char out[32]);
+ * has them), read on a second thread where it can (*one_thread = 1 where none could start).
+ * 0, or -1 with errno. */
+int nv_sha256_fd(int fd, uint64_t size, unsigned char out[32], int *one_thread);
 /* Copies the first size bytes of src onto dst (empty, at offset 0) through buffers of its own
  * and hashes the bytes it writes (dst -1: hashes only), on two threads where it can
  * (*one_thread = 1 where a second thread could not start). 0; -1 with errno; -2 where src holds fewer bytes. Only for a dst nobody else can
@@ -288,6 +289,9 @@ void nv_log_error_fields(nv_log *l, const nv_error *e);
 void nv_log_end(nv_log *l, int fd);         /* writes and frees */
 /* The rejection lines of one selection (sealed.log_rejections). */
 void nv_log_rejections(const nv_selection *s, int fd);
+/* The WARN where nv_copy_sha256 (copying 1) or nv_sha256_fd (copying 0) could start no second
+ * thread for file: slower, not less safe, and the pids limit to raise. */
+void nv_log_one_thread(int copying, const char *file);
 /* One hclog error line (message and the error's fields) on stderr, then exit 1. */
 _Noreturn void nv_fail_error(const char *message, const nv_error *e);
 /* The same for a LaunchError built here: reason, file, strerror(err) as the cause (0: none), fix. */

@@ -140,6 +140,21 @@ void nv_log_rejections(const nv_selection *s, int fd)
     }
 }
 
+void nv_log_one_thread(int copying, const char *file)
+{
+    static const char copy[] = "vault-plugin-shim: cannot start a second thread to copy while hashing; "
+                               "reading, hashing and copying one piece at a time (the launch is slower)";
+    static const char hash[] = "vault-plugin-shim: cannot start a second thread to read while hashing; "
+                               "reading and hashing one piece at a time (slower)";
+    nv_log l;
+    if (copying) nv_log_begin(&l, "warn", copy, sizeof copy - 1);
+    else nv_log_begin(&l, "warn", hash, sizeof hash - 1);
+    nv_log_fieldz(&l, "file", file);
+    nv_log_fieldz(&l, "fix", "raise the pod's pids limit (the Vault container's process and thread count is near "
+                             "its cgroup's pids.max)");
+    nv_log_end(&l, 2);
+}
+
 _Noreturn void nv_fail_error(const char *message, const nv_error *e)
 {
     nv_log l;

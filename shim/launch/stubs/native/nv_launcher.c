@@ -155,16 +155,7 @@ static int copy_and_hash(int src, int dst, const nv_candidate *c, unsigned char 
 {
     int one_thread = 0;
     int r = nv_copy_sha256(src, dst, (uint64_t)c->manifest.size, digest, &one_thread);
-    if (one_thread) {
-        static const char slow[] = "vault-plugin-shim: cannot start a second thread to copy while hashing; "
-                                   "reading, hashing and copying one piece at a time (the launch is slower)";
-        nv_log l;
-        nv_log_begin(&l, "warn", slow, sizeof slow - 1);
-        nv_log_fieldz(&l, "file", c->path);
-        nv_log_fieldz(&l, "fix", "raise the pod's pids limit (the Vault container's process and thread count is "
-                                 "near its cgroup's pids.max)");
-        nv_log_end(&l, 2);
-    }
+    if (one_thread) nv_log_one_thread(1, c->path);
     return r;
 }
 

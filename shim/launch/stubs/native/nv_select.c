@@ -418,10 +418,12 @@ int nv_check_digest(int fd, nv_candidate *c, nv_error *err)
         return -1;
     }
     unsigned char digest[32];
-    if (nv_sha256_fd(fd, (uint64_t)st.st_size, digest) < 0) {     /* nv_sha256.c: Nettle */
+    int one_thread = 0;
+    if (nv_sha256_fd(fd, (uint64_t)st.st_size, digest, &one_thread) < 0) {     /* nv_sha256.c: Nettle */
         nv_fail(err, NV_REJECTED, c->path, NULL, "cannot be hashed (%s)", strerror(errno));
         return -1;
     }
+    if (one_thread) nv_log_one_thread(0, c->path);
     return nv_digest_matches(c, digest, err);
 }
 

@@ -9,7 +9,8 @@
  * hashed while it is copied; the program also hashes the finished memfd and fails unless the
  * copy holds the file's size and both digests agree. --copy-one-thread: the same after making
  * a second thread impossible (as root: opens the files, then becomes an unused uid with
- * RLIMIT_NPROC 1), and fails unless nv_copy_sha256 said so for every file over 1 MiB.
+ * RLIMIT_NPROC 1), and fails unless nv_copy_sha256, and nv_sha256_fd hashing the finished copy,
+ * said so for every file over 1 MiB.
  */
 #define _GNU_SOURCE
 #include "nv.h"
@@ -37,10 +38,10 @@ static int copy(int fd, uint64_t size, const char *name, int want_one_thread)
 {
     int mem = memfd_create("test-copy", MFD_CLOEXEC);
     unsigned char digest[32], again[32];
-    int one_thread = -1;
+    int one_thread = -1, one_thread_again = -1;
     struct stat st;
     if (mem < 0 || nv_copy_sha256(fd, mem, size, digest, &one_thread) < 0 || fstat(mem, &st) < 0
-        || nv_sha256_fd(mem, size, again) < 0) {
+        || nv_sha256_fd(mem, size, again, &one_thread_again) < 0) {
         fprintf(stderr, "test_sha256: %s: %s\n", name, strerror(errno));
         return 1;
     }
@@ -49,8 +50,9 @@ static int copy(int fd, uint64_t size, const char *name, int want_one_thread)
                 name, (long long)st.st_size);
         return 1;
     }
-    if (one_thread != (want_one_thread && size > (1u << 20))) {
-        fprintf(stderr, "test_sha256: %s: one_thread is %d\n", name, one_thread);
+    if (one_thread != (want_one_thread && size > (1u << 20)) || one_thread_again != one_thread) {
+        fprintf(stderr, "test_sha256: %s: one_thread is %d, then %d hashing the copy\n", name, one_thread,
+                one_thread_again);
         return 1;
     }
     close(mem);
@@ -81,13 +83,14 @@ int main(int argc, char **argv)
     for (int k = 0; k < n; k++) {
         struct stat st;
         unsigned char digest[32];
+        int ignored;
         if (fstat(fds[k], &st) < 0) {
             fprintf(stderr, "test_sha256: %s: %s\n", argv[first + k], strerror(errno));
             return 1;
         }
         if (copying) {
             if (copy(fds[k], (uint64_t)st.st_size, argv[first + k], one_thread)) return 1;
-        } else if (nv_sha256_fd(fds[k], (uint64_t)st.st_size, digest) < 0) {
+        } else if (nv_sha256_fd(fds[k], (uint64_t)st.st_size, digest, &ignored) < 0) {
             fprintf(stderr, "test_sha256: %s: %s\n", argv[first + k], strerror(errno));
             return 1;
         } else {
