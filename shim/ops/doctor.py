@@ -294,6 +294,9 @@ def _native_view(launcher: str, policy, selection, uid: int, out: list[Finding])
     except ShimError as exc:
         out.append(Finding("native", "fail", exc.reason, exc.fix, subject=launcher))
         return selection
+    for line in native.log:
+        out.append(Finding("native", "warn", f"the launcher's own code said, while deciding: {line.get('@message', '')}",
+                           line.get("fix", ""), subject=line.get("file") or launcher))
     differ = launcher_native.native_differences(selection, native, policy.plugins_dir)
     if differ:
         out.append(Finding("native", "fail", "the launcher's own code decides differently from vault-plugin-shim's "

@@ -19,7 +19,9 @@ def native_explain(launcher: str, uid: int | None = None) -> dict:
     """What a native launcher's own code decides for its next launch on this node: ``L explain
     --json`` (its dry mode), run by hand (an empty environment: no go-plugin cookie, so nothing
     is executed), as ``uid`` when that is not ours (root only: ``doctor --vault-uid``), with
-    that user's groups. Raises ShimError when it gives no such answer."""
+    that user's groups. Raises ShimError when it gives no such answer. The launcher's own hclog
+    lines at warn or error on stderr (e.g. no second thread could start to hash a candidate:
+    the pids limit) are kept under ``"launcher_log"``, which is not part of the schema."""
     import pwd
 
     kw: dict = {}
@@ -50,7 +52,21 @@ def native_explain(launcher: str, uid: int | None = None) -> dict:
         raise ShimError(f"`{launcher} explain --json`{who} gave no decision (exit status {proc.returncode}: {said})",
                         path=launcher, fix="rebuild the launcher with this vault-plugin-shim (`launcher build`): "
                                            "a native launcher built before its dry mode cannot be asked")
+    doc["launcher_log"] = _loud_lines(proc.stderr)
     return doc
+
+
+def _loud_lines(stderr: bytes) -> list[dict]:
+    """The hclog JSON lines at warn or error in a launcher's stderr."""
+    out = []
+    for line in stderr.decode("utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("@level") in ("warn", "error"):
+            out.append(entry)
+    return out
 
 
 def _diagnostic(fields: dict) -> ShimError:
@@ -98,6 +114,7 @@ class NativeSelection:
         self.value = None
         self.refusal = None if doc.get("refusal") is None else _diagnostic(doc["refusal"])
         self.expiry_warning = doc.get("expiry_warning")
+        self.log = doc.get("launcher_log", [])    # what it said on stderr while deciding (warn, error)
         self.plugins_dir = doc["policy"]["plugins_dir"]
 
     def passed_over(self) -> list:

@@ -178,3 +178,48 @@ def test_a_python_launcher_keeps_todays_path(tmp_path):
     assert exit_code(findings) == 0 and not by(findings, "native"), render(findings)
     doc = json.loads(cli("verify", "--launcher", launcher, "--json").stdout)
     assert doc["decided_by"] == "vault-plugin-shim" and doc["ok"] is True
+
+
+def test_doctor_reports_what_the_launcher_warned_while_deciding():
+    """The launcher's dry mode hashes each valid candidate, on a second thread where the file
+    is over 1 MiB. Where none can start (here the Vault uid's RLIMIT_NPROC is 1, as at a pods
+    pids limit), the launcher logs a WARN on stderr; doctor shows it as a finding of its own,
+    with the launcher's fix, and the verdicts are still the launcher's."""
+    import resource
+
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (CI runs as root)", pytrace=False)
+    root = Path(tempfile.mkdtemp(prefix="native-tools-", dir="/tmp"))    # the uid must reach it
+    try:
+        root.chmod(0o755)
+        versions = root / "versions"
+        versions.mkdir(mode=0o755)
+        (root / "plugins").mkdir(mode=0o755)
+        keys = R.new_keys()
+        plugin = R.script_plugin(versions / "myplugin-1.0.0", "v1")
+        with open(plugin, "a") as f:
+            f.write(("#" * 1023 + "\n") * 2048)      # 2 MiB: hashed on a second thread where one can start
+        R.release(keys, plugin, version="1.0.0")
+        launcher = root / "plugins" / "shim"
+        write_launcher(R.policy(versions, keys), None, str(launcher), native=True)
+
+        def one_process():
+            resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))   # root is exempt; the uid it runs as is not
+
+        args = [sys.executable, "-m", "shim.cli", "doctor", "--launcher", str(launcher), "--vault-uid", "54323",
+                "--json"]
+        for limited, warned in ((None, False), (one_process, True)):
+            proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=120, preexec_fn=limited)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            findings = json.loads(proc.stdout)
+            native = [f for f in findings if f["check"] == "native"]
+            said = [f for f in native if "while deciding" in f["message"]]
+            assert [f["status"] for f in said] == (["warn"] if warned else []), native
+            assert any(f["status"] == "ok" and "as uid 54323" in f["message"] for f in native), native
+            if warned:
+                assert said[0]["message"] == (
+                    "the launcher's own code said, while deciding: vault-plugin-shim: cannot start a second "
+                    "thread to read while hashing; reading and hashing one piece at a time (slower)")
+                assert said[0]["subject"] == str(plugin) and "pids" in said[0]["fix"]
+    finally:
+        shutil.rmtree(root)
