@@ -3,6 +3,7 @@
 The real-cluster replay is tested in tests/demo/test_demo_real.py, the PS answers in tests/demo/test_demo_ps.py."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,22 +106,24 @@ def test_model_end_to_end(tmp_path):
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix="t-", dir="/tmp"))  # short: socket paths are length-limited
-    proc = subprocess.run(
-        [sys.executable, "-m", "shim.cli", "demo", "--model", "--restart-seconds", "2", "--rate", "25",
-         "--crash-interval", "2", "--report", str(report)], cwd=ROOT, capture_output=True, text=True,
-        timeout=180, env={**os.environ, "TMPDIR": str(tmp)})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = {ln.split()[0]: ln.split() for ln in proc.stdout.splitlines()
-            if ln.startswith(("baseline ", "shim "))}
-    assert int(rows["baseline"][2]) > 0 and float(rows["baseline"][3]) > 0
-    assert rows["shim"][2] == "0" and rows["shim"][3] == "0.00"
-    assert rows["shim"][4:6] == ["1.0.0,", "2.0.0"]
-    text = report.read_text()
-    assert text.startswith("<!DOCTYPE html>") and "<script" not in text
-    assert text.count('aria-label="timeline of every run on one time axis"') == 1, "both runs in one figure"
-    assert gone(tmp) == [], "no process of the run is left (a run beside it on the machine is not ours)"
-    assert list(tmp.iterdir()) == [], "crashed plugins' sockets are removed with the demo's workspace"
-    tmp.rmdir()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "shim.cli", "demo", "--model", "--restart-seconds", "2", "--rate", "25",
+             "--crash-interval", "2", "--report", str(report)], cwd=ROOT, capture_output=True, text=True,
+            timeout=180, env={**os.environ, "TMPDIR": str(tmp)})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        rows = {ln.split()[0]: ln.split() for ln in proc.stdout.splitlines()
+                if ln.startswith(("baseline ", "shim "))}
+        assert int(rows["baseline"][2]) > 0 and float(rows["baseline"][3]) > 0
+        assert rows["shim"][2] == "0" and rows["shim"][3] == "0.00"
+        assert rows["shim"][4:6] == ["1.0.0,", "2.0.0"]
+        text = report.read_text()
+        assert text.startswith("<!DOCTYPE html>") and "<script" not in text
+        assert text.count('aria-label="timeline of every run on one time axis"') == 1, "both runs in one figure"
+        assert gone(tmp) == [], "no process of the run is left (a run beside it on the machine is not ours)"
+        assert list(tmp.iterdir()) == [], "crashed plugins' sockets are removed with the demo's workspace"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed run's leftovers go too (the asserts above saw them)
 
 
 def test_terminal_timeline_draws_states_requests_and_marks():
