@@ -251,8 +251,9 @@ int nv_check_digest(int fd, nv_candidate *c, nv_error *err);
 int nv_sha256_fd(int fd, uint64_t size, unsigned char out[32], int *one_thread);
 /* Copies the first size bytes of src onto dst (empty, at offset 0) through buffers of its own
  * and hashes the bytes it writes (dst -1: hashes only), on two threads where it can
- * (*one_thread = 1 where a second thread could not start). 0; -1 with errno; -2 where src holds fewer bytes. Only for a dst nobody else can
- * write: nv_sha256.c says why that holds in the launcher. */
+ * (*one_thread = 1 where a second thread could not start). 0; -1 with errno; -2 where src
+ * holds fewer bytes. Only for a dst nobody else can write: nv_sha256.c says why that holds in
+ * the launcher. */
 int nv_copy_sha256(int src, int dst, uint64_t size, unsigned char out[32], int *one_thread);
 /* The copy alone, on this thread (the private-copy fallback: a file, hashed once unlinked).
  * 0; -1 with errno; -2 where src holds fewer bytes. */
