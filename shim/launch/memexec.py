@@ -6,10 +6,13 @@ disk after the copy cannot change what runs: this is the difference from Vault's
 "hash the path, then exec the path".
 
 Where the kernel refuses to execute memfds (``vm.memfd_noexec`` = 2, or = 1 on kernels
-that do not know ``MFD_EXEC``), the fallback is a private copy: a new 0700 directory, a
-0500 file written there, reopened read-only, unlinked together with its directory, hashed
-through the read-only descriptor, then executed through that descriptor. Only root or the
-Vault user itself could touch the copy in between.
+that do not know ``MFD_EXEC``), the fallback is a private copy: an unnamed 0500 file
+(``O_TMPFILE``) in ``TMPDIR``, written, reopened read-only through ``/proc/self/fd``, its
+writable descriptor closed, hashed through the read-only descriptor, then executed through
+that descriptor. It never has a path, so no other process can open it by name. (A named file,
+even unlinked right after, can be opened while it exists and written again after the hash.)
+This Python launcher stays dumpable, so a process of the Vault user could still reach it
+through ``/proc/PID/fd``; the native launcher is not dumpable.
 
 A sealed memfd is immutable for as long as it exists, so two processes of the same version
 need not hold two copies: before copying, :func:`sealed_siblings` looks for a process of the
@@ -157,28 +160,27 @@ def check_temp_parent(parent: str) -> None:
                                            "user owns with mode 0700, or use a sticky /tmp")
 
 
-def to_private_file(src: int, size: int, name: str, tmpdir: str | None = None) -> int:
-    """The fallback: a read-only descriptor of an unlinked private copy, in a fresh 0700
-    directory under ``tmpdir`` (Vault's ``TMPDIR`` for the plugin; else /tmp)."""
-    import tempfile
-
+def to_private_file(src: int, size: int, tmpdir: str | None = None) -> int:
+    """The fallback: a read-only descriptor of a private copy, an unnamed file (``O_TMPFILE``)
+    under ``tmpdir`` (Vault's ``TMPDIR`` for the plugin; else /tmp), whose writable descriptor
+    is closed. A file system without ``O_TMPFILE`` (overlayfs before Linux 6.6) is refused."""
     parent = tmpdir or "/tmp"
     check_temp_parent(parent)
-    directory = tempfile.mkdtemp(prefix="vault-plugin-shim-", dir=parent)
-    path = os.path.join(directory, name.replace("/", "_"))
     try:
-        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o500)
-        try:
-            _copy(src, out, size)
-        finally:
-            os.close(out)
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        out = os.open(parent, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o500)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR):
+            raise
+        raise LaunchError(f"cannot make the private copy in {parent}: its file system cannot make unnamed files "
+                          f"(O_TMPFILE: {exc.strerror}), and a named copy could be rewritten after its hash",
+                          path=parent, fix="set TMPDIR in the plugin's catalog env to a directory on tmpfs (an "
+                                           "emptyDir with medium: Memory), ext4 or xfs that the Vault user owns",
+                          cause=exc) from exc
+    try:
+        _copy(src, out, size)
+        return os.open(f"/proc/self/fd/{out}", os.O_RDONLY | os.O_CLOEXEC)
     finally:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        os.rmdir(directory)
+        os.close(out)
 
 
 def describe_os_error(exc: OSError, what: str, tmpdir: str | None) -> LaunchError:
@@ -216,7 +218,7 @@ def materialize(src: int, size: int, name: str, *, method: str = "auto",
         except OSError as exc:
             if method == "memfd" or exc.errno not in (errno.EACCES, errno.EPERM, errno.ENOSYS):
                 raise
-    return to_private_file(src, size, name, tmpdir), "private-file"
+    return to_private_file(src, size, tmpdir), "private-file"
 
 
 def fexecve(fd: int, argv: list[str], env: dict[str, str], *, script: bool) -> None:

@@ -240,7 +240,7 @@ def private_copy(cand: Candidate, fd: int, tmpdir: str | None, refused: str) -> 
     hclog.warn("vault-plugin-shim: executing from a memfd was refused; using a private copy of the verified "
                "bytes", reason=refused, file=cand.path)
     try:
-        copy = memexec.to_private_file(fd, cand.manifest.size, os.path.basename(cand.path), tmpdir)
+        copy = memexec.to_private_file(fd, cand.manifest.size, tmpdir)
     except OSError as exc:
         raise memexec.describe_os_error(exc, "make the private copy", tmpdir) from exc
     try:

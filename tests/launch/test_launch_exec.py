@@ -79,14 +79,14 @@ def test_memfd_is_sealed_against_writes_and_resizes(tmp_path):
 
 
 REFUSE_MEMFD = (
-    "import errno, os, tempfile\n"
-    "made = []\n"
-    "real_mkdtemp = tempfile.mkdtemp\n"
-    "def mkdtemp(*a, **kw):\n"
-    "    made.append(real_mkdtemp(*a, **kw))\n"
-    "    os.write(2, ('made ' + made[-1] + '\\n').encode())\n"
-    "    return made[-1]\n"
-    "tempfile.mkdtemp = mkdtemp\n"
+    "import errno, os\n"
+    "real_open = os.open\n"
+    "def logged_open(path, flags, *a, **kw):\n"
+    "    fd = real_open(path, flags, *a, **kw)\n"
+    "    if flags & os.O_TMPFILE == os.O_TMPFILE:\n"
+    "        os.write(2, ('made ' + os.readlink(f'/proc/self/fd/{fd}') + '\\n').encode())\n"
+    "    return fd\n"
+    "os.open = logged_open\n"
     "def refuse(name):\n"
     "    raise PermissionError(errno.EACCES, 'memfd exec forbidden')\n"
     "M._memfd_create = refuse\n")
@@ -94,7 +94,7 @@ REFUSE_MEMFD = (
 
 def test_fallback_when_memfd_exec_is_forbidden(setup):
     """vm.memfd_noexec=2 makes memfd_create(MFD_EXEC) fail with EACCES: use a private copy,
-    in a fresh directory under Vault's TMPDIR for the plugin, removed before exec."""
+    an unnamed file (O_TMPFILE) in Vault's TMPDIR for the plugin: nothing is ever named there."""
     tmp, d, keys, pol, path = setup
     tmpdir = tmp / "t"
     tmpdir.mkdir(mode=0o700)
@@ -104,7 +104,30 @@ def test_fallback_when_memfd_exec_is_forbidden(setup):
     assert len(made) == 1 and os.path.dirname(made[0]) == str(tmpdir), proc.stderr
     (info,) = R.hclog_lines(proc.stderr)
     assert info["exec_via"] == "private-file"
-    assert list(tmpdir.iterdir()) == [], "the private copy and its directory are removed before exec"
+    assert list(tmpdir.iterdir()) == [], "the private copy has no name"
+
+
+def test_fallback_refuses_a_temp_dir_that_cannot_make_unnamed_files(setup):
+    """A named private copy could be opened by another process of the Vault user while it
+    exists, and written again after its hash: where TMPDIR's file system has no O_TMPFILE
+    (overlayfs before Linux 6.6; every file system here has it, so os.open answers as one
+    without it would), the launch refuses in one line naming TMPDIR and the fix."""
+    tmp, d, keys, pol, path = setup
+    tmpdir = tmp / "t"
+    tmpdir.mkdir(mode=0o700)
+    no_tmpfile = REFUSE_MEMFD + (
+        "def no_tmpfile(path, flags, *a, **kw):\n"
+        "    if flags & os.O_TMPFILE == os.O_TMPFILE:\n"
+        "        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))\n"
+        "    return real_open(path, flags, *a, **kw)\n"
+        "os.open = no_tmpfile\n")
+    proc = run_patched(pol, no_tmpfile, tmp, env={"TMPDIR": str(tmpdir)})
+    assert proc.returncode == 1 and proc.stdout == b"", proc
+    assert b"Traceback" not in proc.stderr
+    errors = [ln for ln in R.hclog_lines(proc.stderr) if ln["@level"] == "error"]
+    assert any("cannot make unnamed files" in ln.get("reason", "") and ln.get("file") == str(tmpdir)
+               and "tmpfs" in ln.get("fix", "") for ln in errors), proc.stderr
+    assert list(tmpdir.iterdir()) == []
 
 
 def test_fallback_refuses_a_temp_parent_that_others_can_write(setup):

@@ -134,7 +134,29 @@ def test_run_by_hand_it_explains_what_the_next_launch_runs(setup):
     assert "myplugin-1.0.0: ok, version 1.0.0 (runs)" in text
     assert "myplugin-2.0.0: refused: ManifestError: expires_at is not after issued_at" in text
     assert f"next launch runs: {versions / 'myplugin-1.0.0'}" in text
+    assert "doctor: FAIL" not in text
     assert not (reports / "argv").exists()
+    # `L doctor` is vault-plugin-shim doctor's verdict: a refused newer version fails it
+    proc = subprocess.run([str(exe), "doctor"], capture_output=True, env={}, timeout=30)
+    assert proc.returncode == 1 and proc.stdout == b"", proc
+    assert "myplugin-2.0.0: refused: ManifestError" in proc.stderr.decode()
+    assert "doctor: FAIL (exit status 1): a newer version is refused" in proc.stderr.decode()
+
+
+def test_hand_run_text_escapes_c1_controls_and_bytes_that_are_not_utf8(setup):
+    """A file name reaches an operator's terminal in `L` and `L doctor`: C0 controls, the C1
+    controls U+0080..U+009F (CSI is U+009B) and stray bytes (a lone 0x9B is CSI to an 8-bit
+    terminal) are written visibly; other UTF-8 passes as it is."""
+    tmp, versions, keys, pol, reports = setup
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0")
+    for name in (b"a\xc2\x9b2J", b"b\x9b2J", b"c\x1b[2J", "d-\u00e9\u4e2d".encode()):
+        os.close(os.open(bytes(versions) + b"/myplugin-" + name + b".manifest.json", os.O_CREAT | os.O_WRONLY, 0o644))
+    exe = native_launcher(tmp, pol)
+    proc = subprocess.run([str(exe), "doctor"], capture_output=True, env={}, timeout=30)
+    text = proc.stderr
+    assert b"\xc2\x9b" not in text and b"\x9b2J" not in text and b"\x1b" not in text, text
+    assert b"myplugin-a\\u009b2J" in text and b"myplugin-b\\x9b2J" in text and b"myplugin-c\\x1b[2J" in text, text
+    assert "myplugin-d-\u00e9\u4e2d".encode() in text, text
 
 
 def test_where_memfd_is_refused_the_verified_bytes_run_from_a_private_copy(setup):
@@ -321,6 +343,41 @@ def test_a_tiny_rlimit_gets_one_line_naming_it(setup, limit, value, fix_part):
     assert lines[-1]["error"] == "NoValidVersionError"
 
 
+def test_a_tiny_file_size_limit_after_a_refused_exec_of_a_shared_copy_gets_its_line(tmp_path):
+    """Case 8 again, on the retry path: executing a running process's copy fails (here a
+    seccomp filter answers EACCES to execveat), so the launcher makes its own copy. The failed
+    exec had given SIGXFSZ back to Vault's disposition (the default: death); the copy past
+    RLIMIT_FSIZE must still end in a line naming the limit, not in a silent SIGXFSZ."""
+    from shim.launch import memexec
+    from tests.support.wait import wait_until
+
+    versions = tmp_path / "versions"
+    versions.mkdir(mode=0o755)
+    keys = releases.new_keys()
+    path = versions / "myplugin-1.0.0"
+    path.write_bytes(Path(shutil.which("sleep") or "/bin/sleep").read_bytes())
+    path.chmod(0o755)
+    releases.release(keys, path, version="1.0.0")
+    exe = native_launcher(tmp_path, releases.policy(versions, keys))
+    deny = gcc(tmp_path, "deny-execveat-eacces", DENY_EXECVEAT_C.replace("| EPERM", "| EACCES"))
+    first = subprocess.Popen([str(exe), "600"], env=releases.cookie_env(), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: first.pid in memexec.running_from("myplugin-1.0.0") or first.poll() is not None,
+                   "the first launch to execute the plugin")
+        assert first.poll() is None, first.stderr.read()
+        proc = subprocess.run([str(deny), str(exe), "600"], env=releases.cookie_env(), capture_output=True,
+                              timeout=30, preexec_fn=limited("RLIMIT_FSIZE", 1000))
+    finally:
+        first.kill()
+        first.wait(10)
+        first.stderr.close()
+    assert proc.returncode == 1 and proc.stdout == b"", proc
+    lines = releases.hclog_lines(proc.stderr)
+    assert [line["exec_via"] for line in lines if "starting" in line["@message"]] == ["memfd-shared"], lines
+    assert lines[-1]["@level"] == "error" and "RLIMIT_FSIZE" in lines[-1].get("fix", ""), lines
+
+
 def test_where_no_second_thread_can_start_it_copies_then_hashes_and_says_so(tmp_path):
     """The copy of a plugin over 1 MiB is hashed while it is made, on a second thread.
     Where none can start (the Vault user at its pids limit: here an unused uid with
@@ -474,43 +531,132 @@ def test_no_other_process_of_the_vault_user_can_reach_the_copy_before_the_seal(t
         shutil.rmtree(top)
 
 
-def test_a_write_to_the_private_copy_while_it_is_made_is_caught(setup):
-    """The private-copy fallback (memfd_create refused) is a file with a path, which any
-    process of the Vault user can open while it is being written. So it is hashed only once
-    reopened read-only and unlinked, not piece by piece like the memfd: a write made between
-    two pieces (strace holds the second) is caught, and nothing runs."""
-    tmp, versions, keys, pol, reports = setup
-    path = versions / "myplugin-1.0.0"
-    path.write_text('#!/bin/sh\necho "ran one $*"\n' + ("#" * 1023 + "\n") * 2048)      # 2 MiB: two pieces
-    path.chmod(0o755)
-    releases.release(keys, path, version="1.0.0")
-    exe = native_launcher(tmp, pol)
-    deny = gcc(tmp, "deny-memfd", DENY_MEMFD_C)
-    tmpdir = tmp / "tmp"
-    tmpdir.mkdir(mode=0o700)
-    strace = shutil.which("strace")
-    assert strace, "strace is missing: apt-get install strace (bash build/install.sh)"
-    proc = subprocess.Popen([strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=sendfile",
-                             "-e", "inject=sendfile:delay_enter=3000000:when=2", str(deny), str(exe), "a"],
-                            env=env(reports, TMPDIR=str(tmpdir)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        from tests.support.wait import wait_until
+def test_no_other_process_of_the_vault_user_can_reach_the_private_copy(tmp_path):
+    """The private-copy fallback (memfd_create refused) is a file. A named one, even unlinked
+    right after it was written, could be opened by another process of the Vault user while it
+    existed, and written again between its hash and the exec (a review reproduced that: 2 runs
+    in 5 ran its bytes). So the copy is an unnamed file (O_TMPFILE) of a launcher that is not
+    dumpable. strace (root) holds the copy's second piece; meanwhile TMPDIR holds no entry, and
+    a process of the same uid cannot open the copy through /proc/PID/fd. Then the launch goes
+    on and runs the signed bytes from the private file."""
+    import tempfile
 
-        copy = wait_until(lambda: next((p for p in tmpdir.glob("vault-plugin-shim-*/myplugin-1.0.0")
-                                        if p.stat().st_size >= 1 << 20), None), "the private copy's first piece")
-        fd = os.open(copy, os.O_WRONLY)
-        try:
-            os.pwrite(fd, b'#!/bin/sh\necho "owned', 0)
-        finally:
-            os.close(fd)
+    from tests.support.wait import wait_until
+
+    uid = 54324
+    top = Path(tempfile.mkdtemp(prefix="shim-private-"))
+    proc = None
+    try:
+        top.chmod(0o755)
+        versions = top / "versions"
+        versions.mkdir(mode=0o755)
+        keys = releases.new_keys()
+        path = versions / "myplugin-1.0.0"
+        path.write_text('#!/bin/sh\necho "ran one $*"\n' + ("#" * 1023 + "\n") * 2048)      # 2 MiB: two pieces
+        path.chmod(0o755)
+        releases.release(keys, path, version="1.0.0")
+        exe = native_launcher(top, releases.policy(versions, keys))
+        exe.chmod(0o755)
+        deny = gcc(top, "deny-memfd", DENY_MEMFD_C)
+        deny.chmod(0o755)
+        tmpdir = top / "tmp"
+        tmpdir.mkdir(mode=0o700)
+        os.chown(tmpdir, uid, uid)
+        strace = shutil.which("strace")
+        assert strace, "strace is missing: apt-get install strace (bash build/install.sh)"
+        proc = subprocess.Popen([strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=sendfile",
+                                 "-e", "inject=sendfile:delay_enter=4000000:when=2",
+                                 "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                                 str(deny), str(exe), "a"],
+                                env=releases.cookie_env(TMPDIR=str(tmpdir)), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+
+        def private_copy_of_launcher():
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    if os.readlink(f"/proc/{pid}/exe") != str(exe):
+                        continue
+                    for fd in os.listdir(f"/proc/{pid}/fd"):
+                        if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(f"{tmpdir}/#"):
+                            return pid, fd
+                except OSError:
+                    continue
+            return None
+
+        pid, fd = wait_until(private_copy_of_launcher, "the launcher to make its private copy", deadline=20)
+        assert list(tmpdir.iterdir()) == [], "the private copy must have no name"
+        assert os.stat(f"/proc/{pid}/fd").st_uid == 0, "the launcher should not be dumpable while it copies"
+        probe = subprocess.run(["/bin/sh", "-c", 'exec 3<"$1"', "probe", f"/proc/{pid}/fd/{fd}"], user=uid,
+                               group=uid, extra_groups=[], capture_output=True, text=True, timeout=30)
+        assert probe.returncode != 0 and "Permission denied" in probe.stderr, probe
         out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and out == b"ran one a\n", err
+        (line,) = [ln for ln in releases.hclog_lines(err) if "starting" in ln["@message"]]
+        assert line["exec_via"] == "private-file"
+        assert list(tmpdir.iterdir()) == []
     finally:
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 1 and out == b"", (out, err)
-    errors = [line for line in releases.hclog_lines(err) if line["@level"] == "error"]
-    assert errors and errors[0]["error"] == "DigestMismatchError" and errors[0]["file"] == str(path), err
+        shutil.rmtree(top)
+
+
+DENY_MEMFD_AND_TMPFILE_C = r'''
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+/* memfd_create: EPERM; open and openat with O_TMPFILE: EOPNOTSUPP, as a file system without
+ * unnamed files answers (overlayfs before Linux 6.6). x86_64 only (where open exists). */
+int main(int argc, char **argv)
+{
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_memfd_create, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_open, 0, 2),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
+        BPF_STMT(BPF_JMP | BPF_JA, 2),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_openat, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 020000000, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EOPNOTSUPP),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {sizeof f / sizeof f[0], f};
+    if (argc < 2 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) { perror("deny-tmpfile"); return 127; }
+    execv(argv[1], argv + 1);
+    perror("deny-tmpfile: execv");
+    return 127;
+}
+'''
+
+
+def test_where_temp_files_cannot_be_unnamed_the_private_copy_fails_closed(setup):
+    """A TMPDIR whose file system has no O_TMPFILE cannot hold a copy nobody else can reach:
+    the candidate is refused, in a line that names the directory and where to point TMPDIR,
+    and nothing runs, rather than a fall back to a named file. (Every file system here has O_TMPFILE, so a seccomp
+    filter answers as one without it would.)"""
+    tmp, versions, keys, pol, reports = setup
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0")
+    exe = native_launcher(tmp, pol)
+    deny = gcc(tmp, "deny-tmpfile", DENY_MEMFD_AND_TMPFILE_C)
+    private = tmp / "private"
+    private.mkdir(mode=0o700)
+    proc = subprocess.run([str(deny), str(exe)], capture_output=True, timeout=30,
+                          env=env(reports, TMPDIR=str(private)))
+    assert proc.returncode == 1 and proc.stdout == b"", proc
+    assert not (reports / "argv").exists(), "nothing may run"
+    errors = [line for line in releases.hclog_lines(proc.stderr) if line["@level"] == "error"]
+    assert [e["error"] for e in errors] == ["LaunchError", "NoValidVersionError"], proc.stderr
+    assert "cannot make unnamed files" in errors[0]["reason"] and str(private) in errors[0]["reason"], errors
+    assert "TMPDIR" in errors[0]["fix"] and "tmpfs" in errors[0]["fix"], errors
+    assert list(private.iterdir()) == []
 
 
 def test_where_execveat_is_refused_it_executes_through_proc_self_fd(setup):
@@ -699,11 +845,12 @@ def test_explain_json_by_hand_is_the_decision_and_nothing_else_writes_stdout(set
         assert proc.returncode == 1 and proc.stdout == b"", (args, text)
         assert "myplugin-2.0.0: refused: DigestMismatchError: is" in text
         assert "next launch refuses: NewerVersionRefusedError: 1 version(s) newer than 1.0.0" in text
-    proc = subprocess.run([str(native_launcher(tmp, pol)), "doctor"], capture_output=True, env={}, timeout=30)
-    text = proc.stderr.decode()
-    assert proc.returncode == 0 and proc.stdout == b"", text
-    assert f"next launch runs: {versions / 'myplugin-1.0.0'}" in text
-    assert "fallback: 1 version(s) newer than 1.0.0 are present and refused" in text
+    for args, status in (([], 0), (["doctor"], 1)):     # `L doctor` fails on a refused newer version
+        proc = subprocess.run([str(native_launcher(tmp, pol)), *args], capture_output=True, env={}, timeout=30)
+        text = proc.stderr.decode()
+        assert proc.returncode == status and proc.stdout == b"", text
+        assert f"next launch runs: {versions / 'myplugin-1.0.0'}" in text
+        assert "fallback: 1 version(s) newer than 1.0.0 are present and refused" in text
 
 
 def test_explain_json_carries_the_expiry_warning(setup):
@@ -751,8 +898,10 @@ def test_the_dry_mode_and_the_refusal_run_clean_under_asan_and_ubsan(setup):
         doc = json.loads(proc.stdout)
         assert [c["binary"] for c in doc["candidates"]] == ["caf\xe9\x01", "myplugin-1.0.0", "myplugin-2.0.0"]
         assert (doc["expiry_warning"] is None) == (status == 1)
-        proc = subprocess.run([str(launcher), "doctor"], capture_output=True, timeout=60, env=asan)
+        proc = subprocess.run([str(launcher)], capture_output=True, timeout=60, env=asan)
         assert proc.returncode == status and b"Sanitizer" not in proc.stderr, proc.stderr
+        proc = subprocess.run([str(launcher), "doctor"], capture_output=True, timeout=60, env=asan)
+        assert proc.returncode == 1 and b"Sanitizer" not in proc.stderr, proc.stderr    # a refused newer fails doctor
         proc = releases.run(launcher, env=env(reports, **asan))
         assert proc.returncode == status and b"Sanitizer" not in proc.stderr, proc.stderr
         levels = [line["@level"] for line in releases.hclog_lines(proc.stderr)]

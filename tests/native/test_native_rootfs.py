@@ -68,7 +68,8 @@ def test_a_launch_in_a_root_with_nothing_but_the_launcher_versions_proc_and_a_st
 def test_doctor_by_hand_in_a_root_without_python_gives_the_verdict(tmp_path):
     """Issue 20: `L doctor` (and `L explain --json`) in an image with no Python, no libc and no
     shell: the launcher, the signed versions and /proc. The verdict, each refused candidate's
-    reason, and the exit status (0: a version would run; 1: the next launch refuses)."""
+    reason, and the exit status (`L`: 0 when a version would run; `L doctor`: 1 also when a newer
+    version is refused, as vault-plugin-shim doctor)."""
     import json
 
     assert os.geteuid() == 0, "chroot and a mount namespace need root (as CI runs)"
@@ -95,10 +96,13 @@ def test_doctor_by_hand_in_a_root_without_python_gives_the_verdict(tmp_path):
 
     refused = "myplugin-2.0.0: refused: DigestMismatchError: is 36 bytes, the signed manifest says 28"
     proc = by_hand("myplugin-shim", "doctor")
-    assert proc.returncode == 0 and proc.stdout == "", proc.stderr
+    assert proc.returncode == 1 and proc.stdout == "", proc.stderr     # as vault-plugin-shim doctor
     assert "myplugin-1.0.0: ok, version 1.0.0 (runs)" in proc.stderr and refused in proc.stderr, proc.stderr
     assert "next launch runs: /vault/plugin-versions/myplugin/myplugin-1.0.0" in proc.stderr
     assert "fallback: 1 version(s) newer than 1.0.0 are present and refused" in proc.stderr
+    assert "doctor: FAIL (exit status 1): a newer version is refused" in proc.stderr
+    proc = by_hand("myplugin-shim")
+    assert proc.returncode == 0 and "next launch runs: /vault/plugin-versions/myplugin/myplugin-1.0.0" in proc.stderr
 
     proc = by_hand("refusing-shim", "doctor")
     assert proc.returncode == 1 and proc.stdout == "", proc.stderr

@@ -222,49 +222,47 @@ static int check_temp_parent(const char *parent, nv_error *err)
     return 0;
 }
 
-/* memexec.to_private_file: a fresh 0700 directory, a 0500 file, reopened read-only, both
- * unlinked; returns the read-only descriptor. The caller hashes that: until the unlink, any
- * process of the Vault user can open the file by its path. */
-static int private_copy(int src, uint64_t size, const char *name, const char *parent, nv_error *err)
+/* memexec.to_private_file: an unnamed file (O_TMPFILE) in TMPDIR, mode 0500, written through one
+ * descriptor, reopened read-only through /proc/self/fd, and the writable descriptor closed;
+ * returns the read-only one, which the caller hashes and executes. The file never has a path,
+ * and the launcher is not dumpable, so no other process of the Vault user can open it, by name
+ * or through /proc/PID/fd: once the writable descriptor is closed, nothing can write the bytes
+ * the caller hashes, and exec keeps it so. (A named file, even unlinked right after, could be
+ * opened while it existed and written again after the hash: found in review, 2026-12-06.) A file
+ * system without O_TMPFILE (overlayfs before Linux 6.6) fails closed with the fix. */
+static int private_copy(int src, uint64_t size, const char *parent, nv_error *err)
 {
     if (check_temp_parent(parent, err) < 0) return -1;
-    unsigned char rnd[8];
-    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
-        nv_fail(err, NV_LAUNCH, NULL, NULL, "cannot make the private copy: no random name (%s)", strerror(errno));
-        return -1;
-    }
-    char hex[17];
-    sodium_bin2hex(hex, sizeof hex, rnd, sizeof rnd);
-    nv_buf dir = {0}, file = {0};
-    nv_buf_printf(&dir, "%s/vault-plugin-shim-%s", parent, hex);
-    if (mkdir(dir.p, 0700) < 0) {
+    int out = open(parent, O_TMPFILE | O_RDWR | O_CLOEXEC, 0500);
+    if (out < 0) {
         int saved = errno;
-        nv_fail(err, NV_LAUNCH, NULL, saved == EMFILE || saved == ENFILE || saved == ENOSPC || saved == EDQUOT
-                ? fix_for(saved)
-                : "set TMPDIR in the plugin's catalog env to a writable, executable directory the Vault user owns "
-                  "(e.g. an emptyDir tmpfs)",
-                "cannot make the private copy in %s: no usable temporary directory (%s)", parent, strerror(saved));
-        nv_buf_free(&dir);
+        if (saved == EOPNOTSUPP || saved == EISDIR)
+            nv_fail(err, NV_LAUNCH, NULL,
+                    "set TMPDIR in the plugin's catalog env to a directory on tmpfs (an emptyDir with medium: "
+                    "Memory), ext4 or xfs that the Vault user owns",
+                    "cannot make the private copy in %s: its file system cannot make unnamed files (O_TMPFILE: "
+                    "%s), and a named copy could be rewritten after its hash", parent, strerror(saved));
+        else
+            nv_fail(err, NV_LAUNCH, NULL, saved == EMFILE || saved == ENFILE || saved == ENOSPC || saved == EDQUOT
+                    ? fix_for(saved)
+                    : "set TMPDIR in the plugin's catalog env to a writable, executable directory the Vault user "
+                      "owns (e.g. an emptyDir tmpfs)",
+                    "cannot make the private copy in %s: no usable temporary directory (%s)", parent,
+                    strerror(saved));
         return -1;
     }
-    nv_buf_printf(&file, "%s/", dir.p);
-    for (const char *k = name; *k; k++) nv_buf_putc(&file, *k == '/' ? '_' : *k);
-    int ro = -1, out = open(file.p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0500);
-    if (out >= 0) {
-        int r = nv_copy_fd(src, out, size);
-        close(out);
-        if (r == 0) ro = open(file.p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    int ro = -1;
+    if (nv_copy_fd(src, out, size) == 0) {
+        char path[40];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", out);
+        ro = open(path, O_RDONLY | O_CLOEXEC);
     }
     int saved = errno;
-    unlink(file.p);
-    rmdir(dir.p);
+    close(out);
     if (ro < 0)
         nv_fail(err, NV_LAUNCH, NULL, fix_for(saved), "cannot make the private copy in %s (%s)", parent,
                 strerror(saved));
-    ro = above_stdio(ro);
-    nv_buf_free(&dir);
-    nv_buf_free(&file);
-    return ro;
+    return above_stdio(ro);
 }
 
 /* ---- sharing a running process's sealed copy (shim/launch/memexec.sealed_siblings) ---------- */
@@ -302,8 +300,11 @@ static int shared_copy(nv_candidate *c, const char *name)
         struct stat st;
         int seals = fcntl(fd, F_GET_SEALS);
         int dup = 0;
-        if (fstat(fd, &st) == 0)
-            for (int k = 0; k < looked; k++) dup |= seen_dev[k] == st.st_dev && seen_ino[k] == st.st_ino;
+        if (fstat(fd, &st) < 0) {
+            close(fd);
+            continue;
+        }
+        for (int k = 0; k < looked; k++) dup |= seen_dev[k] == st.st_dev && seen_ino[k] == st.st_ino;
         if (seals < 0 || (seals & ALL_SEALS) != ALL_SEALS || dup || !S_ISREG(st.st_mode) || st.st_uid != me ||
             !(st.st_mode & S_IXUSR) || (int64_t)st.st_size != c->manifest.size) {
             close(fd);
@@ -370,7 +371,7 @@ static int seal_and_check(nv_selection *s, nv_candidate *c, void *ctxp, nv_error
         }
     } else if (errno == EACCES || errno == EPERM || errno == ENOSYS) {
         how = "private-file";
-        fd = private_copy(src, (uint64_t)c->manifest.size, c->binary, tmp_parent(lc), err);
+        fd = private_copy(src, (uint64_t)c->manifest.size, tmp_parent(lc), err);
         if (fd < 0) { close(src); return -1; }
     } else {
         int saved = errno;
@@ -380,8 +381,8 @@ static int seal_and_check(nv_selection *s, nv_candidate *c, void *ctxp, nv_error
         return -1;
     }
     close(src);
-    /* The memfd was hashed while it was made (nv_sha256.c); the private file, which has a path,
-     * is hashed only now that it is reopened read-only and unlinked. */
+    /* The memfd was hashed while it was made (nv_sha256.c); the private file is hashed now, through
+     * the read-only descriptor that is left of it (private_copy). */
     if ((strcmp(how, "memfd") == 0 ? nv_digest_matches(c, digest, err) : nv_check_digest(fd, c, err)) < 0) {
         close(fd);
         return -1;
@@ -397,7 +398,8 @@ static int seal_and_check(nv_selection *s, nv_candidate *c, void *ctxp, nv_error
  * old kernel), execve of /proc/self/fd/N: the same sealed, verified inode. Returns errno. */
 static int exec_fd(int fd, char **argv, char **envp)
 {
-    sigaction(SIGXFSZ, &vaults_sigxfsz, NULL);
+    struct sigaction ours;
+    sigaction(SIGXFSZ, &vaults_sigxfsz, &ours);
     syscall(SYS_execveat, fd, "", argv, envp, AT_EMPTY_PATH);
     int err = errno;
     if (err == ENOSYS || err == EPERM) {
@@ -406,6 +408,7 @@ static int exec_fd(int fd, char **argv, char **envp)
         execve(path, argv, envp);
         if (errno != ENOENT) err = errno;
     }
+    sigaction(SIGXFSZ, &ours, NULL);    /* not executed: a copy may follow, past RLIMIT_FSIZE too */
     return err;
 }
 
@@ -546,20 +549,32 @@ static void write_all(int fd, const nv_buf *b)
 }
 
 /* Text for a person's terminal: control characters (a file name can hold escape sequences)
- * written visibly as \xNN. */
-static void put_visible(nv_buf *b, const char *s)
+ * written visibly: C0 and DEL as \xNN, and bytes that are not UTF-8 too (a terminal may take
+ * a lone 0x9B for CSI); the C1 controls U+0080..U+009F as \u00NN. */
+static void put_visible(nv_buf *b, const char *str)
 {
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c < 0x20 || c == 0x7F) nv_buf_printf(b, "\\x%02x", c);
-        else nv_buf_putc(b, (char)c);
+    const unsigned char *s = (const unsigned char *)str;
+    size_t n = strlen(str);
+    for (size_t i = 0; i < n;) {
+        size_t k = s[i] < 0x80 ? 1 : nv_utf8_len(s + i, n - i);
+        if (s[i] < 0x20 || s[i] == 0x7F || k == 0) {
+            nv_buf_printf(b, "\\x%02x", s[i]);
+            i++;
+        } else if (k == 2 && s[i] == 0xC2 && s[i + 1] < 0xA0) {
+            nv_buf_printf(b, "\\u%04x", s[i + 1]);
+            i += 2;
+        } else {
+            nv_buf_put(b, s + i, k);
+            i += k;
+        }
     }
 }
 
 /* Run by hand (no cookie; `L`, `L doctor`, any other arguments): what this launcher is, and
  * what the next launch would do, on stderr (nothing runs). Exit status 0 when a version would
- * run, else 1. */
-static int explain(const nv_policy *p, const char *dir)
+ * run, else 1; as `doctor` (vault-plugin-shim doctor's rule), 1 also when a version newer than
+ * the one that runs is refused (on_refused_newer fallback), so a health check hears of it. */
+static int explain(const nv_policy *p, const char *dir, int doctor)
 {
     nv_buf o = {0};
     nv_buf_printf(&o, "This is a vault-plugin-shim launcher (native, %s mode) for the %s plugin '",
@@ -620,6 +635,9 @@ static int explain(const nv_policy *p, const char *dir)
                 put_visible(&o, d.s.cands[d.s.chosen].manifest.version_text);
                 nv_buf_puts(&o, " are present and refused: the launch falls back to it and logs an ERROR for each "
                                 "(on_refused_newer: fallback)\n");
+                if (doctor)
+                    nv_buf_puts(&o, "doctor: FAIL (exit status 1): a newer version is refused; `L` without "
+                                    "`doctor` exits 0 while a version would run\n");
             }
             if (d.warns) {
                 nv_buf_puts(&o, "warning: ");
@@ -634,7 +652,7 @@ static int explain(const nv_policy *p, const char *dir)
                     "`verify --launcher`.)\n");
     write_all(2, &o);
     nv_buf_free(&o);
-    int rc = d.refusal ? 1 : 0;
+    int rc = d.refusal || (doctor && d.dir_ok && d.s.chosen >= 0 && d.nover) ? 1 : 0;
     dry_free(&d);
     return rc;
 }
@@ -866,7 +884,8 @@ int main(int argc, char **argv, char **envp)
         /* By hand. Vault passes the catalog's args only with its cookie, so these are a person's
          * (or a tool's): `explain --json` for the tools, anything else (`doctor` too) explains. */
         int json = argc == 3 && strcmp(argv[1], "explain") == 0 && strcmp(argv[2], "--json") == 0;
-        int rc = json ? explain_json(&policy, dir) : explain(&policy, dir);
+        int doctor = argc >= 2 && strcmp(argv[1], "doctor") == 0;
+        int rc = json ? explain_json(&policy, dir) : explain(&policy, dir, doctor);
         nv_policy_free(&policy);
         free(dir);
         return rc;
@@ -923,7 +942,7 @@ int main(int argc, char **argv, char **envp)
         nv_log_fieldz(&l, "reason", strerror(e));
         nv_log_fieldz(&l, "file", c->path);
         nv_log_end(&l, 2);
-        int copy = private_copy(lc.fd, (uint64_t)c->manifest.size, c->binary, tmp_parent(&lc), &err);
+        int copy = private_copy(lc.fd, (uint64_t)c->manifest.size, tmp_parent(&lc), &err);
         if (copy < 0) nv_fail_error("vault-plugin-shim: cannot make the private copy", &err);
         if (nv_check_digest(copy, c, &err) < 0) nv_fail_error("vault-plugin-shim: the private copy does not match", &err);
         close(lc.fd);

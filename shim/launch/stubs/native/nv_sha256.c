@@ -18,9 +18,9 @@
  * the descriptor is ours alone (close-on-exec, never passed), and the launcher is not dumpable
  * (main() in nv_launcher.c), so no other process of the Vault user can open it through
  * /proc/PID/fd or write our memory or our buffers through /proc/PID/mem or ptrace. Only a
- * process with CAP_SYS_PTRACE could, and such a process can change the launcher itself. A file
- * has a path, so the private-copy fallback (a file in a 0700 directory of the Vault user's) is
- * copied by nv_copy_fd and hashed only once it is reopened read-only and unlinked.
+ * process with CAP_SYS_PTRACE could, and such a process can change the launcher itself. The
+ * private-copy fallback (an unnamed file, private_copy in nv_launcher.c) is copied by nv_copy_fd
+ * and hashed once only a read-only descriptor of it is left.
  *
  * Why buffers rather than hashing the memfd's own pages: 50 MB, medians here, the source just
  * dropped from the page cache (a relaunch): copied with sendfile and hashed from the memfd's
