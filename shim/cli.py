@@ -21,7 +21,24 @@ PASSWORD_ENV = "VAULT_PLUGIN_SHIM_PASSWORD"
 DURATION_RE = re.compile(r"\A(\d{1,6})([smhdw])\Z", re.ASCII)
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
+DESCRIPTION = (
+    "Run HashiCorp Vault or OpenBao external plugins through one stable, signed launcher. Register the "
+    "launcher in the plugin catalog once; at each launch it starts the newest version in its plugins "
+    "directory whose signed manifest verifies against your trusted keys, so a plugin upgrade is a new "
+    "signed file in the image, not a catalog change. The usual order: keygen (once), sign (each release), "
+    "launcher build, register (once); verify and doctor check what the next launch would do.")
 
+# What a Ctrl-C leaves undone, by command: main() says it in one line and exits 130.
+INTERRUPTED = {
+    "keygen": "no key was written",
+    "sign": "no manifest or signature was written",
+    "verify": "the check did not finish (verify changes nothing)",
+    "launcher build": "no launcher was written",
+    "launcher inspect": "nothing was changed",
+    "demo": "every node was stopped and its directory removed",
+    "register": "the catalog entry, pin or mount may be partly written: run the same command again",
+    "doctor": "the check did not finish (doctor changes nothing)",
+}
 
 
 def _emit(args, doc: dict, lines: list[str]) -> None:
@@ -65,12 +82,6 @@ def _load_secret_key(args):
     return SecretKey.parse(data, password, path=args.secret_key)
 
 
-def _write_private(path: str, text: str, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-
-
 def source_date_epoch() -> int:
     """``issued_at`` for a manifest: now, or ``$SOURCE_DATE_EPOCH`` for reproducible releases."""
     text = os.environ.get("SOURCE_DATE_EPOCH")
@@ -83,7 +94,7 @@ def source_date_epoch() -> int:
 
 
 def parse_expiry(text: str, now: float) -> int:
-    from shim.trust.manifest import parse_time
+    from shim.trust.manifest import format_time, parse_time
 
     m = DURATION_RE.match(text)
     if m:
@@ -92,10 +103,27 @@ def parse_expiry(text: str, now: float) -> int:
                              fix="pass a positive duration (e.g. --expires 180d), or leave --expires out")
         return int(now) + int(m.group(1)) * UNITS[m.group(2)]
     try:
-        return parse_time(text)
+        expires = parse_time(text)
     except ValueError:
         raise UsageError(f"--expires {text!r} is neither a duration (90d, 12h, 2w) nor YYYY-MM-DDTHH:MM:SSZ",
                          fix="pass e.g. --expires 180d") from None
+    if expires <= now:
+        signed = "$SOURCE_DATE_EPOCH" if "SOURCE_DATE_EPOCH" in os.environ else "now"
+        raise UsageError(f"--expires {text} is not after the signing time ({signed}: {format_time(int(now))}): "
+                         f"no launcher would ever start the release",
+                         fix="pass a later --expires: a duration such as 365d (counted from the signing "
+                             "time), or a later YYYY-MM-DDTHH:MM:SSZ")
+    return expires
+
+
+def _check_name(name: str) -> None:
+    """A plugin name as the manifest and the policy take it (``NAME_RE``), said before any work."""
+    from shim.trust.manifest import NAME_RE
+
+    if not NAME_RE.match(name):
+        raise UsageError(f"--name {name!r} is not a valid Vault plugin name",
+                         fix="pass a --name of 1 to 128 letters, digits, '.', '_' or '-' that starts with a "
+                             "letter or digit: the name the plugin is registered under")
 
 
 def _policy_from_args(args, plugins_dir: str, *, keep_relative: bool = False):
@@ -106,6 +134,8 @@ def _policy_from_args(args, plugins_dir: str, *, keep_relative: bool = False):
         floor = Version.parse_tag(args.min_version) if args.min_version else None
     except ValueError as exc:
         raise UsageError(str(exc), fix="pass --min-version as X.Y.Z") from None
+    if args.name is not None:
+        _check_name(args.name)
     if not (keep_relative and not os.path.isabs(plugins_dir)):
         plugins_dir = os.path.abspath(plugins_dir)
     return Policy(name=args.name, type=args.type, plugins_dir=plugins_dir,
@@ -118,6 +148,7 @@ def _policy_from_args(args, plugins_dir: str, *, keep_relative: bool = False):
 # --- commands --------------------------------------------------------------------------
 
 def cmd_keygen(args) -> int:
+    from shim.ops.release import write_atomic
     from shim.trust.minisign import SecretKey
 
     if not args.from_transit and not args.secret_key:
@@ -132,8 +163,8 @@ def cmd_keygen(args) -> int:
 
         signer = transit_signer_from_env(args.from_transit, args.transit_mount, args.transit_key_version)
         pub = PublicKey(signer.key_id, signer.public_key_raw())
-        Path(args.public_key).write_text(pub.to_text(f"minisign public key {pub.key_id_hex} "
-                                                     f"(Vault Transit key {args.from_transit})"))
+        write_atomic(args.public_key, pub.to_text(f"minisign public key {pub.key_id_hex} "
+                                                  f"(Vault Transit key {args.from_transit})").encode(), 0o644)
         _emit(args, {"key_id": pub.key_id_hex, "public_key": args.public_key, "transit_key": args.from_transit,
                      "transit_key_version": signer.key_version},
               [f"public key {pub.key_id_hex} of Transit key {args.from_transit} version {signer.key_version} "
@@ -141,11 +172,9 @@ def cmd_keygen(args) -> int:
         return 0
     key = SecretKey.generate()
     password = None if args.unencrypted else _password(args, confirm=True)
-    for path in (args.secret_key, args.public_key):
-        if os.path.exists(path):
-            os.unlink(path)
-    _write_private(args.secret_key, key.to_text(password), 0o600)
-    Path(args.public_key).write_text(key.public_key().to_text())
+    secret = key.to_text(password)   # the slow part (scrypt), before any file is touched
+    write_atomic(args.secret_key, secret.encode(), 0o600)
+    write_atomic(args.public_key, key.public_key().to_text().encode(), 0o644)
     _emit(args, {"key_id": key.public_key().key_id_hex, "secret_key": args.secret_key,
                  "encrypted": password is not None, "public_key": args.public_key},
           [f"key id {key.public_key().key_id_hex}",
@@ -165,8 +194,10 @@ def cmd_sign(args) -> int:
         version = Version.parse_tag(args.version)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    _check_name(args.name)
     path = args.plugin_file
     now = source_date_epoch()
+    expires_at = parse_expiry(args.expires, now) if args.expires else None
     if args.transit_key:
         from shim.ops.cli import transit_signer_from_env
 
@@ -181,7 +212,7 @@ def cmd_sign(args) -> int:
         key = _load_secret_key(args)
         key_id, sign = key.key_id, key.sign
     manifest = sign_release(path, name=args.name, type=args.type, version=version, key_id=key_id, sign=sign,
-                            issued_at=now, expires_at=parse_expiry(args.expires, now) if args.expires else None,
+                            issued_at=now, expires_at=expires_at,
                             os_=args.os, arch=args.arch)
     _emit(args, {**json.loads(manifest.to_bytes()), "key_id": minisign.key_id_hex(key_id),
                  "manifest": manifest_path(path), "signature": signature_path(path)},
@@ -193,10 +224,13 @@ def cmd_sign(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from shim.trust.manifest import format_time_or_none
+    from shim.trust.manifest import format_time_or_none, manifest_path
     from shim.trust.verify import report
 
     target = os.path.abspath(args.path) if args.path else None
+    if target and not os.path.exists(target) and not os.path.exists(manifest_path(target)):
+        raise UsageError("no such file or directory", path=args.path,
+                         fix="pass a signed plugin file or the directory that holds the plugin's versions")
     only, directory, ask_launcher = None, target, False
     if target and not os.path.isdir(target):
         only, directory = os.path.basename(target), os.path.dirname(target)
@@ -333,6 +367,10 @@ def cmd_launcher_build(args) -> int:
 
     if not args.trusted_key:
         raise UsageError("launcher build needs at least one --trusted-key")
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):
+        raise UsageError(f"does not exist (the directory of --output {args.output})", path=out_dir,
+                         fix=f"create it first (mkdir -p {out_dir}), or pass an --output in an existing directory")
     policy = _policy_from_args(args, args.plugins_dir, keep_relative=True)
     if args.hot_swap and policy.mode != "proxy":
         raise UsageError("--hot-swap needs --mode proxy (in exec mode the launcher is gone once the plugin runs)")
@@ -455,42 +493,51 @@ def _plugin_args(p, *, required: bool = True) -> None:
     p.add_argument("--trusted-key", action="append", default=[], metavar="PK",
                    help="trusted minisign public key: a file or the base64 line (repeat to rotate keys)")
     p.add_argument("--name", required=required, help="plugin name as registered in Vault")
-    p.add_argument("--type", default="secret", choices=PLUGIN_TYPES)
+    p.add_argument("--type", default="secret", choices=PLUGIN_TYPES,
+                   help="plugin type as registered in Vault (default: secret)")
     p.add_argument("--min-version", help="rollback floor: older versions are refused")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="vault-plugin-shim", description=__doc__)
+    parser = Parser(prog="vault-plugin-shim", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"vault-plugin-shim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("keygen", help="create a minisign-compatible signing key pair")
     p.add_argument("--secret-key", metavar="SK", help="where to write the secret key (not with --from-transit)")
-    p.add_argument("--public-key", required=True, metavar="PK")
+    p.add_argument("--public-key", required=True, metavar="PK",
+                   help="where to write the public key (what launcher build and verify take as --trusted-key)")
     p.add_argument("--unencrypted", action="store_true", help="no password (like minisign -W)")
     p.add_argument("--password-env", default=PASSWORD_ENV, metavar="VAR",
                    help=f"environment variable holding the password (default {PASSWORD_ENV})")
     p.add_argument("--from-transit", metavar="KEY", help="export the public half of a Vault Transit ed25519 key")
-    p.add_argument("--transit-mount", default="transit")
+    p.add_argument("--transit-mount", default="transit", metavar="PATH",
+                   help="with --from-transit: where the Transit engine is mounted (default: transit)")
     p.add_argument("--transit-key-version", type=int, metavar="N",
                    help="with --from-transit: this version of the key (default: its latest)")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true",
+                   help="replace existing key files (a replaced secret key is gone for good)")
     p.add_argument("--json", action="store_true", help="the key id and files as JSON")
     p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("sign", help="write PLUGIN_FILE.manifest.json and its .minisig")
-    p.add_argument("plugin_file", metavar="PLUGIN_FILE")
-    p.add_argument("--secret-key", metavar="SK")
+    p.add_argument("plugin_file", metavar="PLUGIN_FILE",
+                   help="the plugin binary to sign; its manifest and signature are written next to it")
+    p.add_argument("--secret-key", metavar="SK",
+                   help="the secret key file from keygen (an encrypted one needs its password)")
     p.add_argument("--transit-key", metavar="KEY", help="sign with a Vault Transit ed25519 key instead")
-    p.add_argument("--transit-mount", default="transit")
+    p.add_argument("--transit-mount", default="transit", metavar="PATH",
+                   help="with --transit-key: where the Transit engine is mounted (default: transit)")
     p.add_argument("--transit-key-version", type=int, metavar="N",
                    help="sign with this version of the Transit key (default: its latest)")
     p.add_argument("--trusted-key", action="append", default=[], metavar="PK",
                    help="with --transit-key: refuse unless the key version is one of these public keys "
                         "(the launchers' --trusted-key)")
-    p.add_argument("--password-env", default=PASSWORD_ENV, metavar="VAR")
-    p.add_argument("--name", required=True)
-    p.add_argument("--type", required=True, choices=PLUGIN_TYPES)
+    p.add_argument("--password-env", default=PASSWORD_ENV, metavar="VAR",
+                   help=f"environment variable holding the secret key's password; unset, it is asked for on "
+                        f"the terminal (default {PASSWORD_ENV})")
+    p.add_argument("--name", required=True, help="plugin name as registered in Vault (the launcher's --name)")
+    p.add_argument("--type", required=True, choices=PLUGIN_TYPES, help="plugin type as registered in Vault")
     p.add_argument("--version", required=True, help="semantic version X.Y.Z")
     p.add_argument("--expires", help="opt-in expiry: duration (180d, 12h) or YYYY-MM-DDTHH:MM:SSZ; no launcher "
                                      "starts the release after it, so re-sign before then (default: none)")
@@ -500,14 +547,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sign)
 
     p = sub.add_parser("verify", help="check plugin versions exactly as the launcher would")
-    p.add_argument("path", nargs="?", metavar="PLUGIN_FILE_OR_DIR")
+    p.add_argument("path", nargs="?", metavar="PLUGIN_FILE_OR_DIR",
+                   help="a signed plugin file (is it valid on its own?) or the plugins directory (which version "
+                        "would launch?); with --launcher, default: the launcher's plugins dir")
     _plugin_args(p, required=False)
     p.add_argument("--launcher", help="take the policy from this launcher instead of flags")
     p.add_argument("--arg", dest="catalog_args", action="append", default=[], metavar="ARG",
                    help="with --launcher: a catalog argument (for launchers whose policy is in --shim-policy=...)")
     p.add_argument("--expect-version", metavar="X.Y.Z",
                    help="exit 1 unless this is the version that would launch (for image builds)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="every candidate's verdict and the one to launch as JSON")
     p.set_defaults(func=cmd_verify)
 
     launcher = sub.add_parser("launcher", help="build or inspect the stable launcher")
@@ -517,7 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugins-dir", required=True,
                    help="directory holding the signed plugin versions; a relative path is taken "
                         "relative to the launcher's own directory when Vault runs it")
-    p.add_argument("--mode", default="exec", choices=("exec", "proxy"))
+    p.add_argument("--mode", default="exec", choices=("exec", "proxy"),
+                   help="exec (the default): the launcher verifies the plugin and executes it in its place; "
+                        "proxy: the launcher stays between Vault and the plugin (what --hot-swap needs)")
     p.add_argument("--kind", choices=("native", "python"),
                    help="native (the default): a static file that selects, verifies and seals the plugin by "
                         "itself; in exec mode it needs no interpreter in the image, in proxy mode it then starts "
@@ -537,12 +588,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "the older valid version and log an ERROR (fallback, the default), or refuse to start")
     p.add_argument("--policy-in-args", action="store_true",
                    help="embed no policy; print it as a catalog -args value instead")
-    p.add_argument("--output", required=True, metavar="LAUNCHER")
+    p.add_argument("--output", required=True, metavar="LAUNCHER",
+                   help="the launcher file to write, in an existing directory (replaced if it exists)")
     p.add_argument("--json", action="store_true", help="the launcher's sha256, policy and register command as JSON")
     p.set_defaults(func=cmd_launcher_build)
     p = lsub.add_parser("inspect", help="show a launcher's checksum and embedded policy")
-    p.add_argument("launcher", metavar="LAUNCHER")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("launcher", metavar="LAUNCHER", help="the launcher file (as built by launcher build)")
+    p.add_argument("--json", action="store_true", help="the checksum, kind, mode and policy as JSON")
     p.set_defaults(func=cmd_launcher_inspect)
 
     p = sub.add_parser("demo", help="replay a StatefulSet rolling upgrade on a real OpenBao cluster, "
@@ -569,6 +621,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"vault-plugin-shim: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line, what was left undone, the shell's 128 + SIGINT
+        command = " ".join(filter(None, (args.command, getattr(args, "launcher_command", None))))
+        print(f"vault-plugin-shim {command}: interrupted; {INTERRUPTED[command]}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

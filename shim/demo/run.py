@@ -254,16 +254,16 @@ class Run:
         events = sched.build(s)
         self.dir.mkdir(parents=True)
         write_catalog(self.catalog, self.command, self.ws.sha256(OLD, self.command))
-        for i in range(s.nodes):
-            self._start_node(i, OLD)
-        for node in self.nodes.values():
-            if not node.ready.wait(30):
-                raise RuntimeError(f"{node.name} did not start")
         stop = threading.Event()
         loader = threading.Thread(target=self._load, args=(stop,), daemon=True)
-        self.t0 = time.time()
         started = False
-        try:
+        try:  # from the first node on: a Ctrl-C or a node that does not start stops every node
+            for i in range(s.nodes):
+                self._start_node(i, OLD)
+            for node in self.nodes.values():
+                if not node.ready.wait(30):
+                    raise RuntimeError(f"{node.name} did not start")
+            self.t0 = time.time()
             for ev in events:
                 delay = ev.t - self._now()
                 if delay > 0:

@@ -314,7 +314,10 @@ def write_launcher(policy: Policy | None, python: str | None, output: str, mode:
         data = build_bytes(policy, python, mode, arch, hot_swap=hot_swap)
     out = Path(output)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
+    except OSError as exc:  # name the output, not the temporary file beside it
+        raise OSError(exc.errno, exc.strerror, output) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -384,12 +387,14 @@ def inspect(path: str) -> LauncherInfo:
                     or NATIVE_MAIN.split("#")[0].strip() not in main):
                 raise stubs.StubError("the native policy, its mode or hot swap differ from the Python part's")
             policy = decided
-    except PolicyError as exc:
-        raise PolicyError(f"holds an invalid policy: {exc.reason}", path=path, cause=exc.cause or exc,
+    except PolicyError as exc:  # its own reason, not its fix: one fix per line
+        raise PolicyError(f"holds an invalid policy: {exc.reason}", path=path, cause=exc.cause,
                           fix="rebuild it with `vault-plugin-shim launcher build`") from exc
     except (stubs.StubError, zipfile.BadZipFile, KeyError, UnicodeDecodeError, SyntaxError, ValueError,
             RecursionError, MemoryError) as exc:
         raise PolicyError("is not a vault-plugin-shim launcher (or a damaged one)", path=path,
-                          fix="rebuild it with `vault-plugin-shim launcher build`") from exc
+                          cause=exc.reason if isinstance(exc, stubs.StubError) else None,
+                          fix="pass the file `vault-plugin-shim launcher build` wrote (rebuild it if it is "
+                              "damaged)") from exc
     return LauncherInfo(path, digest_bytes(data), prefix[0], prefix[1:], policy,
                         mode or "exec", count, len(data), compiled_count, hot_swap, native=python_part is not None)

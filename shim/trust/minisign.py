@@ -231,7 +231,8 @@ def _scrypt_params(opslimit: int, memlimit: int) -> tuple[int, int, int]:
     return n_log2, r, p
 
 
-def _scrypt_stream(password: bytes, salt: bytes, opslimit: int, memlimit: int, length: int, path) -> bytes:
+def _scrypt_stream(password: bytes, salt: bytes, opslimit: int, memlimit: int, length: int, path,
+                   *, encrypting: bool = False) -> bytes:
     n_log2, r, p = _scrypt_params(opslimit, memlimit)
     need = 128 * r * ((1 << n_log2) + p + 2)
     if n_log2 > 24 or p < 1 or need > MAX_SCRYPT_MEMORY:
@@ -242,6 +243,14 @@ def _scrypt_stream(password: bytes, salt: bytes, opslimit: int, memlimit: int, l
     except (MemoryError, ValueError) as exc:  # OpenSSL reports a refused allocation as "malloc failure"
         if not isinstance(exc, MemoryError) and "malloc" not in str(exc):
             raise
+        if encrypting:
+            raise KeyMemoryError(
+                f"encrypting the new secret key needs {need >> 20} MiB of memory for its scrypt key derivation "
+                f"(N=2^{n_log2}, r={r}, as by minisign -G), and this process could not allocate it (a memory "
+                f"limit: ulimit -v, a container or CI runner limit)", path=path, cause=exc,
+                fix=f"give this step at least {(need >> 20) + 256} MiB (signing with the key needs as much); or "
+                    f"write the key with --unencrypted and keep it in a secret store; or keep it in Vault "
+                    f"Transit (keygen --from-transit)") from None
         raise KeyMemoryError(
             f"the secret key is scrypt-encrypted (N=2^{n_log2}, r={r}, as by minisign -G), which needs "
             f"{need >> 20} MiB of memory to decrypt, and this process could not allocate it (a memory "
@@ -288,7 +297,7 @@ class SecretKey(Record):
             kdf, body = KDF_NONE, keynum_sk
             comment = "minisign secret key"
         else:
-            stream = _scrypt_stream(password, salt, opslimit, memlimit, len(keynum_sk), None)
+            stream = _scrypt_stream(password, salt, opslimit, memlimit, len(keynum_sk), None, encrypting=True)
             kdf, body = KDF_SCRYPT, bytes(a ^ b for a, b in zip(keynum_sk, stream))
             comment = "minisign encrypted secret key"
         blob = (ALG_ED25519 + kdf + CHK_BLAKE2B + salt + opslimit.to_bytes(8, "little")

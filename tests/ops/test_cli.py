@@ -248,3 +248,216 @@ def test_every_command_that_prints_a_result_has_json(tmp_path):
                "--output", tmp_path / "kv-shim2").stdout
     assert "  vault-plugin-shim register secret kv --launcher <plugin_directory>/kv-shim2" in text
     assert cli("verify", "--nope").returncode == 1 and cli("sign").returncode == 1
+
+
+# --- first-hour review: Ctrl-C, help texts, error wording ---------------------------------
+
+def _walk(parser, name="vault-plugin-shim"):
+    """(command, action) for every argument of every (sub)command, and the leaf commands."""
+    import argparse
+
+    args, leaves = [], []
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for a in parser._actions:
+        if not isinstance(a, (argparse._SubParsersAction, argparse._HelpAction, argparse._VersionAction)):
+            args.append((name, a))
+    for sub in subs:
+        helps = {c.dest: c.help for c in sub._choices_actions}
+        for command, p in sub.choices.items():
+            args.append((f"{name} {command}", helps.get(command)))
+            more, deeper = _walk(p, f"{name} {command}")
+            args += more
+            leaves += deeper or [command if name == "vault-plugin-shim" else f"{name.split(' ', 1)[1]} {command}"]
+    return args, leaves
+
+
+def test_every_option_positional_and_command_has_a_help_text():
+    import argparse
+
+    from shim.cli import build_parser
+
+    args, _ = _walk(build_parser())
+    missing = [f"{cmd}: {'/'.join(a.option_strings) or a.dest}" if isinstance(a, argparse.Action) else cmd
+               for cmd, a in args
+               if not (a.help if isinstance(a, argparse.Action) else a) or getattr(a, "help", "") == argparse.SUPPRESS]
+    assert missing == []
+
+
+def test_the_cli_describes_itself_to_users_and_each_command_says_what_ctrl_c_leaves_undone():
+    from shim import cli
+
+    parser = cli.build_parser()
+    assert "argparse" not in parser.description and "``" not in parser.description
+    assert parser.description.startswith("Run HashiCorp Vault or OpenBao external plugins")
+    assert sorted(_walk(parser)[1]) == sorted(cli.INTERRUPTED)
+
+
+def test_doctor_help_says_when_it_contacts_vault_and_what_to_run_without_python():
+    text = " ".join(cli("doctor", "--help").stdout.split())
+    assert "contacts Vault only with --catalog" in text and "does not contact Vault" not in text
+    assert "without Python" in text and "doctor` answers by itself" in text
+
+
+def _rss_mib(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(ln.split()[1]) >> 10 for ln in status.splitlines() if ln.startswith("VmRSS:")), 0)
+
+
+def _interrupted(args, *, env=None, ready):
+    """Start the CLI, wait until ``ready(proc)`` says it is inside its slow part, send SIGINT."""
+    import os
+    import signal
+
+    from tests.support.wait import wait_until
+
+    p = subprocess.Popen([sys.executable, "-m", "shim.cli", *map(str, args)], cwd=ROOT, text=True,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**os.environ, **(env or {})})
+    try:
+        wait_until(lambda: p.poll() is not None or ready(p), "the command to reach its slow part", deadline=60)
+        assert p.poll() is None, p.communicate()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    return p.returncode, out, err
+
+
+def _in_scrypt(p) -> bool:
+    """scrypt (N=2^20, r=8) fills 1 GiB as it goes: far past what the CLI needs otherwise."""
+    return _rss_mib(p.pid) >= 256
+
+
+def test_ctrl_c_during_keygen_exits_130_in_one_line_and_leaves_the_old_keys(tmp_path):
+    sk, pk = tmp_path / "int.key", tmp_path / "int.pub"
+    sk.write_text("old secret\n")
+    pk.write_text("old public\n")
+    rc, _, err = _interrupted(("keygen", "--secret-key", sk, "--public-key", pk, "--force"),
+                              env={"VAULT_PLUGIN_SHIM_PASSWORD": "x"}, ready=_in_scrypt)
+    assert (rc, err) == (130, "vault-plugin-shim keygen: interrupted; no key was written\n")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["int.key", "int.pub"], "no temporary file is left"
+    assert (sk.read_text(), pk.read_text()) == ("old secret\n", "old public\n")
+
+
+def test_ctrl_c_while_sign_decrypts_its_key_exits_130_and_writes_nothing(tmp_path):
+    keys = R.new_keys()
+    sk = tmp_path / "release.key"
+    sk.write_text(keys.secret.to_text(b"pw"))
+    plugin = R.script_plugin(tmp_path / "kv-1.0.0", "v1")
+    rc, out, err = _interrupted(("sign", "--secret-key", sk, "--name", "kv", "--type", "secret", "--version",
+                                 "1.0.0", plugin), env={"VAULT_PLUGIN_SHIM_PASSWORD": "pw"}, ready=_in_scrypt)
+    assert (rc, out, err) == (130, "", "vault-plugin-shim sign: interrupted; no manifest or signature was written\n")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["kv-1.0.0", "release.key"]
+
+
+def test_ctrl_c_during_the_model_demo_exits_130_and_stops_every_node(tmp_path):
+    import os
+    import shutil
+    import signal
+    import tempfile
+    import threading
+
+    from tests.support.procs import gone, referencing
+    from tests.support.wait import wait_until
+
+    tmp = Path(tempfile.mkdtemp(prefix="t-", dir="/tmp"))  # short: socket paths are length-limited
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "shim.cli", "demo", "--model", "--nodes", "2", "--rate", "10"],
+                             cwd=ROOT, text=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(tmp)})
+        lines = []
+        reader = threading.Thread(target=lambda: lines.extend(p.stderr), daemon=True)
+        reader.start()
+        try:
+            # The baseline run has begun and both of its nodes are running (the demo and its two nodes).
+            wait_until(lambda: p.poll() is not None or ("running baseline ...\n" in lines
+                                                        and len(referencing(tmp)) >= 3),
+                       "the model's nodes to run", deadline=120, detail=lambda: "".join(lines))
+            assert p.poll() is None, "".join(lines)
+            p.send_signal(signal.SIGINT)
+            p.wait(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        reader.join(10)
+        err = "".join(lines)
+        assert p.returncode == 130 and "Traceback" not in err, err
+        assert [ln for ln in lines if "interrupted" in ln] == \
+            ["vault-plugin-shim demo: interrupted; every node was stopped and its directory removed\n"]
+        assert gone(tmp) == [], "no node or plugin of the run is left"
+        assert list(tmp.iterdir()) == [], "the workspace and the sockets' directory are removed"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_sign_says_an_expiry_in_the_past_is_the_option_to_change(tmp_path):
+    p, plugin = _sign(tmp_path, "--expires", "2020-01-01T00:00:00Z")
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "--expires 2020-01-01T00:00:00Z is not after the signing time (now: " in p.stderr
+    assert "Fix: pass a later --expires: a duration such as 365d" in p.stderr
+    assert "manifest.json" not in p.stderr and "regenerate" not in p.stderr
+    assert not Path(str(plugin) + ".manifest.json").exists()
+
+
+def test_an_invalid_plugin_name_says_what_a_valid_one_is(tmp_path):
+    p, plugin = _sign(tmp_path, "--name", "bad name")
+    built = _build(tmp_path, "--name", "bad name")
+    for done in (p, built):
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert "--name 'bad name' is not a valid Vault plugin name" in done.stderr, done.stderr
+        assert "Fix: pass a --name of 1 to 128 letters, digits, '.', '_' or '-'" in done.stderr
+        assert "regenerate" not in done.stderr and "rebuild" not in done.stderr
+    assert not Path(str(plugin) + ".manifest.json").exists() and not (tmp_path / "lau").exists()
+
+
+def test_launcher_build_names_an_output_directory_that_does_not_exist(tmp_path):
+    keys = R.new_keys()
+    pk = tmp_path / "release.pub"
+    pk.write_text(keys.public.to_text())
+    p = cli("launcher", "build", "--trusted-key", pk, "--name", "kv", "--plugins-dir", tmp_path,
+            "--output", tmp_path / "nope" / "x")
+    assert p.returncode == 1 and "Traceback" not in p.stderr and ".tmp-" not in p.stderr
+    assert p.stderr.startswith(f"vault-plugin-shim: error: {tmp_path / 'nope'}: does not exist "
+                               f"(the directory of --output {tmp_path / 'nope' / 'x'}). Fix: create it first")
+
+
+def test_verify_says_a_path_that_does_not_exist_does_not_exist(tmp_path):
+    d, pk = setup(tmp_path)
+    p = cli("verify", "--trusted-key", pk, "--name", "kv", tmp_path / "nope")
+    assert p.returncode == 1 and "Traceback" not in p.stderr and p.stdout == ""
+    assert f"{tmp_path / 'nope'}: no such file or directory. Fix: pass a signed plugin file" in p.stderr
+    # A binary whose manifest is still there is a candidate that says what is missing, as before.
+    (d / "kv-1.1.0").unlink()
+    p = cli("verify", "--trusted-key", pk, "--name", "kv", d / "kv-1.1.0")
+    assert p.returncode == 1 and "[REJECT] kv-1.1.0:" in p.stdout, p.stdout + p.stderr
+
+
+def test_keygen_under_a_small_memory_limit_says_it_is_encrypting(tmp_path):
+    import os
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (800000 * 1024, 800000 * 1024))
+
+    p = subprocess.run([sys.executable, "-m", "shim.cli", "keygen", "--secret-key", str(tmp_path / "k.key"),
+                        "--public-key", str(tmp_path / "k.pub")], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120, env={**os.environ, "VAULT_PLUGIN_SHIM_PASSWORD": "pw"}, preexec_fn=limit)
+    assert p.returncode == 1 and "Traceback" not in p.stderr and len(p.stderr.splitlines()) == 1, p.stderr
+    assert "encrypting the new secret key needs 1024 MiB of memory for its scrypt key derivation" in p.stderr
+    assert "decrypt" not in p.stderr and "--unencrypted" in p.stderr and p.stderr.count("Fix:") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_launcher_inspect_of_another_file_gives_one_fix(tmp_path):
+    keys = R.new_keys()
+    pk = tmp_path / "release.pub"
+    pk.write_text(keys.public.to_text())
+    p = cli("launcher", "inspect", pk)
+    assert p.returncode == 1 and "Traceback" not in p.stderr and len(p.stderr.splitlines()) == 1
+    assert f"{pk}: is not a vault-plugin-shim launcher" in p.stderr and p.stderr.count("Fix:") == 1, p.stderr
