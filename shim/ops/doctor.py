@@ -93,10 +93,13 @@ def _check_launcher(launcher: str, plugin_directory: str | None, expected: str |
         out.append(Finding("launcher", "fail", f"is not executable by uid {os.geteuid()} (mode "
                                                f"{stat.S_IMODE(rst.st_mode):04o})", subject=launcher,
                            fix="chmod 0755 the launcher (owner root)"))
-    if rst.st_mode & 0o022:
-        out.append(Finding("launcher", "warn", f"is writable by group or others (mode {stat.S_IMODE(rst.st_mode):04o})",
-                           subject=launcher, fix="chmod 0755: Vault would refuse a modified launcher (checksum), "
-                                                 "but nobody else should be able to break the plugin"))
+    if rst.st_uid != 0 or rst.st_mode & 0o022:
+        out.append(Finding("launcher", "fail", f"can be written by someone other than root (owner uid {rst.st_uid}, "
+                                               f"mode {stat.S_IMODE(rst.st_mode):04o}): Vault hashes the path, then "
+                                               f"executes it, and a write in between runs other bytes under the "
+                                               f"registered checksum", subject=launcher,
+                           fix=f"chown root {real} && chmod 0755 {real}"))
+    _check_launcher_tree(os.path.dirname(real), out)
     if expected is None:
         out.append(Finding("launcher", "ok", f"sha256 {digest} (not compared with the catalog: pass --catalog "
                                              f"<type>/<name> to ask the server, or --sha256 from `vault plugin info "
@@ -110,6 +113,39 @@ def _check_launcher(launcher: str, plugin_directory: str | None, expected: str |
                            fix="Vault will refuse to start it (`checksums did not match`): roll out the launcher "
                                "the catalog names, or register this one (`vault-plugin-shim register`)"))
     return real
+
+
+def _check_launcher_tree(directory: str, out: list[Finding]) -> None:
+    """The launcher's directory and every one above it must be root's and writable by nobody
+    else (a sticky directory excepted: others cannot rename what is not theirs). Whoever can
+    write one can swap the launcher between Vault's hash of its path and the exec of that path,
+    and run anything as Vault under the registered checksum (issue #17: 4 launches in 25)."""
+    bad = []
+    d = directory
+    while True:
+        try:
+            st = os.stat(d)
+        except OSError as exc:
+            bad.append(Finding("launcher-dir", "fail", f"cannot be checked ({exc.strerror})", subject=d))
+            break
+        if st.st_uid != 0:
+            bad.append(Finding("launcher-dir", "fail", f"is owned by uid {st.st_uid}, who can replace the launcher "
+                                                       f"between Vault's hash and its exec", subject=d,
+                               fix=f"chown root {d} && chmod go-w {d} (the image should ship plugin_directory "
+                                   f"root-owned all the way up, not under the Vault user's home)"))
+        elif st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            bad.append(Finding("launcher-dir", "fail", f"is writable by group or others (mode "
+                                                       f"{stat.S_IMODE(st.st_mode):04o}), who can replace the "
+                                                       f"launcher between Vault's hash and its exec", subject=d,
+                               fix=f"chmod go-w {d}"))
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    out.extend(bad)
+    if not bad:
+        out.append(Finding("launcher-dir", "ok", "it and every directory above it are root's and writable by "
+                                                 "nobody else", subject=directory))
 
 
 def _check_interpreter(python: str, flags: list[str], mode: str, out: list[Finding], hot_swap: bool = False) -> None:
@@ -538,8 +574,10 @@ def add_doctor_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "doctor", help="explain what Vault's next launch of the plugin would do on this pod",
         description="Check the launcher, its interpreter and policy, the plugins directory, each candidate "
-                    "version and the clock, and say what Vault gets on its next launch. Run it in the Vault "
-                    "container. Changes nothing; does not contact Vault.")
+                    "version and the clock, and say what Vault gets on its next launch. Run it where Vault "
+                    "runs (in its container, as its user); in an image without Python, run the launcher "
+                    "itself: `LAUNCHER doctor` answers by itself. Changes nothing; contacts Vault only with "
+                    "--catalog.")
     p.add_argument("--launcher", metavar="PATH", required=True,
                    help="the launcher file in Vault's plugin_directory")
     p.add_argument("--sha256", metavar="HEX",

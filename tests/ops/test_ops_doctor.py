@@ -265,3 +265,36 @@ def test_each_fallback_finding_carries_its_own_versions_details(setup):
     fallbacks = {f["subject"].rsplit("-", 1)[1]: f["details"]["version"] for f in json.loads(out)
                  if f["check"] == "fallback"}
     assert fallbacks == {"2.0.0": "2.0.0", "3.0.0": "3.0.0"}
+
+
+def test_a_launcher_directory_others_can_write_fails(setup):
+    """Vault hashes the launcher's path and then executes it: whoever can write the launcher,
+    its directory or one above it can run other bytes under the registered checksum. doctor
+    fails each such path (owned by another uid, or writable by group or others without the
+    sticky bit), and passes a root-owned tree."""
+    keys, plugins, pol, lau = setup
+    release(keys, script_plugin(plugins / "myplugin-1.0.0", "one"), version="1.0.0")
+    directory = lau.parent
+    findings = diagnose(str(lau))
+    assert [f.status for f in by(findings, "launcher-dir")] == ["ok"], render(findings)
+    assert exit_code(findings) == 0, render(findings)
+    try:
+        os.chown(directory, 65534, 65534)
+        findings = diagnose(str(lau))
+        [bad] = by(findings, "launcher-dir")
+        assert bad.status == "fail" and bad.subject == str(directory) and "owned by uid 65534" in bad.message
+        assert bad.fix.startswith(f"chown root {directory}") and exit_code(findings) == 1
+        os.chown(directory, 0, 0)
+        os.chmod(directory, 0o777)
+        [bad] = by(findings := diagnose(str(lau)), "launcher-dir")
+        assert bad.status == "fail" and "writable by group or others (mode 0777)" in bad.message, render(findings)
+        os.chmod(directory, 0o1777)      # sticky, like /tmp: nobody else can rename the launcher
+        assert [f.status for f in by(diagnose(str(lau)), "launcher-dir")] == ["ok"]
+        os.chmod(directory, 0o755)
+        os.chmod(lau, 0o775)
+        findings = diagnose(str(lau))
+        assert any(f.status == "fail" and "someone other than root" in f.message for f in by(findings, "launcher"))
+    finally:
+        os.chown(directory, 0, 0)
+        os.chmod(directory, 0o755)
+        os.chmod(lau, 0o755)
