@@ -51,7 +51,9 @@ def classify(status: int, error: str) -> str:
         return "no-active"
     if any(s in low for s in PLUGIN_SIGNS):
         return "plugin"
-    if status == 0 or status in (429, 503) or any(s in low for s in NO_ACTIVE_SIGNS):
+    # 307 as the last answer: the node it was sent to, or the one that node named as active, is
+    # a standby that redirects (followed once, as OpenBao's client does): no node was active there
+    if status == 0 or status in (307, 429, 503) or any(s in low for s in NO_ACTIVE_SIGNS):
         return "no-active"
     return "other"
 

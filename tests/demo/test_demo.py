@@ -227,3 +227,14 @@ def test_a_failure_window_runs_from_the_first_failure_to_the_next_success():
     assert failure_windows(reqs, "plugin", 9.0) == [(2.0, 4.0), (6.0, 9.0)]
     assert failure_windows(reqs, "no-active", 9.0) == [(3.0, 4.0)]
     assert failure_windows([], "plugin", 9.0) == []
+
+
+def test_a_request_left_on_a_redirect_counts_as_failover_not_as_another_error():
+    """A standby answers 307 to the node it takes for active; the load follows that once, as
+    OpenBao's client does. A 307 as the last answer means no node was active there (the named
+    one had lost leadership too): the cluster's failover, not an unexplained error."""
+    from shim.demo.load import classify
+
+    assert classify(307, "HTTP 307") == "no-active"
+    assert classify(500, "HTTP 500") == "other"
+    assert classify(500, "1 error occurred: checksums did not match") == "plugin"
