@@ -96,6 +96,10 @@ def _check_manifest_against(policy: Policy, manifest: Manifest, now: float, path
                                 path=path, fix="raise max_size in a new launcher build")
 
 
+DIRECTORY_FIX = ("make the plugins directory owned by root (or the Vault user) and writable only by its owner: "
+                 "chmod 0755 it (a umask such as 002 makes 0775)")
+
+
 def check_file_stat(st: os.stat_result, path: str, *, directory: bool = False, uid: int | None = None) -> None:
     """A file the launcher trusts must be a regular file (or directory) that only its
     owner can write, owned by root or by the user Vault runs as (``uid``: this process's
@@ -105,11 +109,13 @@ def check_file_stat(st: os.stat_result, path: str, *, directory: bool = False, u
     if not want(st.st_mode):
         kind = "a directory" if directory else "a regular file"
         raise UnsafeFileError(f"is not {kind}", path=path)
+    fix = DIRECTORY_FIX if directory else None
     if st.st_uid not in (0, uid):
         raise UnsafeFileError(f"is owned by uid {st.st_uid}, not by root or the Vault user (uid {uid})",
-                              path=path)
+                              path=path, fix=fix)
     if st.st_mode & 0o022:
-        raise UnsafeFileError(f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})", path=path)
+        raise UnsafeFileError(f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})", path=path,
+                              fix=fix)
 
 
 class Candidate:

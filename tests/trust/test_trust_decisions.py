@@ -295,6 +295,17 @@ def test_unsafe_files(st, directory, reason):
     assert info.value.reason == reason and info.value.path == "/plugins/x" and info.value.fix
 
 
+def test_an_unsafe_plugins_directory_is_fixed_as_a_directory():
+    """A directory's fix says chmod 0755 (a umask of 002 gives 0775), not a file's advice."""
+    for st in (stat_of(stat.S_IFDIR | 0o775), stat_of(stat.S_IFDIR | 0o755, uid=4242)):
+        with pytest.raises(UnsafeFileError) as info:
+            check_file_stat(st, "/plugins", directory=True, uid=1000)
+        assert info.value.fix.startswith("make the plugins directory owned by root") and "chmod 0755" in info.value.fix
+    with pytest.raises(UnsafeFileError) as info:
+        check_file_stat(stat_of(stat.S_IFREG | 0o775), "/plugins/x", uid=1000)
+    assert "plugins directory" not in info.value.fix
+
+
 def test_files_of_root_or_the_vault_user_that_only_they_can_write_are_safe():
     check_file_stat(stat_of(stat.S_IFREG | 0o755), "/plugins/x", uid=1000)
     check_file_stat(stat_of(stat.S_IFREG | 0o644, uid=1000), "/plugins/x", uid=1000)

@@ -55,13 +55,17 @@ int nv_check_stat(const void *stp, const char *path, int directory, unsigned uid
         nv_fail(err, NV_UNSAFE_FILE, path, NULL, "is not %s", directory ? "a directory" : "a regular file");
         return -1;
     }
+    /* shim.trust.verify.DIRECTORY_FIX */
+    const char *fix = directory ? "make the plugins directory owned by root (or the Vault user) and writable only "
+                                  "by its owner: chmod 0755 it (a umask such as 002 makes 0775)"
+                                : NULL;
     if (st->st_uid != 0 && st->st_uid != uid) {
-        nv_fail(err, NV_UNSAFE_FILE, path, NULL,
+        nv_fail(err, NV_UNSAFE_FILE, path, fix,
                 "is owned by uid %u, not by root or the Vault user (uid %u)", (unsigned)st->st_uid, uid);
         return -1;
     }
     if (st->st_mode & 022) {
-        nv_fail(err, NV_UNSAFE_FILE, path, NULL, "is writable by group or others (mode %04o)",
+        nv_fail(err, NV_UNSAFE_FILE, path, fix, "is writable by group or others (mode %04o)",
                 (unsigned)(st->st_mode & 07777));
         return -1;
     }
