@@ -475,6 +475,24 @@ def test_where_no_second_thread_can_start_a_shared_copy_is_hashed_on_one_thread_
         shutil.rmtree(top)
 
 
+def test_the_launcher_makes_itself_not_dumpable_before_anything_else(setup):
+    """Not dumpable from its first call on: before main(), before any library's constructor
+    (Nettle's CPU detection), before it opens anything. Only musl's own start (arch_prctl,
+    set_tid_address) comes before the prctl."""
+    tmp, versions, keys, pol, reports = setup
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0")
+    exe = native_launcher(tmp, pol)
+    strace = shutil.which("strace")
+    assert strace, "strace is missing: apt-get install strace (bash build/install.sh)"
+    trace = tmp / "trace"
+    proc = subprocess.run([strace, "-qq", "-o", str(trace), str(exe)], capture_output=True, env={}, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    calls = [line.split("(", 1)[0] for line in trace.read_text().splitlines()]
+    assert calls[0] == "execve", calls[:5]
+    first = next(k for k, name in enumerate(calls[1:], 1) if name not in ("arch_prctl", "set_tid_address"))
+    assert trace.read_text().splitlines()[first].startswith("prctl(PR_SET_DUMPABLE, SUID_DUMP_DISABLE)"), calls[:8]
+
+
 def test_no_other_process_of_the_vault_user_can_reach_the_copy_before_the_seal(tmp_path):
     """The copy is hashed piece by piece before it is sealed, so nothing else may write it
     meanwhile: the launcher is not dumpable, and another process of its uid cannot open its

@@ -64,6 +64,18 @@ static const char FIX_REBUILD[] =
     "rebuild the launcher with `vault-plugin-shim launcher build` and register its new sha256";
 
 static char self_path[EXE_MAX];
+/* Not dumpable, first of all: this constructor runs before any other (Nettle's CPU detection is
+ * one) and before main(). From here on no other process of the Vault user may open our
+ * descriptors through /proc/PID/fd, or read or write our memory (/proc/PID/mem, ptrace), while
+ * the plugin is copied and hashed (nv_sha256.c). Before it, between the kernel's exec and this
+ * first call, nothing of ours is open yet; a process allowed to attach to us then (Yama's
+ * ptrace_scope 1, Debian's default, allows only an ancestor) could attach to Vault itself.
+ * execve makes the plugin dumpable again, as Vault would have started it. */
+__attribute__((constructor(101))) static void not_dumpable(void)
+{
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
+
 static struct sigaction vaults_sigxfsz;     /* restored before exec: the plugin gets Vault's */
 
 /* ---- failing --------------------------------------------------------------------------------- */
@@ -835,11 +847,6 @@ int main(int argc, char **argv, char **envp)
         if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     /* Past RLIMIT_FSIZE a write raises SIGXFSZ, which kills without a line; ignored, the write
      * fails with EFBIG and the error line names the limit. */
-    /* Not dumpable: no other process of the Vault user may open our descriptors through
-     * /proc/PID/fd, or read or write our memory (/proc/PID/mem, ptrace), while the plugin is
-     * copied and hashed (nv_sha256.c). execve makes the plugin dumpable again, as Vault would
-     * have started it. */
-    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     struct sigaction ignore;
     memset(&ignore, 0, sizeof ignore);
     ignore.sa_handler = SIG_IGN;
