@@ -148,7 +148,7 @@ def _policy_from_args(args, plugins_dir: str, *, keep_relative: bool = False):
 # --- commands --------------------------------------------------------------------------
 
 def cmd_keygen(args) -> int:
-    from shim.ops.release import write_atomic
+    from shim._files import write_atomic
     from shim.trust.minisign import SecretKey
 
     if not args.from_transit and not args.secret_key:

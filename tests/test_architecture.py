@@ -2,7 +2,7 @@
 top of a module or inside a function). The rooms: ``goplugin`` (the wire protocol, usable
 alone), ``trust`` (pure decisions), ``launch`` (what the registered file runs), ``ops``
 (operator tools), ``demo``, the command line (``shim.cli``), the library's face (``shim``
-itself), and the ground they share (``shim.errors``, ``shim._record``, ``shim.command``)."""
+itself), and the ground they share (``shim.errors``, ``shim._record``, ``shim.command``, ``shim._files``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 SHIM = Path(__file__).resolve().parent.parent / "shim"
-BASE = {"shim.errors", "shim._record", "shim.command"}   # the shared ground every room may stand on
+BASE = {"shim.errors", "shim._record", "shim.command", "shim._files"}   # the shared ground every room may stand on
 
 
 def room(module: str) -> str:

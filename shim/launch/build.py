@@ -28,6 +28,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from shim._files import write_atomic
 from shim.launch import stubs
 from shim.trust.errors import PolicyError
 from shim.trust.policy import Policy
@@ -312,22 +313,7 @@ def write_launcher(policy: Policy | None, python: str | None, output: str, mode:
         data = build_native_bytes(policy, arch, python, hot_swap)
     else:
         data = build_bytes(policy, python, mode, arch, hot_swap=hot_swap)
-    out = Path(output)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
-    except OSError as exc:  # name the output, not the temporary file beside it
-        raise OSError(exc.errno, exc.strerror, output) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(output, data, 0o755)
     return digest_bytes(data)
 
 

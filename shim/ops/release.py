@@ -6,10 +6,9 @@ parsed back before it is signed, so what gets signed is exactly what a launcher 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 
+from shim._files import write_atomic
 from shim.trust import minisign
 from shim.trust.manifest import Manifest, Version, manifest_path, signature_path
 from shim.trust.verify import digest_file, host_platform
@@ -35,23 +34,3 @@ def sign_release(binary: str, *, name: str, type: str, version: str | Version, k
     write_atomic(manifest_path(binary), data, 0o644)
     write_atomic(signature_path(binary), sig, 0o644)
     return manifest
-
-
-def write_atomic(path: str, data: bytes, mode: int) -> None:
-    """Write ``path`` whole or not at all: a new file beside it (``mode``, less the umask), then
-    a rename over it (a symlink there is replaced, never followed). Any error, or a Ctrl-C,
-    removes the new file and leaves ``path`` as it was; an error names ``path``, not the new file."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, path) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

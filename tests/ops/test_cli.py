@@ -461,3 +461,31 @@ def test_launcher_inspect_of_another_file_gives_one_fix(tmp_path):
     p = cli("launcher", "inspect", pk)
     assert p.returncode == 1 and "Traceback" not in p.stderr and len(p.stderr.splitlines()) == 1
     assert f"{pk}: is not a vault-plugin-shim launcher" in p.stderr and p.stderr.count("Fix:") == 1, p.stderr
+
+
+def test_under_a_umask_of_002_keys_manifests_and_launchers_get_their_own_modes(tmp_path):
+    """The launcher refuses a manifest that its group may write; a umask of 002 (common for
+    users with a group of their own) must not make sign write one. Keys, manifests,
+    signatures and launchers are written with exactly their modes."""
+    import os
+    import stat
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "shim.cli", *map(str, args)], capture_output=True, text=True,
+                              cwd=ROOT, timeout=120, preexec_fn=lambda: os.umask(0o002))
+
+    d = tmp_path / "plugins"
+    d.mkdir(mode=0o755)
+    sk, pk = tmp_path / "k", tmp_path / "k.pub"
+    assert run("keygen", "--secret-key", sk, "--public-key", pk, "--unencrypted").returncode == 0
+    plugin = R.script_plugin(d / "kv-1.0.0", "v1")
+    done = run("sign", "--secret-key", sk, "--name", "kv", "--type", "secret", "--version", "1.0.0", plugin)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "launcher"
+    done = run("launcher", "build", "--trusted-key", pk, "--name", "kv", "--plugins-dir", d, "--output", out)
+    assert done.returncode == 0, done.stderr
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (sk, pk, out, *d.glob("kv-1.0.0.*"))}
+    assert modes == {"k": 0o600, "k.pub": 0o644, "launcher": 0o755, "kv-1.0.0.manifest.json": 0o644,
+                     "kv-1.0.0.manifest.json.minisig": 0o644}, modes
+    done = run("verify", "--launcher", out)
+    assert done.returncode == 0, done.stdout + done.stderr
