@@ -326,7 +326,8 @@ def _verify_problems(policy, chosen, passed_over, expected) -> list[str]:
         what = ("the launcher refuses to start (on_refused_newer: refuse)" if policy.on_refused_newer == "refuse"
                 else f"the launcher falls back to the older {chosen.manifest.version}")
         out += [f"{c.binary}"
-                + (f" (version {c.manifest.version})" if c.manifest is not None else " (version unknown)")
+                + (f" (version {c.manifest.version})" if c.manifest is not None
+                   else " (its signed version could not be read)")
                 + f" is refused and {what}: {c.error.reason}" for c in passed_over]
     if expected is not None and (chosen is None or str(chosen.manifest.version) != str(expected)):
         out.append(f"--expect-version {expected}: "

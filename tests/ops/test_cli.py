@@ -489,3 +489,15 @@ def test_under_a_umask_of_002_keys_manifests_and_launchers_get_their_own_modes(t
                      "kv-1.0.0.manifest.json.minisig": 0o644}, modes
     done = run("verify", "--launcher", out)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_verify_says_why_a_refused_newer_versions_number_is_not_shown(tmp_path):
+    """A newer release signed by a key the launcher does not trust: its manifest is not read,
+    so verify cannot show its version, and says why instead of "version unknown"."""
+    d, pk = setup(tmp_path)
+    (d / "kv-2.0.0").unlink()
+    R.release(R.new_keys(), R.script_plugin(d / "kv-3.0.0", "v3"), name="kv", version="3.0.0")
+    done = cli("verify", "--trusted-key", pk, "--name", "kv", d)
+    assert done.returncode == 1
+    assert "FAIL: kv-3.0.0 (its signed version could not be read) is refused and the launcher falls back to the " \
+           "older 1.1.0" in done.stdout, done.stdout
