@@ -407,8 +407,8 @@ def diagnose(launcher: str, *, expected_sha256: str | None = None, catalog_args:
         out.append(Finding("next-launch", "fail", "the launcher would refuse to start any version "
                                                   "(Vault: `plugin exited before we could connect`)"))
         return out
-    out.append(Finding("plugins-dir", "ok", f"owned and writable as required (checked as uid {check_uid})",
-                       subject=policy.plugins_dir))
+    out.append(Finding("plugins-dir", "ok", f"owned by root or the Vault user, and writable by nobody else "
+                                            f"(checked as uid {check_uid})", subject=policy.plugins_dir))
 
     out.append(Finding("clock", "info", f"node clock {format_time(now)}"))
     selection = report(policy, now, check_uid)
