@@ -143,6 +143,35 @@ def test_run_by_hand_it_explains_what_the_next_launch_runs(setup):
     assert "doctor: FAIL (exit status 1): a newer version is refused" in proc.stderr.decode()
 
 
+def test_doctor_by_hand_fails_a_launcher_directory_others_can_write(setup):
+    """`L doctor`, in a pod with no Python, checks what vault-plugin-shim doctor checks: the
+    launcher, its directory and every directory above it must be root's and writable by nobody
+    else, since Vault hashes the launcher's path and then executes it. `L` alone does not."""
+    tmp, versions, keys, pol, reports = setup
+    releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0")
+    home = tmp / "plugins"
+    home.mkdir(mode=0o755)
+    exe = native_launcher(home, pol)
+    proc = subprocess.run([str(exe), "doctor"], capture_output=True, env={}, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert b"doctor: the launcher, its directory and those above it are root's" in proc.stderr
+    try:
+        os.chown(home, 65534, 65534)
+        proc = subprocess.run([str(exe), "doctor"], capture_output=True, env={}, timeout=30)
+        assert proc.returncode == 1 and proc.stdout == b"", proc
+        text = proc.stderr.decode()
+        assert f"doctor: FAIL: the launcher's directory {home} can be written by someone other than root " \
+               f"(owner uid 65534, mode 0755)" in text, text
+        assert subprocess.run([str(exe)], capture_output=True, env={}, timeout=30).returncode == 0
+        os.chown(home, 0, 0)
+        os.chmod(exe, 0o775)
+        proc = subprocess.run([str(exe), "doctor"], capture_output=True, env={}, timeout=30)
+        assert proc.returncode == 1 and f"doctor: FAIL: the launcher {exe} can be written" in proc.stderr.decode()
+    finally:
+        os.chown(home, 0, 0)
+        os.chmod(exe, 0o755)
+
+
 def test_hand_run_text_escapes_c1_controls_and_bytes_that_are_not_utf8(setup):
     """A file name reaches an operator's terminal in `L` and `L doctor`: C0 controls, the C1
     controls U+0080..U+009F (CSI is U+009B) and stray bytes (a lone 0x9B is CSI to an 8-bit

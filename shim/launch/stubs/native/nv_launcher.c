@@ -582,10 +582,47 @@ static void put_visible(nv_buf *b, const char *str)
     }
 }
 
+/* `L doctor` (shim/ops/doctor.py's _check_launcher_tree): the launcher, its directory and every
+ * one above it must be root's and writable by nobody else (a sticky directory excepted). Vault
+ * hashes the launcher's path and then executes it: whoever can write one of them can swap the
+ * launcher in between and run anything as Vault. One line per problem; their number. */
+static int launcher_tree(nv_buf *o)
+{
+    int bad = 0;
+    size_t n = strlen(self_path);
+    char *path = nv_xstrndup(self_path, n);
+    for (int file = 1;; file = 0) {
+        struct stat st;
+        if (stat(path, &st) < 0) {
+            nv_buf_puts(o, "doctor: FAIL: cannot check ");
+            put_visible(o, path);
+            nv_buf_printf(o, " (%s)\n", strerror(errno));
+            bad++;
+        } else if (st.st_uid != 0 || ((st.st_mode & 022) && (file || !(st.st_mode & S_ISVTX)))) {
+            nv_buf_puts(o, file ? "doctor: FAIL: the launcher " : "doctor: FAIL: the launcher's directory ");
+            put_visible(o, path);
+            nv_buf_printf(o, " can be written by someone other than root (owner uid %u, mode %04o): Vault hashes "
+                             "the launcher's path, then executes it, and a write in between runs other bytes under "
+                             "the registered checksum\n  fix: chown root and chmod go-w it (ship plugin_directory "
+                             "root-owned all the way up)\n", (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
+            bad++;
+        }
+        char *slash = strrchr(path, '/');
+        if (!slash || (slash == path && path[1] == 0)) break;
+        if (slash == path) slash[1] = 0;        /* the root directory, last */
+        else *slash = 0;
+    }
+    free(path);
+    if (!bad) nv_buf_puts(o, "doctor: the launcher, its directory and those above it are root's and writable by "
+                             "nobody else\n");
+    return bad;
+}
+
 /* Run by hand (no cookie; `L`, `L doctor`, any other arguments): what this launcher is, and
  * what the next launch would do, on stderr (nothing runs). Exit status 0 when a version would
  * run, else 1; as `doctor` (vault-plugin-shim doctor's rule), 1 also when a version newer than
- * the one that runs is refused (on_refused_newer fallback), so a health check hears of it. */
+ * the one that runs is refused (on_refused_newer fallback), so a health check hears of it, or
+ * when someone other than root can write the launcher or a directory above it. */
 static int explain(const nv_policy *p, const char *dir, int doctor)
 {
     nv_buf o = {0};
@@ -658,13 +695,14 @@ static int explain(const nv_policy *p, const char *dir, int doctor)
             }
         }
     }
+    int tree = doctor ? launcher_tree(&o) : 0;
     nv_buf_puts(&o, "\n(`");
     put_visible(&o, self_path);
     nv_buf_puts(&o, " explain --json` writes this on stdout as JSON, for `vault-plugin-shim doctor` and "
                     "`verify --launcher`.)\n");
     write_all(2, &o);
     nv_buf_free(&o);
-    int rc = d.refusal || (doctor && d.dir_ok && d.s.chosen >= 0 && d.nover) ? 1 : 0;
+    int rc = d.refusal || tree || (doctor && d.dir_ok && d.s.chosen >= 0 && d.nover) ? 1 : 0;
     dry_free(&d);
     return rc;
 }
