@@ -19,7 +19,7 @@ import pytest
 
 from shim.launch import build, stubs
 from tests.support import releases
-from tests.native.test_stub import DENY_MEMFD_C, gcc, raw_exec
+from tests.native.test_stub import DENY_MEMFD_C, gcc, raw_exec, seccomp_wrapper
 
 STUB_DIR = Path(stubs.__file__).resolve().parent
 REPORT = r'''#!/bin/sh
@@ -648,20 +648,9 @@ def test_no_other_process_of_the_vault_user_can_reach_the_private_copy(tmp_path)
         shutil.rmtree(top)
 
 
-DENY_MEMFD_AND_TMPFILE_C = r'''
-#include <errno.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <stddef.h>
-#include <stdio.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-/* memfd_create: EPERM; open and openat with O_TMPFILE: EOPNOTSUPP, as a file system without
- * unnamed files answers (overlayfs before Linux 6.6). x86_64 only (where open exists). */
-int main(int argc, char **argv)
-{
-    struct sock_filter f[] = {
+# memfd_create: EPERM; open and openat with O_TMPFILE: EOPNOTSUPP, as a file system without
+# unnamed files answers (overlayfs before Linux 6.6). x86_64 only (where open exists).
+DENY_MEMFD_AND_TMPFILE_C = seccomp_wrapper("deny-tmpfile", """
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_memfd_create, 0, 1),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
@@ -672,23 +661,14 @@ int main(int argc, char **argv)
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
         BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 020000000, 0, 1),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EOPNOTSUPP),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = {sizeof f / sizeof f[0], f};
-    if (argc < 2 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-        || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) { perror("deny-tmpfile"); return 127; }
-    execv(argv[1], argv + 1);
-    perror("deny-tmpfile: execv");
-    return 127;
-}
-'''
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),""")
 
 
 def test_where_temp_files_cannot_be_unnamed_the_private_copy_fails_closed(setup):
     """A TMPDIR whose file system has no O_TMPFILE cannot hold a copy nobody else can reach:
     the candidate is refused, in a line that names the directory and where to point TMPDIR,
-    and nothing runs, rather than a fall back to a named file. (Every file system here has O_TMPFILE, so a seccomp
-    filter answers as one without it would.)"""
+    and nothing runs, rather than falling back to a named file. (Every file system here has
+    O_TMPFILE, so a seccomp filter answers as one without it would.)"""
     tmp, versions, keys, pol, reports = setup
     releases.release(keys, plugin(versions, "myplugin-1.0.0", "one"), version="1.0.0")
     exe = native_launcher(tmp, pol)

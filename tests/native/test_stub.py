@@ -118,7 +118,10 @@ int OSSL_provider_init(const void *h, const void *in, const void **out, void **c
 { (void)h; (void)in; (void)out; (void)ctx; mark(); return 0; }  /* an OpenSSL provider */
 '''
 
-DENY_MEMFD_C = r'''
+def seccomp_wrapper(name: str, filter_lines: str) -> str:
+    """C for a program that installs a seccomp filter (``filter_lines``: the sock_filter array's
+    entries) and executes its arguments: a fault a real peer cannot be made to produce here."""
+    return r'''
 #include <errno.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -129,20 +132,24 @@ DENY_MEMFD_C = r'''
 #include <unistd.h>
 int main(int argc, char **argv)
 {
-    struct sock_filter f[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_memfd_create, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    struct sock_filter f[] = {@FILTER@
     };
     struct sock_fprog prog = {sizeof f / sizeof f[0], f};
     if (argc < 2 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-        || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) { perror("deny-memfd"); return 127; }
+        || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) { perror("@NAME@"); return 127; }
     execv(argv[1], argv + 1);
-    perror("deny-memfd: execv");
+    perror("@NAME@: execv");
     return 127;
 }
-'''
+'''.replace("@FILTER@", filter_lines).replace("@NAME@", name)
+
+
+# memfd_create: EPERM (a seccomp profile that denies it)
+DENY_MEMFD_C = seccomp_wrapper("deny-memfd", """
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_memfd_create, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),""")
 
 
 def require(tool: str, how: str) -> str:
