@@ -233,9 +233,13 @@ def rows(r: dict) -> list[tuple[str, str, str, str]]:
         out.append(("takeover: plugin processes OpenBao kept after their mounts were removed (killed)",
                     str(leaked.get("direct", 0)), ", ".join(f"{k} {v}" for k, v in sorted(leaked.items())
                                                            if k != "direct") or "0", ""))
+    short: dict[tuple, int] = {}     # one row per finding, with the rounds it was seen in
     for miss in r.get("standbys_short", []):
-        out.append((f"takeover ({miss['target']}): a standby's plugin processes before the takeover, not one per mount",
-                    "", f"{miss['node']} ran {miss['running']} of {miss['mounts']}", ""))
+        key = (miss["target"], miss["node"], miss["running"], miss["mounts"])
+        short[key] = short.get(key, 0) + 1
+    for (target, node, running, mounts), rounds in short.items():
+        out.append((f"takeover ({target}): a standby's plugin processes before the takeover, not one per mount",
+                    "", f"{node} ran {running} of {mounts}" + (f" (in {rounds} rounds)" if rounds > 1 else ""), ""))
     return out
 
 
