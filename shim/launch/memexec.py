@@ -140,8 +140,9 @@ def sealed_siblings(name: str, size: int) -> list[int]:
 
 
 def check_temp_parent(parent: str) -> None:
-    """The fallback copy's parent directory must be one where nobody else can swap our
-    directory for theirs: private (writable only by its owner, root or us) or sticky."""
+    """The private copy's directory (``TMPDIR``) must be private (writable only by its owner,
+    root or us) or sticky. The copy itself has no name there; this keeps others from
+    rearranging the directory under the launch (a noexec mount in its place fails it)."""
     import stat
 
     try:

@@ -214,7 +214,7 @@ static int above_stdio(int fd)
 
 static const char *tmp_parent(const launch_ctx *lc) { return lc->tmpdir && *lc->tmpdir ? lc->tmpdir : "/tmp"; }
 
-/* memexec.check_temp_parent: nobody else may swap our directory for theirs. */
+/* memexec.check_temp_parent: TMPDIR private or sticky (the copy itself has no name there). */
 static int check_temp_parent(const char *parent, nv_error *err)
 {
     struct stat st;
